@@ -1,0 +1,1 @@
+"""Datasets: readers, manifest, synthetic generator, image loading, samplers."""

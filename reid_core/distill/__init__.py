@@ -1,0 +1,1 @@
+"""Knowledge distillation: a small student learns from a frozen teacher."""

@@ -1,0 +1,1 @@
+"""Training: the trainer loop with hooks, solver, batched augmentation and checkpoints."""

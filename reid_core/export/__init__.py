@@ -1,0 +1,1 @@
+"""Export for serving: ONNX with a parity gate, Triton model repositories."""

@@ -1,0 +1,5 @@
+"""Networks for re-identification: backbones, pooling, heads, losses and the model factory."""
+
+from reid_core.modeling.model import ReidModel, create_model
+
+__all__ = ["ReidModel", "create_model"]

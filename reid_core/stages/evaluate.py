@@ -1,0 +1,68 @@
+"""Stage: query and gallery features → CMC, mAP, mINP (Market-1501 protocol)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from reid_core.atomic import atomic_output, write_json
+from reid_core.config import ReidConfig
+from reid_core.data.manifest import read_manifest
+from reid_core.data.splits import load_split
+from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.evaluation import compute_distance, evaluate_rank, extract_features
+from reid_core.tracking.runs import stage_run
+
+
+def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+    import mlflow
+
+    cfg = config.evaluate
+    model, model_meta = load_checkpoint(inputs["model"])
+    df, data_meta = read_manifest(inputs["manifest"])
+    domain = data_meta.get("domain", "")
+    with stage_run("evaluate", config):
+        mlflow.set_tags({
+            "reid.model_stage": model_meta["stage"],
+            "reid.domain": domain,
+            "reid.model_run_id": model_meta.get("mlflow_run_id", ""),
+            "reid.eval_set_hash": data_meta.get("eval_set_hash", ""),
+            "mlflow.runName": f"evaluate {model_meta['stage']}@{domain}",
+        })
+        h, w = model_meta["height"], model_meta["width"]
+        query = load_split(inputs["dataset"], df, "query", h, w)
+        gallery = load_split(inputs["dataset"], df, "gallery", h, w)
+        q_feats = extract_features(model, query.images, cfg.batch_size)
+        g_feats = extract_features(model, gallery.images, cfg.batch_size)
+        dist = compute_distance(q_feats, g_feats, cfg.metric)
+        result = evaluate_rank(
+            dist, query.pids, gallery.pids, query.camids, gallery.camids, cfg.max_rank
+        )
+        metrics = result.as_metrics()
+        mlflow.log_metrics(metrics)
+        with atomic_output(outputs["features"]) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                query_feats=q_feats,
+                query_pids=query.pids,
+                query_camids=query.camids,
+                query_paths=query.paths.astype(str),
+                gallery_feats=g_feats,
+                gallery_pids=gallery.pids,
+                gallery_camids=gallery.camids,
+                gallery_paths=gallery.paths.astype(str),
+                normalized=np.array(False),
+            )
+        write_json(
+            outputs["metrics"],
+            {
+                **metrics,
+                "model_stage": model_meta["stage"],
+                "domain": domain,
+                "metric": cfg.metric,
+                "eval_set_hash": data_meta.get("eval_set_hash", ""),
+            },
+        )
+    return metrics

@@ -1,0 +1,140 @@
+"""What every KFP component does around its stage: artifacts to ports, run, metrics to the UI.
+
+KFP lightweight components ship only their own function's source into the container, so the
+few lines they share live here, inside the image, instead of being repeated in each component
+in `components/`. Nothing here computes anything: the stage functions do.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from pydantic import ValidationError
+
+from reid_core.config import (
+    ConfigError,
+    ReidConfig,
+    SynthConfig,
+    config_from_dict,
+    parse_override,
+)
+from reid_core.stages import run_stage
+
+PIPELINE_RUN_ENV = "REID_PIPELINE_RUN_ID"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+# What `dsl.PIPELINE_JOB_ID_PLACEHOLDER` looks like when a backend leaves it unresolved.
+_UNRESOLVED_RUN_ID = "{{$.pipeline_job_uuid}}"
+
+
+class Artifact(Protocol):
+    """The part of `kfp.dsl.Artifact` used here (a local path and a metadata dict)."""
+
+    @property
+    def path(self) -> str: ...
+
+    metadata: dict[str, Any]
+
+
+def parse_config_yaml(text: str, overrides: Iterable[str] = ()) -> ReidConfig:
+    """The pipeline's `config_yaml` parameter plus `key.path=value` overrides, validated.
+
+    Empty text means the defaults. Overrides are those of the CLI's `--set` (values parsed as
+    YAML); the pipeline uses them where one task differs, e.g. `data.domain=target`.
+    """
+    try:
+        tree = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config_yaml is not valid YAML: {err}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config_yaml: top level must be a mapping, got {type(tree).__name__}")
+    for text_override in overrides:
+        key, value = parse_override(text_override)
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text_override!r}: '{part}' is a value, not a section")
+        node[parts[-1]] = value
+    return config_from_dict(tree)
+
+
+def set_run_environment(config: ReidConfig, pipeline_run_id: str, mlflow_tracking_uri: str) -> None:
+    """Export the run id (one MLflow parent per pipeline run) and the tracking URI, if given.
+
+    The tracking URI is a pipeline parameter, and KFP cannot put a runtime parameter into a
+    task's environment (`set_env_variable` takes constants only), so the component sets it.
+    """
+    if pipeline_run_id and pipeline_run_id != _UNRESOLVED_RUN_ID:
+        os.environ[PIPELINE_RUN_ENV] = pipeline_run_id
+    else:
+        print(
+            f"warning: pipeline_run_id is {pipeline_run_id!r}; stages fall back to a parent "
+            "MLflow run keyed by code commit and config",
+            file=sys.stderr,
+        )
+    if mlflow_tracking_uri:
+        os.environ[TRACKING_URI_ENV] = mlflow_tracking_uri
+    on_cluster = "KFP_POD_NAME" in os.environ
+    if on_cluster and not os.environ.get(TRACKING_URI_ENV) and not config.tracking.tracking_uri:
+        print(
+            "warning: no MLflow tracking URI (pipeline parameter mlflow_tracking_uri or "
+            "tracking.tracking_uri): this task logs to a SQLite file inside its own container, "
+            "which is lost when the pod ends",
+            file=sys.stderr,
+        )
+
+
+def run_component(
+    stage: str,
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    inputs: Mapping[str, Artifact],
+    outputs: Mapping[str, Artifact],
+    config_overrides: Iterable[str] = (),
+) -> dict[str, float]:
+    """Run `stage` with each artifact's local path as its port; log metrics on Metrics outputs.
+
+    A "dir" port uses the artifact path as a folder, a "file" port as a file: the stage knows
+    which, and writes its outputs there (KFP uploads what it finds after the task).
+    """
+    config = parse_config_yaml(config_yaml, config_overrides)
+    set_run_environment(config, pipeline_run_id, mlflow_tracking_uri)
+    metrics = run_stage(
+        stage,
+        config,
+        {port: Path(artifact.path) for port, artifact in inputs.items()},
+        {port: Path(artifact.path) for port, artifact in outputs.items()},
+    )
+    for artifact in outputs.values():
+        log_metric = getattr(artifact, "log_metric", None)  # only kfp.dsl.Metrics has it
+        if log_metric is not None:
+            for key, value in sorted(metrics.items()):
+                log_metric(key, float(value))
+    return metrics
+
+
+def run_synth(config_yaml: str, style: str, seed: int, out: Artifact) -> dict[str, int]:
+    """Generate the synthetic dataset of `config.synth` with this style and seed into `out`."""
+    from reid_core.data.synth import SynthSpec, generate
+
+    config = parse_config_yaml(config_yaml)
+    fields = {**config.synth.model_dump(), "style": style, "seed": seed}
+    try:
+        SynthConfig.model_validate(fields)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"synth.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid synth component arguments: {problems}") from None
+    counts = generate(Path(out.path), SynthSpec(**fields))
+    out.metadata.update({"style": style, "seed": seed, **counts})
+    return counts

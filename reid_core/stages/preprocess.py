@@ -1,0 +1,64 @@
+"""Stage: dataset folder → manifest (Parquet) + validation report; no manifest if invalid."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from reid_core.atomic import remove_outputs
+from reid_core.config import ReidConfig
+from reid_core.data.errors import DatasetError
+from reid_core.data.manifest import (
+    build_manifest,
+    dataset_fingerprint,
+    eval_set_hash,
+    write_manifest,
+)
+from reid_core.tracking.lineage import dvc_hash
+from reid_core.tracking.runs import stage_run
+
+
+class ValidationFailed(DatasetError):
+    """The dataset did not pass its expectation suite."""
+
+
+def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+    import mlflow
+
+    from reid_core.validation.suite import validate_manifest, write_report
+
+    root = inputs["dataset"]
+    remove_outputs(outputs["manifest"])
+    with stage_run("preprocess", config):
+        mlflow.set_tag("reid.domain", config.data.domain)
+        df = build_manifest(root, config.data.format, domain=config.data.domain)
+        report = validate_manifest(
+            df, root, min_side=config.data.min_image_side, max_side=config.data.max_image_side
+        )
+        write_report(report, outputs["report"])
+        mlflow.log_artifact(str(outputs["report"]), "validation")
+        counts = df["split"].value_counts()
+        metrics = {
+            f"{split}_images": float(counts.get(split, 0)) for split in ("train", "query", "gallery")
+        }
+        metrics["train_ids"] = float(df.loc[df["split"] == "train", "pid"].nunique())
+        metrics["failed_expectations"] = float(len(report.failures()))
+        mlflow.log_metrics(metrics)
+        if not report.success:
+            raise ValidationFailed(
+                f"dataset {root} failed validation; see {outputs['report']}:\n  "
+                + "\n  ".join(report.failures())
+            )
+        write_manifest(
+            df,
+            outputs["manifest"],
+            {
+                "dataset_root": str(root),
+                "format": config.data.format,
+                "domain": config.data.domain,
+                "fingerprint": dataset_fingerprint(root, df),
+                "dvc_md5": dvc_hash(root),
+                "eval_set_hash": eval_set_hash(df),
+            },
+        )
+    return metrics

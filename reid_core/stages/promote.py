@@ -1,0 +1,74 @@
+"""Stage: register the exported model, move `champion` if it wins, publish it to Triton."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from reid_core.atomic import write_json
+from reid_core.config import ReidConfig
+from reid_core.engine.checkpoint import META
+from reid_core.export.triton import publish_version, triton_config
+from reid_core.tracking import registry
+from reid_core.tracking.promotion import decide
+from reid_core.tracking.runs import stage_run
+
+
+def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+    import mlflow
+
+    cfg = config.promote
+    parity = json.loads((inputs["onnx"] / "parity.json").read_text())
+    meta = json.loads((inputs["model"] / META).read_text())
+    evaluation = json.loads(inputs["evaluation"].read_text())
+    with stage_run("promote", config) as run:
+        tags = {
+            "reid.git_commit": meta.get("git_commit", ""),
+            "reid.config_hash": meta.get("config_hash", ""),
+            "reid.data_fingerprint": meta.get("data_fingerprint", ""),
+            "reid.dvc_md5": meta.get("dvc_md5", ""),
+            "reid.train_run_id": meta.get("mlflow_run_id", ""),
+            "reid.model_stage": meta.get("stage", ""),
+            "reid.eval_set_hash": evaluation["eval_set_hash"],
+            "reid.mAP": evaluation["mAP"],
+            "reid.rank1": evaluation["rank1"],
+            "reid.mINP": evaluation["mINP"],
+            "reid.parity_max_abs_diff": parity["max_abs_diff"],
+            "reid.parity_passed": "true" if parity["parity_passed"] else "false",
+            "reid.promote_run_id": run.info.run_id,
+        }
+        version = registry.register_onnx(inputs["onnx"] / "model.onnx", cfg.model_name, tags)
+        current = registry.champion(cfg.model_name)
+        decision = decide(registry.candidate(cfg.model_name, version), current, cfg.min_map_gain)
+        published = ""
+        if decision.promote:
+            text = triton_config(
+                cfg.model_name, parity["height"], parity["width"], parity["embedding_dim"],
+                cfg.max_batch_size,
+            )
+            path = publish_version(
+                cfg.triton_repository, cfg.model_name, version, inputs["onnx"] / "model.onnx",
+                text, cfg.keep_versions,
+            )
+            published = str(path)
+            registry.set_champion(cfg.model_name, version, current)
+        client = mlflow.MlflowClient()
+        client.set_model_version_tag(
+            cfg.model_name, str(version), "reid.promotion",
+            ("promoted: " if decision.promote else "refused: ") + "; ".join(decision.reasons),
+        )
+        result = {
+            "model_name": cfg.model_name,
+            "version": version,
+            "promoted": decision.promote,
+            "reasons": decision.reasons,
+            "previous_champion": current.version if current else None,
+            "triton_version_path": published,
+            "triton_repository": str(cfg.triton_repository),
+            "mAP": evaluation["mAP"],
+            "rank1": evaluation["rank1"],
+        }
+        mlflow.log_dict(result, "promotion.json")
+        write_json(outputs["decision"], result)
+    return {"version": float(version), "promoted": float(decision.promote)}

@@ -1,0 +1,1 @@
+"""MLflow runs, lineage and the model registry."""

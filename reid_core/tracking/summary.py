@@ -1,0 +1,44 @@
+"""The short end-of-pipeline summary: dataset, each evaluation, the registered model, serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reid_core.config import ReidConfig
+from reid_core.tracking.runs import ui_command
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def pipeline_summary(reports: Path, config: ReidConfig) -> str:
+    """Render what the pipeline produced under `reports/` (as dvc.yaml lays it out)."""
+    lines = ["", "reidflow pipeline summary", "=" * 25]
+    for report in sorted((reports / "validation").glob("*.json")):
+        stats = _load(report).get("statistics", {})
+        counts = ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, int | float))
+        lines.append(f"dataset {report.stem}: {counts or 'see ' + str(report)}")
+    evals = sorted((reports / "eval").glob("*.json"))
+    if evals:
+        lines.append("")
+        lines.append(f"{'evaluation':<22}{'rank-1':>8}{'rank-5':>8}{'mAP':>8}{'mINP':>8}")
+        for path in evals:
+            m = _load(path)
+            lines.append(
+                f"{path.stem:<22}{m['rank1']:>8.1%}{m.get('rank5', float('nan')):>8.1%}"
+                f"{m['mAP']:>8.1%}{m['mINP']:>8.1%}"
+            )
+    decision = _load(reports / "promotion.json")
+    if decision:
+        lines.append("")
+        verdict = "champion" if decision["promoted"] else "not promoted"
+        lines.append(
+            f"registered model: {decision['model_name']} version {decision['version']} ({verdict}: "
+            f"{'; '.join(decision['reasons'])})"
+        )
+        where = decision["triton_version_path"] or "unchanged"
+        lines.append(f"Triton model repository: {decision['triton_repository']} (new version: {where})")
+    lines.append(f"MLflow UI: {ui_command(config)}")
+    return "\n".join(lines)

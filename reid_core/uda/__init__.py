@@ -1,0 +1,1 @@
+"""Unsupervised domain adaptation by pseudo-label rounds on an unlabelled target domain."""

@@ -1,0 +1,69 @@
+"""Pseudo labels from clustering target features, and their quality against hidden true ids."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class PseudoLabelError(RuntimeError):
+    """Clustering gave labels that cannot be trained on (empty, all outliers, one cluster)."""
+
+
+def cluster_features(features: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """DBSCAN on precomputed cosine distances; -1 marks outliers.
+
+    Dense N×N distances: fine for the target sets of the skeleton (memory-bounded neighbour
+    search belongs to the evaluation suite's re-ranking code).
+    """
+    from sklearn.cluster import DBSCAN
+
+    if len(features) == 0:
+        raise PseudoLabelError("the target set is empty: nothing to cluster")
+    feats = features / np.linalg.norm(features, axis=1, keepdims=True).clip(min=1e-12)
+    dist = np.clip(1.0 - feats @ feats.T, 0.0, 2.0)
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dist)
+    clusters = np.unique(labels[labels >= 0])
+    if len(clusters) == 0:
+        raise PseudoLabelError(
+            f"every one of {len(features)} target images is an outlier at eps={eps}, "
+            f"min_samples={min_samples}: raise eps or lower min_samples"
+        )
+    if len(clusters) == 1:
+        raise PseudoLabelError(
+            f"all clustered target images collapsed into one cluster at eps={eps}: lower eps"
+        )
+    return labels
+
+
+def outliers_as_singletons(labels: np.ndarray) -> np.ndarray:
+    """Give each outlier its own new label (the 'keep' outlier policy)."""
+    labels = labels.copy()
+    out = labels < 0
+    labels[out] = labels.max() + 1 + np.arange(out.sum())
+    return labels
+
+
+def label_quality(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """NMI, ARI and pairwise precision/recall of clustered points (outliers excluded)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from sklearn.metrics.cluster import contingency_matrix
+
+    mask = pred >= 0
+    p, t = pred[mask], true[mask]
+    if len(p) == 0:
+        return {"nmi": 0.0, "ari": 0.0, "pair_precision": 0.0, "pair_recall": 0.0}
+    table = contingency_matrix(t, p, sparse=True)
+    together = _pairs(table.data)
+    pred_pairs = _pairs(np.unique(p, return_counts=True)[1])
+    true_pairs = _pairs(np.unique(true, return_counts=True)[1])  # all images: recall sees outliers
+    return {
+        "nmi": float(normalized_mutual_info_score(t, p)),
+        "ari": float(adjusted_rand_score(t, p)),
+        "pair_precision": float(together / pred_pairs) if pred_pairs else 0.0,
+        "pair_recall": float(together / true_pairs) if true_pairs else 0.0,
+    }
+
+
+def _pairs(group_sizes: np.ndarray) -> float:
+    sizes = np.asarray(group_sizes, dtype=np.float64)
+    return float((sizes * (sizes - 1) / 2).sum())
