@@ -50,8 +50,12 @@ def _build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         p.set_defaults(handler=_run_stage, stage=spec)
 
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    synth = data.add_parser("synth", help="generate the synthetic re-id dataset (Market-1501 layout)")
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(
+        dest="data_command", required=True
+    )
+    synth = data.add_parser(
+        "synth", help="generate the synthetic re-id dataset (Market-1501 layout)"
+    )
     synth.add_argument("out", type=Path)
     for flag in ("num-ids", "num-cams", "images-per-id", "height", "width", "seed"):
         synth.add_argument(f"--{flag}", type=int)
@@ -119,7 +123,9 @@ def _pipeline(args: argparse.Namespace) -> None:
     if args.pipeline_command == "run-local":
         print(tools.run_local(config_yaml, args.workdir))
     else:
-        print(f"submitted run {tools.submit(args.host, config_yaml, args.experiment, args.run_name)}")
+        print(
+            f"submitted run {tools.submit(args.host, config_yaml, args.experiment, args.run_name)}"
+        )
 
 
 def _config_yaml(args: argparse.Namespace) -> str:

@@ -107,8 +107,10 @@ class AdaptConfig(_Section):
     """One or more pseudo-label rounds on an unlabelled target domain."""
 
     rounds: int = Field(1, ge=1)
-    eps: float = Field(0.5, gt=0)
+    eps: float = Field(0.6, gt=0, lt=1)  # on the Jaccard distance, which lies in [0, 1]
     min_samples: int = Field(4, ge=2)
+    k1: int = Field(30, ge=2)
+    k2: int = Field(6, ge=1)
     keep_outliers: bool = False
     loss: LossConfig = LossConfig()
     solver: SolverConfig = SolverConfig(epochs=4, lr=1e-4, warmup_epochs=0.0)
@@ -213,9 +215,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load_config(
-    paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()
-) -> ReidConfig:
+def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> ReidConfig:
     """Merge YAML files (later wins) and `key=value` overrides into a validated config."""
     tree: dict[str, Any] = {}
     for path in paths:

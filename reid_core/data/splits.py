@@ -21,7 +21,9 @@ class Split:
     paths: np.ndarray
 
 
-def load_split(root: str | Path, manifest: pd.DataFrame, split: str, height: int, width: int) -> Split:
+def load_split(
+    root: str | Path, manifest: pd.DataFrame, split: str, height: int, width: int
+) -> Split:
     """Decode every image of `split` (train, query or gallery), resized to height × width."""
     rows = manifest[manifest["split"] == split]
     if rows.empty:

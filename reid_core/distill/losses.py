@@ -28,7 +28,9 @@ class DistillLoss:
         self.reid = ReidLoss(config.loss)
         self.config = config
 
-    def __call__(self, out: ReidOutput, labels: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, out: ReidOutput, labels: torch.Tensor, images: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         terms = self.reid(out, labels)
         if self.config.kd_weight > 0:
             self.teacher.eval()

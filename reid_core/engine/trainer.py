@@ -1,4 +1,7 @@
-"""The training loop: P×K batches → batched augmentation → forward → losses → step; hooks do the rest."""
+"""The training loop: P×K batches → batched augmentation → forward → losses → step.
+
+Everything around the step (logging, progress, NaN checks) is a hook.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +61,8 @@ class Trainer:
         self.model.train()
         for hook in self.hooks:
             hook.before_train(self)
-        for self.epoch in range(self.epochs):
+        for epoch in range(self.epochs):
+            self.epoch = epoch
             for batch in self.sampler.epoch(self.epoch):
                 self.step(torch.from_numpy(batch))
                 for hook in self.hooks:

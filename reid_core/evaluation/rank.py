@@ -67,7 +67,7 @@ def evaluate_rank(
         first = kept_rank[np.arange(len(pos)), pos.argmax(1)]
         last = kept_rank[np.arange(len(pos)), num_g - 1 - pos[:, ::-1].argmax(1)]
         hits += (first[:, None] < np.arange(1, max_rank + 1)[None, :]).sum(0)
-        precision = np.cumsum(pos, axis=1) / (kept_rank + 1)
+        precision = np.cumsum(pos, axis=1) / np.maximum(kept_rank + 1, 1)  # removed: masked
         aps.append(np.where(pos, precision, 0.0).sum(1) / npos)
         inps.append(npos / (last + 1))
     if not aps:

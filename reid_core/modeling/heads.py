@@ -1,4 +1,4 @@
-"""The BNNeck head (Luo et al. 2019): triplet loss on the pooled feature, classification after BN."""
+"""The BNNeck head (Luo et al. 2019): triplet loss before the BN, classification after it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ class BNNeckHead(nn.Module):
         if self.classifier is not None:
             nn.init.normal_(self.classifier.weight, std=0.001)
 
-    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, pooled: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         neck = self.bottleneck(pooled)
         logits = self.classifier(neck) if self.classifier is not None else None
         return pooled, neck, logits

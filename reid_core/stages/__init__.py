@@ -96,7 +96,10 @@ STAGES: dict[str, StageSpec] = {
 
 
 def run_stage(
-    name: str, config: ReidConfig, inputs: Mapping[str, str | Path], outputs: Mapping[str, str | Path]
+    name: str,
+    config: ReidConfig,
+    inputs: Mapping[str, str | Path],
+    outputs: Mapping[str, str | Path],
 ) -> dict[str, float]:
     """Check ports against the declaration, then run the stage."""
     spec = STAGES[name]

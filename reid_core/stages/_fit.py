@@ -15,7 +15,9 @@ from reid_core.modeling.model import ReidModel
 from reid_core.tracking.lineage import git_commit
 
 
-def load_train_split(config: ReidConfig, dataset: Path, manifest: Path) -> tuple[Split, dict[str, str]]:
+def load_train_split(
+    config: ReidConfig, dataset: Path, manifest: Path
+) -> tuple[Split, dict[str, str]]:
     df, meta = read_manifest(manifest)
     return load_split(dataset, df, "train", config.data.height, config.data.width), meta
 

@@ -30,7 +30,9 @@ from reid_core.uda.pseudo_labels import (
 )
 
 
-def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+def run(
+    config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]
+) -> dict[str, float]:
     import mlflow
 
     cfg = config.adapt
@@ -43,7 +45,7 @@ def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Pa
         for rnd in range(cfg.rounds):
             feats = extract_features(model, split.images, config.evaluate.batch_size)
             try:
-                pseudo = cluster_features(feats, cfg.eps, cfg.min_samples)
+                pseudo = cluster_features(feats, cfg.eps, cfg.min_samples, cfg.k1, cfg.k2)
             except PseudoLabelError as err:
                 if rnd == 0:
                     raise

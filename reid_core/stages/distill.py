@@ -6,6 +6,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
 from reid_core.data.splits import contiguous_labels
@@ -18,7 +20,9 @@ from reid_core.stages._fit import count_ids, finish, load_train_split
 from reid_core.tracking.runs import stage_run
 
 
-def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+def run(
+    config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]
+) -> dict[str, float]:
     import mlflow
 
     cfg = config.distill
@@ -33,6 +37,7 @@ def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Pa
                 f"teacher {inputs['teacher']} classifies {teacher_classes} ids but this train "
                 f"split has {num_ids}: distill on the data the teacher was trained on"
             )
+        torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
         student = create_model(cfg.model, num_ids)
         start = time.perf_counter()
         fit(

@@ -16,7 +16,9 @@ from reid_core.evaluation import compute_distance, evaluate_rank, extract_featur
 from reid_core.tracking.runs import stage_run
 
 
-def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+def run(
+    config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]
+) -> dict[str, float]:
     import mlflow
 
     cfg = config.evaluate
@@ -24,13 +26,15 @@ def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Pa
     df, data_meta = read_manifest(inputs["manifest"])
     domain = data_meta.get("domain", "")
     with stage_run("evaluate", config):
-        mlflow.set_tags({
-            "reid.model_stage": model_meta["stage"],
-            "reid.domain": domain,
-            "reid.model_run_id": model_meta.get("mlflow_run_id", ""),
-            "reid.eval_set_hash": data_meta.get("eval_set_hash", ""),
-            "mlflow.runName": f"evaluate {model_meta['stage']}@{domain}",
-        })
+        mlflow.set_tags(
+            {
+                "reid.model_stage": model_meta["stage"],
+                "reid.domain": domain,
+                "reid.model_run_id": model_meta.get("mlflow_run_id", ""),
+                "reid.eval_set_hash": data_meta.get("eval_set_hash", ""),
+                "mlflow.runName": f"evaluate {model_meta['stage']}@{domain}",
+            }
+        )
         h, w = model_meta["height"], model_meta["width"]
         query = load_split(inputs["dataset"], df, "query", h, w)
         gallery = load_split(inputs["dataset"], df, "gallery", h, w)

@@ -18,7 +18,9 @@ class ParityError(RuntimeError):
     """The exported graph does not compute what the PyTorch model computes."""
 
 
-def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+def run(
+    config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]
+) -> dict[str, float]:
     import json
 
     import mlflow
@@ -36,7 +38,10 @@ def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Pa
             export_onnx(serving, tmp / "model.onnx", h, w, cfg.opset)
             report = parity_report(serving, tmp / "model.onnx", images, cfg.parity_batch_sizes)
             mlflow.log_metrics(report)
-            passed = report["max_abs_diff"] <= cfg.max_abs_diff and report["min_cosine"] >= cfg.min_cosine
+            passed = (
+                report["max_abs_diff"] <= cfg.max_abs_diff
+                and report["min_cosine"] >= cfg.min_cosine
+            )
             if not passed:
                 raise ParityError(
                     f"ONNX Runtime differs from PyTorch: max abs diff {report['max_abs_diff']:.3g} "

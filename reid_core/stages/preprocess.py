@@ -22,7 +22,9 @@ class ValidationFailed(DatasetError):
     """The dataset did not pass its expectation suite."""
 
 
-def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+def run(
+    config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]
+) -> dict[str, float]:
     import mlflow
 
     from reid_core.validation.suite import validate_manifest, write_report
@@ -39,7 +41,8 @@ def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Pa
         mlflow.log_artifact(str(outputs["report"]), "validation")
         counts = df["split"].value_counts()
         metrics = {
-            f"{split}_images": float(counts.get(split, 0)) for split in ("train", "query", "gallery")
+            f"{split}_images": float(counts.get(split, 0))
+            for split in ("train", "query", "gallery")
         }
         metrics["train_ids"] = float(df.loc[df["split"] == "train", "pid"].nunique())
         metrics["failed_expectations"] = float(len(report.failures()))

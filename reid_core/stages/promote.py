@@ -15,7 +15,9 @@ from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import stage_run
 
 
-def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+def run(
+    config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]
+) -> dict[str, float]:
     import mlflow
 
     cfg = config.promote
@@ -44,18 +46,27 @@ def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Pa
         published = ""
         if decision.promote:
             text = triton_config(
-                cfg.model_name, parity["height"], parity["width"], parity["embedding_dim"],
+                cfg.model_name,
+                parity["height"],
+                parity["width"],
+                parity["embedding_dim"],
                 cfg.max_batch_size,
             )
             path = publish_version(
-                cfg.triton_repository, cfg.model_name, version, inputs["onnx"] / "model.onnx",
-                text, cfg.keep_versions,
+                cfg.triton_repository,
+                cfg.model_name,
+                version,
+                inputs["onnx"] / "model.onnx",
+                text,
+                cfg.keep_versions,
             )
             published = str(path)
             registry.set_champion(cfg.model_name, version, current)
         client = mlflow.MlflowClient()
         client.set_model_version_tag(
-            cfg.model_name, str(version), "reid.promotion",
+            cfg.model_name,
+            str(version),
+            "reid.promotion",
             ("promoted: " if decision.promote else "refused: ") + "; ".join(decision.reasons),
         )
         result = {

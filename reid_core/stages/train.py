@@ -6,6 +6,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
 from reid_core.data.splits import contiguous_labels
@@ -17,13 +19,16 @@ from reid_core.stages._fit import count_ids, finish, load_train_split
 from reid_core.tracking.runs import stage_run
 
 
-def run(config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> dict[str, float]:
+def run(
+    config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]
+) -> dict[str, float]:
     import mlflow
 
     cfg = config.train
     with stage_run("train", config):
         split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
         labels = contiguous_labels(split.pids)
+        torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
         model = create_model(cfg.model, count_ids(labels))
         loss = ReidLoss(cfg.loss)
         start = time.perf_counter()

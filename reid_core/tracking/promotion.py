@@ -40,11 +40,15 @@ def decide(challenger: Candidate, champion: Candidate | None, min_map_gain: floa
     if gain > min_map_gain or (min_map_gain == 0 and gain > 0):
         return Decision(
             True,
-            [f"mAP {challenger.mAP:.4f} beats champion v{champion.version} ({champion.mAP:.4f}) "
-             f"by {gain:+.4f} (needed > {min_map_gain})"],
+            [
+                f"mAP {challenger.mAP:.4f} beats champion v{champion.version} ({champion.mAP:.4f}) "
+                f"by {gain:+.4f} (needed > {min_map_gain})"
+            ],
         )
     return Decision(
         False,
-        [f"mAP {challenger.mAP:.4f} does not beat champion v{champion.version} "
-         f"({champion.mAP:.4f}) by more than {min_map_gain}"],
+        [
+            f"mAP {challenger.mAP:.4f} does not beat champion v{champion.version} "
+            f"({champion.mAP:.4f}) by more than {min_map_gain}"
+        ],
     )

@@ -39,6 +39,8 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
             f"{'; '.join(decision['reasons'])})"
         )
         where = decision["triton_version_path"] or "unchanged"
-        lines.append(f"Triton model repository: {decision['triton_repository']} (new version: {where})")
+        lines.append(
+            f"Triton model repository: {decision['triton_repository']} (new version: {where})"
+        )
     lines.append(f"MLflow UI: {ui_command(config)}")
     return "\n".join(lines)

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from reid_core.uda.jaccard import jaccard_distance
+
 
 class PseudoLabelError(RuntimeError):
     """Clustering gave labels that cannot be trained on (empty, all outliers, one cluster)."""
 
 
-def cluster_features(features: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
-    """DBSCAN on precomputed cosine distances; -1 marks outliers.
+def cluster_features(
+    features: np.ndarray, eps: float, min_samples: int, k1: int = 30, k2: int = 6
+) -> np.ndarray:
+    """DBSCAN on the k-reciprocal Jaccard distance; -1 marks outliers.
 
     Dense N×N distances: fine for the target sets of the skeleton (memory-bounded neighbour
     search belongs to the evaluation suite's re-ranking code).
     """
     from sklearn.cluster import DBSCAN
 
-    if len(features) == 0:
-        raise PseudoLabelError("the target set is empty: nothing to cluster")
-    feats = features / np.linalg.norm(features, axis=1, keepdims=True).clip(min=1e-12)
-    dist = np.clip(1.0 - feats @ feats.T, 0.0, 2.0)
+    if len(features) < 2:
+        raise PseudoLabelError(f"the target set has {len(features)} images: nothing to cluster")
+    dist = jaccard_distance(features, k1, k2)
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dist)
     clusters = np.unique(labels[labels >= 0])
     if len(clusters) == 0:

@@ -9,7 +9,8 @@ from torch import nn
 from reid_core.modeling.backbones.resnet import RESNET_DEPTHS, ResNet
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    f"resnet{depth}": (lambda depth=depth, **kw: ResNet(depth=depth, **kw)) for depth in RESNET_DEPTHS
+    f"resnet{depth}": (lambda depth=depth, **kw: ResNet(depth=depth, **kw))
+    for depth in RESNET_DEPTHS
 }
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-RESNET_DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
-                 50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
+RESNET_DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+}
 
 
 class IBN(nn.Module):
@@ -81,8 +85,9 @@ def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Module:
 class ResNet(nn.Module):
     """Feature-map extractor; `out_channels` is the channel count of the last stage."""
 
-    def __init__(self, depth: int = 50, last_stride: int = 1, ibn: bool = False,
-                 base_width: int = 64):
+    def __init__(
+        self, depth: int = 50, last_stride: int = 1, ibn: bool = False, base_width: int = 64
+    ):
         super().__init__()
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_DEPTHS)}, got {depth}")

@@ -12,7 +12,9 @@ def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
     return d2.clamp(min=1e-12).sqrt()
 
 
-def batch_hard_triplet(features: torch.Tensor, labels: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+def batch_hard_triplet(
+    features: torch.Tensor, labels: torch.Tensor, margin: float = 0.3
+) -> torch.Tensor:
     """For each anchor: hardest positive and hardest negative in the batch, hinge on the margin.
 
     A batch without any positive pair or without any negative contributes zero.

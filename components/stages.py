@@ -1,0 +1,220 @@
+"""One KFP component per pipeline stage, plus the synthetic dataset generator.
+
+Each component is thin: typed artifacts in, one `reid_core.stages.run_stage` call (through
+`reid_core.stages.kfp_glue`), artifacts out. KFP serialises only each function's own source
+into the container, so imports stay inside the bodies and the shared code lives in the image.
+
+Artifact types: datasets, manifests, reports and features are `Dataset`; checkpoints and ONNX
+exports are `Model`; metrics JSON are `Metrics`; the promotion decision is a plain `Artifact`.
+Every stage component takes `config_yaml` (the whole ReidConfig as YAML), `pipeline_run_id`
+(one MLflow parent run per pipeline run), `mlflow_tracking_uri` ("" = the stage's default) and
+`config_overrides` (`key.path=value` strings, as the CLI's `--set`, for one task's differences).
+
+Deliberately no `from __future__ import annotations`: KFP reads the annotations as types.
+"""
+
+import os
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+DEFAULT_IMAGE = "reidflow:0.1.0"
+# The project image (it contains reid_core and kfp); fixed when this module is imported.
+IMAGE = os.environ.get("REID_IMAGE") or DEFAULT_IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def synth(config_yaml: str, style: str, seed: int, dataset: Output[Dataset]):
+    """Generate the synthetic Market-1501-layout dataset of config.synth (style, seed)."""
+    from reid_core.stages.kfp_glue import run_synth
+
+    run_synth(config_yaml, style, seed, dataset)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def preprocess(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: list[str],
+    dataset: Input[Dataset],
+    manifest: Output[Dataset],
+    report: Output[Dataset],
+):
+    """Read a dataset, write its manifest and validate it."""
+    from reid_core.stages.kfp_glue import run_component
+
+    run_component(
+        "preprocess",
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        inputs={"dataset": dataset},
+        outputs={"manifest": manifest, "report": report},
+        config_overrides=config_overrides,
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: list[str],
+    dataset: Input[Dataset],
+    manifest: Input[Dataset],
+    checkpoint: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train the teacher on the manifest's train split."""
+    from reid_core.stages.kfp_glue import run_component
+
+    run_component(
+        "train",
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        inputs={"dataset": dataset, "manifest": manifest},
+        outputs={"checkpoint": checkpoint, "metrics": metrics},
+        config_overrides=config_overrides,
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def distill(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: list[str],
+    dataset: Input[Dataset],
+    manifest: Input[Dataset],
+    teacher: Input[Model],
+    checkpoint: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train a smaller student from the teacher's logits."""
+    from reid_core.stages.kfp_glue import run_component
+
+    run_component(
+        "distill",
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        inputs={"dataset": dataset, "manifest": manifest, "teacher": teacher},
+        outputs={"checkpoint": checkpoint, "metrics": metrics},
+        config_overrides=config_overrides,
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def adapt(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: list[str],
+    dataset: Input[Dataset],
+    manifest: Input[Dataset],
+    model: Input[Model],
+    checkpoint: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Pseudo-label rounds on an unlabelled target domain."""
+    from reid_core.stages.kfp_glue import run_component
+
+    run_component(
+        "adapt",
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        inputs={"dataset": dataset, "manifest": manifest, "model": model},
+        outputs={"checkpoint": checkpoint, "metrics": metrics},
+        config_overrides=config_overrides,
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: list[str],
+    dataset: Input[Dataset],
+    manifest: Input[Dataset],
+    model: Input[Model],
+    metrics: Output[Metrics],
+    features: Output[Dataset],
+):
+    """Rank the gallery for every query: CMC, mAP, mINP."""
+    from reid_core.stages.kfp_glue import run_component
+
+    run_component(
+        "evaluate",
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        inputs={"dataset": dataset, "manifest": manifest, "model": model},
+        outputs={"metrics": metrics, "features": features},
+        config_overrides=config_overrides,
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def export(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: list[str],
+    dataset: Input[Dataset],
+    manifest: Input[Dataset],
+    model: Input[Model],
+    onnx: Output[Model],
+):
+    """ONNX export with an ONNX Runtime parity gate."""
+    from reid_core.stages.kfp_glue import run_component
+
+    run_component(
+        "export",
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        inputs={"dataset": dataset, "manifest": manifest, "model": model},
+        outputs={"onnx": onnx},
+        config_overrides=config_overrides,
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def promote(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: list[str],
+    onnx: Input[Model],
+    model: Input[Model],
+    evaluation: Input[Metrics],
+    decision: Output[Artifact],
+):
+    """Register the model, move the champion alias, publish to Triton."""
+    from reid_core.stages.kfp_glue import run_component
+
+    run_component(
+        "promote",
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        inputs={"onnx": onnx, "model": model, "evaluation": evaluation},
+        outputs={"decision": decision},
+        config_overrides=config_overrides,
+    )
+
+
+STAGE_COMPONENTS = {
+    "preprocess": preprocess,
+    "train": train,
+    "distill": distill,
+    "adapt": adapt,
+    "evaluate": evaluate,
+    "export": export,
+    "promote": promote,
+}
+"""Stage name (as in `reid_core.stages.STAGES`) -> its component."""

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines definitions (`training`) and the compile / run-local / submit tools."""

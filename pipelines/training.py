@@ -1,0 +1,129 @@
+"""The training pipeline: synthetic source and target data to a promoted, served student.
+
+    synth day ─ preprocess ─┬─ train (teacher) ─┬─ distill (student) ─ export ─ promote
+                            │                   │
+    synth dusk ─ preprocess ┴───────────────────┴─ adapt (teacher on target)
+
+with four evaluations: teacher@source, student@source (the one promote judges), teacher@target
+(direct transfer) and adapted@target. Each task's inputs are the outputs of the tasks before
+it; the config travels whole as one YAML string so every stage sees the same `ReidConfig`.
+
+`pipeline_run_id` is `dsl.PIPELINE_JOB_ID_PLACEHOLDER`: on a KFP backend it resolves to the run
+UUID, under `kfp.local` to one random id per pipeline call, shared by all its tasks. Caching
+therefore never reuses a stage across runs (the id is an input), which is intended: a cached
+stage would be missing from the run's MLflow parent. Only `synth` can be cached.
+
+Deliberately no `from __future__ import annotations`: KFP reads the return annotation.
+"""
+
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+from kfp import dsl
+from kfp.dsl import Artifact, Metrics, Model
+
+from components import stages as c
+from reid_core.config import ReidConfig, load_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = PROJECT_ROOT / "params.yaml"
+PIPELINE_NAME = "reid-training"
+SOURCE_DOMAIN = "source"
+TARGET_DOMAIN = "target"
+
+
+def default_config_yaml() -> str:
+    """params.yaml (validated, every key spelled out) or, without it, the default config.
+
+    One line of flow-style YAML: KFP copies string defaults unescaped into the compiled file's
+    header comment, so a multi-line default makes that file invalid YAML (kubeflow/pipelines
+    issue 10438); one line is also what the KFP UI's parameter field edits comfortably.
+    """
+    config = load_config([PARAMS_FILE]) if PARAMS_FILE.is_file() else ReidConfig()
+    tree = config.model_dump(mode="json")
+    return yaml.safe_dump(tree, default_flow_style=True, sort_keys=False, width=2**31).strip()
+
+
+class TrainingOutputs(NamedTuple):
+    decision: Artifact
+    student_onnx: Model
+    teacher_source: Metrics
+    student_source: Metrics
+    teacher_target: Metrics
+    adapted_target: Metrics
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description=(
+        "Re-id training to serving: synthetic source/target data, teacher training, "
+        "distillation, domain adaptation, evaluation, ONNX export, promotion to Triton."
+    ),
+)
+def reid_training_pipeline(
+    config_yaml: str = default_config_yaml(),
+    mlflow_tracking_uri: str = "",
+    source_seed: int = 0,
+    target_seed: int = 1,
+) -> TrainingOutputs:
+    run = {
+        "config_yaml": config_yaml,
+        "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        "mlflow_tracking_uri": mlflow_tracking_uri,
+        "config_overrides": [],
+    }
+    # Manifest rows name their domain (as dvc.yaml's `--set data.domain=...`); all else is shared.
+    source_run = {**run, "config_overrides": [f"data.domain={SOURCE_DOMAIN}"]}
+    target_run = {**run, "config_overrides": [f"data.domain={TARGET_DOMAIN}"]}
+
+    source = c.synth(config_yaml=config_yaml, style="day", seed=source_seed)
+    source.set_display_name("synth source (day)")
+    target = c.synth(config_yaml=config_yaml, style="dusk", seed=target_seed)
+    target.set_display_name("synth target (dusk)")
+    src_data = source.outputs["dataset"]
+    tgt_data = target.outputs["dataset"]
+
+    prep_src = c.preprocess(**source_run, dataset=src_data).set_display_name("preprocess source")
+    prep_tgt = c.preprocess(**target_run, dataset=tgt_data).set_display_name("preprocess target")
+    src_manifest = prep_src.outputs["manifest"]
+    tgt_manifest = prep_tgt.outputs["manifest"]
+
+    teacher = c.train(**run, dataset=src_data, manifest=src_manifest)
+    teacher.set_display_name("train teacher (source)")
+    teacher_ckpt = teacher.outputs["checkpoint"]
+    student = c.distill(**run, dataset=src_data, manifest=src_manifest, teacher=teacher_ckpt)
+    student.set_display_name("distill student (source)")
+    student_ckpt = student.outputs["checkpoint"]
+    adapted = c.adapt(**run, dataset=tgt_data, manifest=tgt_manifest, model=teacher_ckpt)
+    adapted.set_display_name("adapt teacher (target)")
+    adapted_ckpt = adapted.outputs["checkpoint"]
+
+    def evaluate(name: str, data, manifest, model) -> dsl.PipelineTask:
+        task = c.evaluate(**run, dataset=data, manifest=manifest, model=model)
+        return task.set_display_name(f"evaluate {name}")
+
+    ev_teacher_src = evaluate("teacher @ source", src_data, src_manifest, teacher_ckpt)
+    ev_student_src = evaluate("student @ source", src_data, src_manifest, student_ckpt)
+    ev_teacher_tgt = evaluate("teacher @ target (direct)", tgt_data, tgt_manifest, teacher_ckpt)
+    ev_adapted_tgt = evaluate("adapted @ target", tgt_data, tgt_manifest, adapted_ckpt)
+
+    exported = c.export(**run, dataset=src_data, manifest=src_manifest, model=student_ckpt)
+    exported.set_display_name("export student (ONNX)")
+    promoted = c.promote(
+        **run,
+        onnx=exported.outputs["onnx"],
+        model=student_ckpt,
+        evaluation=ev_student_src.outputs["metrics"],
+    )
+    # Registers a model version and rewrites the Triton repository: never reuse a cached one.
+    promoted.set_display_name("promote student").set_caching_options(enable_caching=False)
+
+    return TrainingOutputs(
+        decision=promoted.outputs["decision"],
+        student_onnx=exported.outputs["onnx"],
+        teacher_source=ev_teacher_src.outputs["metrics"],
+        student_source=ev_student_src.outputs["metrics"],
+        teacher_target=ev_teacher_tgt.outputs["metrics"],
+        adapted_target=ev_adapted_tgt.outputs["metrics"],
+    )

@@ -1,0 +1,284 @@
+"""The Kubeflow Pipelines front end: components, the compiled training pipeline, the tools."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import json_format
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the project root
+    sys.path.insert(0, str(ROOT))
+
+from components import IMAGE, STAGE_COMPONENTS, synth  # noqa: E402
+from pipelines import tools  # noqa: E402
+from reid_core.config import ConfigError  # noqa: E402
+from reid_core.stages import STAGES  # noqa: E402
+from reid_core.stages.kfp_glue import parse_config_yaml  # noqa: E402
+
+# What each port's artifact is in KFP (the component signatures must agree).
+PORT_TYPES = {
+    "dataset": "system.Dataset",
+    "manifest": "system.Dataset",
+    "report": "system.Dataset",
+    "features": "system.Dataset",
+    "checkpoint": "system.Model",
+    "model": "system.Model",
+    "teacher": "system.Model",
+    "onnx": "system.Model",
+    "metrics": "system.Metrics",
+    "evaluation": "system.Metrics",
+    "decision": "system.Artifact",
+}
+STAGE_PARAMETERS = {"config_yaml", "pipeline_run_id", "mlflow_tracking_uri", "config_overrides"}
+TASKS_PER_FUNCTION = {
+    "synth": 2,
+    "preprocess": 2,
+    "train": 1,
+    "distill": 1,
+    "adapt": 1,
+    "evaluate": 4,
+    "export": 1,
+    "promote": 1,
+}
+JOB_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tools.compile_pipeline(tmp_path_factory.mktemp("kfp") / "training.yaml")
+
+
+@pytest.fixture(scope="module")
+def spec(compiled: Path) -> dict[str, Any]:
+    return yaml.safe_load(compiled.read_text())
+
+
+def _function_of(spec: dict[str, Any], task: dict[str, Any]) -> str:
+    """The Python function (= component) a compiled task runs."""
+    component = spec["components"][task["componentRef"]["name"]]
+    args = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]["args"]
+    return args[args.index("--function_to_execute") + 1]
+
+
+def _producer(spec: dict[str, Any], task: dict[str, Any], port: str) -> tuple[str, str]:
+    """(function, task name) of the task whose output feeds `port` of `task`."""
+    name = task["inputs"]["artifacts"][port]["taskOutputArtifact"]["producerTask"]
+    return _function_of(spec, spec["root"]["dag"]["tasks"][name]), name
+
+
+def _io_definitions(component: dict[str, Any]) -> tuple[dict, dict, set[str]]:
+    inputs = component.get("inputDefinitions", {})
+    outputs = component.get("outputDefinitions", {})
+    return (
+        inputs.get("artifacts", {}),
+        outputs.get("artifacts", {}),
+        set(inputs.get("parameters", {})),
+    )
+
+
+def test_checked_in_pipeline_yaml_matches_a_fresh_compile(compiled: Path) -> None:
+    assert tools.PIPELINE_FILE.is_file(), (
+        "pipelines/training.yaml is missing: run `reid pipeline compile`"
+    )
+    assert compiled.read_bytes() == tools.PIPELINE_FILE.read_bytes(), (
+        "pipelines/training.yaml is stale (components, pipeline, params.yaml or kfp changed): "
+        f"regenerate it with `reid pipeline compile` (REID_IMAGE unset; this run used {IMAGE!r})"
+    )
+
+
+def test_compiling_twice_gives_identical_bytes(compiled: Path, tmp_path: Path) -> None:
+    again = tools.compile_pipeline(tmp_path / "again.yaml")
+    assert again.read_bytes() == compiled.read_bytes()
+
+
+def test_compiled_pipeline_runs_each_stage_with_its_artifact_types(spec: dict[str, Any]) -> None:
+    tasks = spec["root"]["dag"]["tasks"]
+    functions = [_function_of(spec, task) for task in tasks.values()]
+    assert {f: functions.count(f) for f in set(functions)} == TASKS_PER_FUNCTION
+    assert set(STAGES) <= set(functions)
+    for task in tasks.values():
+        component = spec["components"][task["componentRef"]["name"]]
+        inputs, outputs, _ = _io_definitions(component)
+        for port, definition in {**inputs, **outputs}.items():
+            title = definition["artifactType"]["schemaTitle"]
+            assert title == PORT_TYPES[port], f"{_function_of(spec, task)}.{port} is {title}"
+        assert task["taskInfo"]["name"], "every task has a display name"
+    assert len({t["taskInfo"]["name"] for t in tasks.values()}) == len(tasks)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_component_declares_exactly_the_stage_ports(stage: str) -> None:
+    assert set(STAGE_COMPONENTS) == set(STAGES), "one component per stage, no more"
+    pipeline_spec = json_format.MessageToDict(STAGE_COMPONENTS[stage].pipeline_spec)
+    (component,) = pipeline_spec["components"].values()
+    inputs, outputs, parameters = _io_definitions(component)
+    assert set(inputs) == {p.name for p in STAGES[stage].inputs}
+    assert set(outputs) == {p.name for p in STAGES[stage].outputs}
+    assert parameters == STAGE_PARAMETERS
+
+
+def test_synth_component_makes_one_dataset_from_config_style_and_seed() -> None:
+    pipeline_spec = json_format.MessageToDict(synth.pipeline_spec)
+    (component,) = pipeline_spec["components"].values()
+    inputs, outputs, parameters = _io_definitions(component)
+    assert inputs == {}
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
+        "dataset": "system.Dataset"
+    }
+    assert parameters == {"config_yaml", "style", "seed"}
+
+
+def test_pipeline_wires_teacher_student_adaptation_and_promotion(spec: dict[str, Any]) -> None:
+    tasks = spec["root"]["dag"]["tasks"]
+    by_function: dict[str, list[dict[str, Any]]] = {}
+    for task in tasks.values():
+        by_function.setdefault(_function_of(spec, task), []).append(task)
+    synth_style = {
+        name: task["inputs"]["parameters"]["style"]["runtimeValue"]["constant"]
+        for name, task in tasks.items()
+        if _function_of(spec, task) == "synth"
+    }
+    assert sorted(synth_style.values()) == ["day", "dusk"]
+
+    def domain_of(task: dict[str, Any]) -> str:
+        return synth_style[_producer(spec, task, "dataset")[1]]
+
+    (promote,) = by_function["promote"]
+    evaluation, evaluation_name = _producer(spec, promote, "evaluation")
+    assert evaluation == "evaluate"
+    evaluated = tasks[evaluation_name]
+    assert _producer(spec, evaluated, "model")[0] == "distill"
+    assert domain_of(evaluated) == "day"
+    assert _producer(spec, promote, "model")[0] == "distill"
+    assert _producer(spec, promote, "onnx")[0] == "export"
+    (export,) = by_function["export"]
+    assert _producer(spec, export, "model")[0] == "distill"
+    (distill,) = by_function["distill"]
+    assert _producer(spec, distill, "teacher")[0] == "train"
+    (adapt,) = by_function["adapt"]
+    assert _producer(spec, adapt, "model")[0] == "train"
+    assert domain_of(adapt) == "dusk"
+    evaluations = {(_producer(spec, t, "model")[0], domain_of(t)) for t in by_function["evaluate"]}
+    assert evaluations == {
+        ("train", "day"),
+        ("distill", "day"),
+        ("train", "dusk"),
+        ("adapt", "dusk"),
+    }
+
+    for task in by_function["preprocess"]:
+        overrides = task["inputs"]["parameters"]["config_overrides"]["runtimeValue"]["constant"]
+        domain = {"day": "source", "dusk": "target"}[domain_of(task)]
+        assert overrides == [f"data.domain={domain}"]
+    for function, group in by_function.items():
+        for task in group:
+            if function != "synth":
+                run_id = task["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]
+                assert run_id["constant"] == JOB_ID_PLACEHOLDER
+            caching = task.get("cachingOptions", {}).get("enableCache", False)
+            assert caching is (function != "promote"), f"{function}: caching {caching}"
+
+
+def test_pipeline_config_default_is_the_full_project_config(spec: dict[str, Any]) -> None:
+    default = spec["root"]["inputDefinitions"]["parameters"]["config_yaml"]["defaultValue"]
+    from pipelines.training import default_config_yaml
+
+    assert default == default_config_yaml()
+    assert set(yaml.safe_load(default)) >= {"synth", "train", "promote", "tracking"}
+
+
+def test_config_yaml_overrides_apply_and_bad_keys_are_named() -> None:
+    config = parse_config_yaml("train:\n  solver:\n    epochs: 3\n", ["data.domain=target"])
+    assert (config.train.solver.epochs, config.data.domain) == (3, "target")
+    assert parse_config_yaml("").train.solver.epochs == 12
+    with pytest.raises(ConfigError, match="train.solver.epochz: unknown key"):
+        parse_config_yaml("", ["train.solver.epochz=3"])
+    with pytest.raises(ConfigError, match="config_yaml is not valid YAML"):
+        parse_config_yaml("train: [1,")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        parse_config_yaml("- 1\n")
+
+
+def test_submit_to_an_unreachable_host_fails_clearly() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    host = f"http://127.0.0.1:{port}"
+    with pytest.raises(ConnectionError, match=f"Kubeflow Pipelines API at {host} is unreachable"):
+        tools.submit(host, "", "reidflow-test", None)
+    with pytest.raises(ValueError, match="must be an http"):
+        tools.submit("localhost:8080", "", "reidflow-test", None)
+
+
+def _tiny_config(tmp_path: Path) -> str:
+    """Seconds per stage. The teacher gets 3 epochs and pre-BN features so that the target's
+    features are spread enough for DBSCAN at eps 0.01 to find more than one cluster."""
+    solver = {"epochs": 1, "ids_per_batch": 4, "images_per_id": 2, "warmup_epochs": 0.0}
+    teacher_solver = {**solver, "epochs": 3, "lr": 0.001}
+    config = {
+        "synth": {"num_ids": 8, "num_cams": 2, "images_per_id": 6, "height": 64, "width": 32},
+        "data": {"height": 64, "width": 32},
+        "train": {
+            "model": {"base_width": 16, "neck_feat": "before"},
+            "solver": teacher_solver,
+            "log_every": 1,
+        },
+        "distill": {"model": {"base_width": 8}, "solver": solver, "log_every": 1},
+        "adapt": {"eps": 0.01, "min_samples": 2, "solver": solver, "log_every": 1},
+        "evaluate": {"batch_size": 16, "max_rank": 5},
+        "export": {"parity_images": 4, "parity_batch_sizes": [1, 3]},
+        "promote": {
+            "model_name": "reid-kfp-test",
+            # not "triton": a folder of that name in the working directory would shadow the
+            # triton package for torch in the task subprocesses (`python -m` puts cwd first).
+            "triton_repository": str(tmp_path / "model_repository"),
+        },
+        "tracking": {"experiment": "kfp-local-test", "workspace": str(tmp_path / "mlflow")},
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+@pytest.mark.integration
+def test_run_local_executes_every_task_and_promotes_to_triton(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+
+    result = tools.run_local(_tiny_config(tmp_path), tmp_path / "work", mlflow_tracking_uri=uri)
+
+    states = {name: task["state"] for name, task in result["tasks"].items()}
+    assert set(states.values()) == {"SUCCEEDED"}, states
+    assert result["status"] == "SUCCEEDED"
+    assert len(states) == sum(TASKS_PER_FUNCTION.values())
+    decision_file = Path(result["outputs"]["decision"]["uri"])
+    decision = json.loads(decision_file.read_text())
+    assert isinstance(decision, dict) and decision
+    for name in ("teacher_source", "student_source", "teacher_target", "adapted_target"):
+        assert result["outputs"][name]["metadata"], f"{name}: no metrics logged to KFP"
+    assert (Path(result["outputs"]["student_onnx"]["uri"]) / "model.onnx").is_file()
+    model_dir = tmp_path / "model_repository" / "reid-kfp-test"
+    assert (model_dir / "config.pbtxt").is_file()
+    assert list(model_dir.glob("*/model.onnx")), "no model version published to Triton"
+
+    # All stages of the run sit under one MLflow parent run, keyed by the KFP run id.
+    with sqlite3.connect(db) as con:
+        rows = con.execute(
+            "select s.value, r.value from tags s "
+            "join tags k on s.run_uuid = k.run_uuid join tags r on s.run_uuid = r.run_uuid "
+            "where s.key = 'reid.stage' and k.key = 'reid.kind' and k.value = 'stage' "
+            "and r.key = 'reid.pipeline_run_id'"
+        ).fetchall()
+    assert {stage for stage, _ in rows} == set(STAGES)
+    run_ids = {run_id for _, run_id in rows}
+    assert len(run_ids) == 1 and JOB_ID_PLACEHOLDER not in run_ids, run_ids
