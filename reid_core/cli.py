@@ -121,7 +121,11 @@ def _pipeline(args: argparse.Namespace) -> None:
         return
     config_yaml = _config_yaml(args)
     if args.pipeline_command == "run-local":
-        print(tools.run_local(config_yaml, args.workdir))
+        result = tools.run_local(config_yaml, args.workdir)
+        for name, task in result["tasks"].items():
+            print(f"{task['state']:<10} {name}")
+        if result["status"] != "SUCCEEDED":
+            raise RuntimeError(f"pipeline run failed; task logs under {result['run_dir']}")
     else:
         print(
             f"submitted run {tools.submit(args.host, config_yaml, args.experiment, args.run_name)}"

@@ -17,9 +17,14 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
     """Render what the pipeline produced under `reports/` (as dvc.yaml lays it out)."""
     lines = ["", "reidflow pipeline summary", "=" * 25]
     for report in sorted((reports / "validation").glob("*.json")):
-        stats = _load(report).get("statistics", {})
-        counts = ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, int | float))
-        lines.append(f"dataset {report.stem}: {counts or 'see ' + str(report)}")
+        s = _load(report).get("summary", {})
+        lines.append(
+            f"dataset {report.stem}: "
+            + ", ".join(
+                f"{split} {s.get(f'{split}_images', '?')} images / {s.get(f'{split}_ids', '?')} ids"
+                for split in ("train", "query", "gallery")
+            )
+        )
     evals = sorted((reports / "eval").glob("*.json"))
     if evals:
         lines.append("")
