@@ -141,6 +141,12 @@ class PromoteConfig(_Section):
     keep_versions: int = Field(3, ge=1)
 
 
+class RuntimeConfig(_Section):
+    """Where computation runs: `auto` takes the GPU when one is present."""
+
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+
+
 class TrackingConfig(_Section):
     """Where runs go. Empty URI means the embedded SQLite store under `workspace`."""
 
@@ -161,6 +167,7 @@ class ReidConfig(_Section):
     export: ExportConfig = ExportConfig()
     promote: PromoteConfig = PromoteConfig()
     tracking: TrackingConfig = TrackingConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
     def _batch_fits(self) -> ReidConfig:
@@ -215,6 +222,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(raw) if raw.strip() else ""
 
 
+def _merge_yaml(tree: dict[str, Any], text: str, where: str) -> None:
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{where}: top level must be a mapping")
+    for key, value in _flatten(loaded):
+        _set_dotted(tree, key, value)
+
+
 def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> ReidConfig:
     """Merge YAML files (later wins) and `key=value` overrides into a validated config."""
     tree: dict[str, Any] = {}
@@ -222,13 +240,20 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        for key, value in _flatten(loaded):
-            _set_dotted(tree, key, value)
+        _merge_yaml(tree, path.read_text(), str(path))
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
+    return config_from_dict(tree)
+
+
+def config_from_yaml(
+    text: str, overrides: Iterable[str] = (), where: str = "config YAML"
+) -> ReidConfig:
+    """The same as `load_config` for YAML given as text (e.g. a pipeline parameter)."""
+    tree: dict[str, Any] = {}
+    _merge_yaml(tree, text, where)
+    for override in overrides:
+        _set_dotted(tree, *parse_override(override))
     return config_from_dict(tree)
 
 

@@ -219,30 +219,15 @@ def test_submit_to_an_unreachable_host_fails_clearly() -> None:
 
 
 def _tiny_config(tmp_path: Path) -> str:
-    """Seconds per stage. The teacher gets 3 epochs and pre-BN features so that the target's
-    features are spread enough for DBSCAN at eps 0.01 to find more than one cluster."""
-    solver = {"epochs": 1, "ids_per_batch": 4, "images_per_id": 2, "warmup_epochs": 0.0}
-    teacher_solver = {**solver, "epochs": 3, "lr": 0.001}
-    config = {
-        "synth": {"num_ids": 8, "num_cams": 2, "images_per_id": 6, "height": 64, "width": 32},
-        "data": {"height": 64, "width": 32},
-        "train": {
-            "model": {"base_width": 16, "neck_feat": "before"},
-            "solver": teacher_solver,
-            "log_every": 1,
-        },
-        "distill": {"model": {"base_width": 8}, "solver": solver, "log_every": 1},
-        "adapt": {"eps": 0.01, "min_samples": 2, "solver": solver, "log_every": 1},
-        "evaluate": {"batch_size": 16, "max_rank": 5},
-        "export": {"parity_images": 4, "parity_batch_sizes": [1, 3]},
-        "promote": {
-            "model_name": "reid-kfp-test",
-            # not "triton": a folder of that name in the working directory would shadow the
-            # triton package for torch in the task subprocesses (`python -m` puts cwd first).
-            "triton_repository": str(tmp_path / "model_repository"),
-        },
-        "tracking": {"experiment": "kfp-local-test", "workspace": str(tmp_path / "mlflow")},
+    """configs/tiny.yaml (seconds per stage) with this test's registry, store and repository."""
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config["promote"] = {
+        "model_name": "reid-kfp-test",
+        # not "triton": a folder of that name in the working directory would shadow the
+        # triton package for torch in the task subprocesses (`python -m` puts cwd first).
+        "triton_repository": str(tmp_path / "model_repository"),
     }
+    config["tracking"] = {"experiment": "kfp-local-test", "workspace": str(tmp_path / "mlflow")}
     return yaml.safe_dump(config, sort_keys=False)
 
 

@@ -16,9 +16,9 @@ from reid_core.data.manifest import (
     dataset_fingerprint,
     eval_set_hash,
     read_manifest,
-    train_labels,
     write_manifest,
 )
+from reid_core.data.splits import contiguous_labels
 from tests.fixtures_data import SIZE, make_market_like, make_veri_like, write_jpeg
 
 
@@ -134,18 +134,7 @@ def test_eval_set_hash_covers_query_and_gallery_labels_only(market):
     assert eval_set_hash(moved) != reference
 
 
-def test_train_labels_are_contiguous_by_sorted_pid(market):
-    _, df = market
-    shuffled = df.sample(frac=1.0, random_state=1).reset_index(drop=True)
-    shuffled.loc[shuffled["pid"] == 2, "pid"] = 50
-    labels, mapping = train_labels(shuffled)
-    train_pids = shuffled.loc[shuffled["split"] == "train", "pid"].to_numpy()
-    assert mapping == {1: 0, 3: 1, 50: 2}
+def test_labels_are_contiguous_by_sorted_pid():
+    labels = contiguous_labels(np.array([50, 1, 3, 50, 1]))
     assert labels.dtype == np.int64
-    assert labels.tolist() == [mapping[p] for p in train_pids]
-
-
-def test_train_labels_need_train_rows(market):
-    _, df = market
-    with pytest.raises(DatasetError, match="train"):
-        train_labels(df[df["split"] != "train"])
+    assert labels.tolist() == [2, 0, 1, 2, 0]

@@ -111,3 +111,14 @@ def test_lr_warms_up_then_decays_to_the_floor():
     assert lr_factor(0, 100, 10, 0.01) == pytest.approx(0.1)
     assert lr_factor(10, 100, 10, 0.01) == pytest.approx(1.0)
     assert lr_factor(100, 100, 10, 0.01) == pytest.approx(0.01)
+
+
+def test_device_auto_falls_back_to_cpu_and_cuda_without_gpu_is_an_error():
+    from reid_core.engine.device import resolve_device
+
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    else:
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")

@@ -37,13 +37,7 @@ def workspace(tmp_path_factory):
         "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}",
     }
     env.pop("MLFLOW_REGISTRY_URI", None)
-    subprocess.run(
-        [sys.executable, "-m", "reid_core.cli", "data", "synth", "ds", "--config", str(TINY)],
-        cwd=ws,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    reid("data", "synth", "ds", cwd=ws, env=env)
     reid(
         "preprocess",
         "--dataset",
@@ -179,26 +173,7 @@ def test_promote_registers_then_refuses_an_equal_model(workspace):
 
 def test_adapt_runs_a_pseudo_label_round_on_a_second_domain(workspace):
     ws, env = workspace
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "reid_core.cli",
-            "data",
-            "synth",
-            "target",
-            "--style",
-            "dusk",
-            "--seed",
-            "1",
-            "--config",
-            str(TINY),
-        ],
-        cwd=ws,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    reid("data", "synth", "target", "--style", "dusk", "--seed", "1", cwd=ws, env=env)
     reid(
         "preprocess",
         "--dataset",

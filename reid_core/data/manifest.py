@@ -145,16 +145,3 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
     df = table.to_pandas()
     _check_columns(df, str(path))
     return df.loc[:, list(MANIFEST_COLUMNS)], metadata
-
-
-def train_labels(df: pd.DataFrame) -> tuple[np.ndarray, dict[int, int]]:
-    """Contiguous class labels 0..C-1 for the train rows (in `df` order), by sorted pid.
-
-    Returns the labels (int64, one per train row) and the pid -> label mapping.
-    """
-    pids = df.loc[df["split"] == "train", "pid"].to_numpy(dtype=np.int64)
-    if pids.size == 0:
-        raise DatasetError("manifest has no train rows to label")
-    classes = np.unique(pids)
-    labels = np.searchsorted(classes, pids).astype(np.int64)
-    return labels, {int(pid): i for i, pid in enumerate(classes)}

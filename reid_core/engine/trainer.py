@@ -44,7 +44,8 @@ class Trainer:
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.model = model
         self.images = images
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.device = next(model.parameters()).device
+        self.labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         self.sampler = sampler
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -74,8 +75,8 @@ class Trainer:
         return self.model.eval()
 
     def step(self, index: torch.Tensor) -> None:
-        images = self.augment(self.images[index])
-        labels = self.labels[index]
+        images = self.augment(self.images[index].to(self.device, non_blocking=True))
+        labels = self.labels[index.to(self.device)]
         out = self.model(images)
         terms = self.loss_fn(out, labels, images)
         loss = torch.stack(list(terms.values())).sum()
@@ -96,7 +97,10 @@ def fit(
     loss_fn: LossFn,
     hooks: Sequence[Hook] = (),
 ) -> ReidModel:
-    """Train with the configured sampler, optimizer, schedule and augmentation (seeded)."""
+    """Train with the configured sampler, optimizer, schedule and augmentation (seeded).
+
+    Runs where the model's parameters are; images stay in host memory, one batch moves at a time.
+    """
     torch.manual_seed(solver.seed)
     sampler = PKSampler(labels, solver.ids_per_batch, solver.images_per_id, seed=solver.seed)
     if len(sampler) == 0:

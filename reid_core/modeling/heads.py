@@ -32,5 +32,6 @@ class BNNeckHead(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """A new classifier, e.g. for pseudo labels in a new domain."""
         in_features = self.bottleneck.num_features
-        self.classifier = nn.Linear(in_features, num_classes, bias=False)
+        device = self.bottleneck.weight.device
+        self.classifier = nn.Linear(in_features, num_classes, bias=False, device=device)
         nn.init.normal_(self.classifier.weight, std=0.001)

@@ -16,6 +16,7 @@ from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
 from reid_core.data.splits import contiguous_labels
 from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
 from reid_core.engine.trainer import fit
 from reid_core.evaluation import extract_features
@@ -38,6 +39,7 @@ def run(
     cfg = config.adapt
     with stage_run("adapt", config):
         model, source_meta = load_checkpoint(inputs["model"])
+        model.to(resolve_device(config.runtime.device))
         split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
         loss = ReidLoss(cfg.loss)
         metrics: dict[str, float] = {}

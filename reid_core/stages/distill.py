@@ -13,6 +13,7 @@ from reid_core.config import ReidConfig
 from reid_core.data.splits import contiguous_labels
 from reid_core.distill.losses import DistillLoss
 from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
 from reid_core.engine.trainer import fit
 from reid_core.modeling import create_model
@@ -38,7 +39,9 @@ def run(
                 f"split has {num_ids}: distill on the data the teacher was trained on"
             )
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
-        student = create_model(cfg.model, num_ids)
+        device = resolve_device(config.runtime.device)
+        teacher.to(device)
+        student = create_model(cfg.model, num_ids).to(device)
         start = time.perf_counter()
         fit(
             student,

@@ -12,6 +12,7 @@ from reid_core.config import ReidConfig
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
 from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.engine.device import resolve_device
 from reid_core.evaluation import compute_distance, evaluate_rank, extract_features
 from reid_core.tracking.runs import stage_run
 
@@ -23,8 +24,10 @@ def run(
 
     cfg = config.evaluate
     model, model_meta = load_checkpoint(inputs["model"])
+    model.to(resolve_device(config.runtime.device))
     df, data_meta = read_manifest(inputs["manifest"])
     domain = data_meta.get("domain", "")
+    role = model_meta.get("role", model_meta["stage"])
     with stage_run("evaluate", config):
         mlflow.set_tags(
             {
@@ -32,7 +35,7 @@ def run(
                 "reid.domain": domain,
                 "reid.model_run_id": model_meta.get("mlflow_run_id", ""),
                 "reid.eval_set_hash": data_meta.get("eval_set_hash", ""),
-                "mlflow.runName": f"evaluate {model_meta['stage']}@{domain}",
+                "mlflow.runName": f"evaluate {role}@{domain}",
             }
         )
         h, w = model_meta["height"], model_meta["width"]

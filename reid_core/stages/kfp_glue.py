@@ -13,16 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-from pydantic import ValidationError
-
-from reid_core.config import (
-    ConfigError,
-    ReidConfig,
-    SynthConfig,
-    config_from_dict,
-    parse_override,
-)
+from reid_core.config import ReidConfig, config_from_yaml
 from reid_core.stages import run_stage
 
 PIPELINE_RUN_ENV = "REID_PIPELINE_RUN_ID"
@@ -43,27 +34,10 @@ class Artifact(Protocol):
 def parse_config_yaml(text: str, overrides: Iterable[str] = ()) -> ReidConfig:
     """The pipeline's `config_yaml` parameter plus `key.path=value` overrides, validated.
 
-    Empty text means the defaults. Overrides are those of the CLI's `--set` (values parsed as
-    YAML); the pipeline uses them where one task differs, e.g. `data.domain=target`.
+    Empty text means the defaults. Overrides are those of the CLI's `--set`; the pipeline uses
+    them where one task differs, e.g. `data.domain=target`.
     """
-    try:
-        tree = yaml.safe_load(text) if text.strip() else {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config_yaml is not valid YAML: {err}") from None
-    if tree is None:
-        tree = {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config_yaml: top level must be a mapping, got {type(tree).__name__}")
-    for text_override in overrides:
-        key, value = parse_override(text_override)
-        node = tree
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text_override!r}: '{part}' is a value, not a section")
-        node[parts[-1]] = value
-    return config_from_dict(tree)
+    return config_from_yaml(text, overrides, where="config_yaml")
 
 
 def set_run_environment(config: ReidConfig, pipeline_run_id: str, mlflow_tracking_uri: str) -> None:
@@ -126,15 +100,7 @@ def run_synth(config_yaml: str, style: str, seed: int, out: Artifact) -> dict[st
     """Generate the synthetic dataset of `config.synth` with this style and seed into `out`."""
     from reid_core.data.synth import SynthSpec, generate
 
-    config = parse_config_yaml(config_yaml)
-    fields = {**config.synth.model_dump(), "style": style, "seed": seed}
-    try:
-        SynthConfig.model_validate(fields)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"synth.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"invalid synth component arguments: {problems}") from None
-    counts = generate(Path(out.path), SynthSpec(**fields))
+    config = parse_config_yaml(config_yaml, [f"synth.style={style}", f"synth.seed={seed}"])
+    counts = generate(Path(out.path), SynthSpec(**config.synth.model_dump()))
     out.metadata.update({"style": style, "seed": seed, **counts})
     return counts

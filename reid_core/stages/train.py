@@ -11,6 +11,7 @@ import torch
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
 from reid_core.data.splits import contiguous_labels
+from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
 from reid_core.engine.trainer import fit
 from reid_core.modeling import create_model
@@ -29,7 +30,7 @@ def run(
         split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
         labels = contiguous_labels(split.pids)
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
-        model = create_model(cfg.model, count_ids(labels))
+        model = create_model(cfg.model, count_ids(labels)).to(resolve_device(config.runtime.device))
         loss = ReidLoss(cfg.loss)
         start = time.perf_counter()
         fit(
