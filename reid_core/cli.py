@@ -123,7 +123,7 @@ def _pipeline(args: argparse.Namespace) -> None:
     if args.pipeline_command == "run-local":
         result = tools.run_local(config_yaml, args.workdir)
         for name, task in result["tasks"].items():
-            print(f"{task['state']:<10} {name}")
+            print(f"{task['state']:<10} {task.get('display_name') or name}")
         if result["status"] != "SUCCEEDED":
             raise RuntimeError(f"pipeline run failed; task logs under {result['run_dir']}")
     else:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:  # parity, pseudo labels: the stage explains itself
+    except (RuntimeError, ConnectionError) as err:  # parity, pseudo labels, unreachable hosts
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

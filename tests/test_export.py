@@ -65,3 +65,13 @@ def test_a_failed_publish_leaves_no_version_behind(tmp_path):
     with pytest.raises(FileNotFoundError):
         publish_version(tmp_path, "reid", 1, tmp_path / "missing.onnx", "cfg")
     assert [p.name for p in (tmp_path / "reid").iterdir()] == ["config.pbtxt"]
+
+
+def test_ibn_resnet50_exports_with_parity(tmp_path):
+    torch.manual_seed(1)
+    model = create_model(ModelConfig(backbone="resnet50", base_width=8, ibn=True), 4).eval()
+    serving = ServingModel(model, l2_normalize=False)
+    export_onnx(serving, tmp_path / "m.onnx", 64, 32, opset=18)
+    images = (torch.rand(7, 3, 64, 32) * 255).to(torch.uint8)
+    report = parity_report(serving, tmp_path / "m.onnx", images, [1, 7])
+    assert report["max_abs_diff"] < 1e-3 and report["min_cosine"] > 0.9999
