@@ -40,7 +40,7 @@ RUN mkdir -p /src/wheels \
     && ln -s /src/wheels /wheels \
     && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install ${PIP_OPTS} --extra-index-url "${TORCH_INDEX_URL}" \
-        "${TORCH_SPEC}" . \
+        -c constraints.txt "${TORCH_SPEC}" . \
     && /opt/venv/bin/reid --help > /dev/null
 
 # ---- runtime: the virtualenv only (no sources, wheelhouse or build tooling) -----------------------
