@@ -56,7 +56,8 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     GX_ANALYTICS_ENABLED=false \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 
 # Declared last so that a new commit does not invalidate the layers above.
 ARG GIT_COMMIT=""

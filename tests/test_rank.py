@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reid_core.evaluation import compute_distance, evaluate_rank
 
@@ -29,7 +31,7 @@ def test_matches_the_protocol_definition_on_random_data(seed):
     q_pids, g_pids = rng.integers(0, ids, num_q), rng.integers(0, ids, num_g)
     q_cams, g_cams = rng.integers(0, cams, num_q), rng.integers(0, cams, num_g)
     dist = rng.random((num_q, num_g)).astype(np.float32)
-    result = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20, block=8)
+    result = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
     cmc, mAP, mINP, n = reference_rank(dist, q_pids, g_pids, q_cams, g_cams, 20)
     assert result.num_valid == n
     np.testing.assert_allclose(result.cmc, cmc, atol=1e-12)
@@ -71,3 +73,54 @@ def test_cosine_and_euclidean_distances():
     )
     with pytest.raises(ValueError, match="shapes"):
         compute_distance(q, np.zeros((2, 3)))
+
+
+@st.composite
+def rank_problems(draw):
+    """Random sizes, ids, cameras, distractors (pid 0) and, often, many tied distances."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    num_q, num_g = draw(st.integers(1, 12)), draw(st.integers(1, 40))
+    ids, cams = draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    dist = rng.random((num_q, num_g))
+    levels = draw(st.sampled_from([0, 2, 5, 50]))
+    if levels:
+        dist = np.round(dist * levels) / levels
+    return (
+        dist.astype(draw(st.sampled_from([np.float32, np.float64]))),
+        rng.integers(1, ids + 1, num_q),
+        rng.integers(0, ids + 1, num_g),
+        rng.integers(0, cams, num_q),
+        rng.integers(0, cams, num_g),
+    )
+
+
+@given(rank_problems(), st.integers(1, 60))
+@settings(max_examples=300, deadline=None)
+def test_matches_the_protocol_definition_on_any_problem(problem, max_rank):
+    dist, q_pids, g_pids, q_cams, g_cams = problem
+    max_rank = min(max_rank, dist.shape[1])
+    if not any(((g_pids == p) & (g_cams != c)).any() for p, c in zip(q_pids, q_cams, strict=True)):
+        with pytest.raises(ValueError, match="no query has a positive"):
+            evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank)
+        return
+    result = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank)
+    cmc, mAP, mINP, n = reference_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank)
+    assert result.num_valid == n
+    np.testing.assert_allclose(result.cmc, cmc, atol=1e-12)
+    assert result.mAP == pytest.approx(mAP, abs=1e-12)
+    assert result.mINP == pytest.approx(mINP, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("dist", "q", "g", "message"),
+    [
+        (np.zeros((2, 3)), 3, 3, "2 query items"),
+        (np.zeros((2, 3)), 2, 4, "3 gallery items"),
+        (np.zeros((2, 0)), 2, 0, "empty"),
+        (np.array([[0.1, np.nan]]), 1, 2, "NaN"),
+        (np.zeros(3), 1, 3, "2-D"),
+    ],
+)
+def test_bad_inputs_are_clear_errors(dist, q, g, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_rank(dist, np.ones(q), np.ones(g), np.zeros(q), np.ones(g))

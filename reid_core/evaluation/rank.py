@@ -1,8 +1,9 @@
-"""CMC, mAP and mINP under the Market-1501 protocol, exact and vectorised over query blocks.
+"""CMC, mAP and mINP under the Market-1501 protocol: exact, without sorting any row.
 
-For each query the gallery is ranked by distance (stable order for ties); items with the same
-pid and the same camera as the query are removed; a query without any remaining positive is
-skipped and not counted in `num_valid`.
+For each query the gallery is ranked by distance (ties in gallery order, as a stable sort
+would); items with the same pid and the same camera as the query are removed; a query without
+any remaining positive is skipped and not counted in `num_valid`. Only the positives' ranks
+matter, and `rank_kernel` finds those in one vectorised pass per positive.
 """
 
 from __future__ import annotations
@@ -37,48 +38,67 @@ def evaluate_rank(
     q_camids: np.ndarray,
     g_camids: np.ndarray,
     max_rank: int = 50,
-    block: int = 256,
 ) -> RankResult:
-    """Exact CMC@1..max_rank, mAP and mINP; memory bounded by `block` query rows at a time."""
-    distmat = np.asarray(distmat)
-    num_q, num_g = distmat.shape
-    if len(q_pids) != num_q or len(q_camids) != num_q:
-        raise ValueError(f"{num_q} query rows but {len(q_pids)} pids / {len(q_camids)} camids")
-    if len(g_pids) != num_g or len(g_camids) != num_g:
-        raise ValueError(f"{num_g} gallery columns but {len(g_pids)} pids / {len(g_camids)} camids")
+    """Exact CMC@1..max_rank, mAP and mINP of a query × gallery distance matrix."""
+    from reid_core.evaluation.rank_kernel import positive_ranks
+
+    dist = _check_distances(distmat)
+    num_q, num_g = dist.shape
+    q_pids, q_camids = _check_labels("query", num_q, q_pids, q_camids)
+    g_pids, g_camids = _check_labels("gallery", num_g, g_pids, g_camids)
     max_rank = min(max_rank, num_g)
-    g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
-    hits = np.zeros(max_rank, dtype=np.int64)
-    aps, inps = [], []
-    for start in range(0, num_q, block):
-        stop = min(start + block, num_q)
-        order = np.argsort(distmat[start:stop], axis=1, kind="stable")
-        qp = np.asarray(q_pids[start:stop])[:, None]
-        qc = np.asarray(q_camids[start:stop])[:, None]
-        same_pid = g_pids[order] == qp
-        keep = ~(same_pid & (g_camids[order] == qc))
-        pos = same_pid & keep
-        npos = pos.sum(1)
-        valid = npos > 0
-        if not valid.any():
-            continue
-        pos, keep, npos = pos[valid], keep[valid], npos[valid]
-        kept_rank = np.cumsum(keep, axis=1) - 1  # 0-based rank among kept items
-        first = kept_rank[np.arange(len(pos)), pos.argmax(1)]
-        last = kept_rank[np.arange(len(pos)), num_g - 1 - pos[:, ::-1].argmax(1)]
-        hits += (first[:, None] < np.arange(1, max_rank + 1)[None, :]).sum(0)
-        precision = np.cumsum(pos, axis=1) / np.maximum(kept_rank + 1, 1)  # removed: masked
-        aps.append(np.where(pos, precision, 0.0).sum(1) / npos)
-        inps.append(npos / (last + 1))
-    if not aps:
+
+    # Compact pids, then list each pid's gallery items (CSR): the kernel visits only those.
+    ids, compact = np.unique(np.concatenate([q_pids, g_pids]), return_inverse=True)
+    q_ids, g_ids = compact[:num_q], compact[num_q:]
+    members = np.argsort(g_ids, kind="stable")
+    start = np.searchsorted(g_ids[members], np.arange(len(ids) + 1))
+    max_pos = max(1, int(np.diff(start).max()))
+    ranks, npos = positive_ranks(
+        dist, q_ids, q_camids, g_camids, start.astype(np.int64), members.astype(np.int64), max_pos
+    )
+
+    valid = npos > 0
+    if not valid.any():
         raise ValueError("no query has a positive in the gallery: evaluation is undefined")
-    all_ap, all_inp = np.concatenate(aps), np.concatenate(inps)
-    num_valid = len(all_ap)
+    ranks, npos = ranks[valid], npos[valid]
+    kth = np.arange(ranks.shape[1])
+    is_pos = kth[None, :] < npos[:, None]
+    precision = np.divide(kth + 1.0, ranks + 1.0, out=np.zeros(ranks.shape), where=is_pos)
+    all_ap = precision.sum(1) / npos
+    all_inp = npos / (ranks[np.arange(len(ranks)), npos - 1] + 1.0)
+    cmc = (ranks[:, :1] < np.arange(1, max_rank + 1)[None, :]).mean(0)
     return RankResult(
-        cmc=hits / num_valid,
+        cmc=cmc,
         mAP=float(all_ap.mean()),
         mINP=float(all_inp.mean()),
         all_ap=all_ap,
         all_inp=all_inp,
-        num_valid=num_valid,
+        num_valid=len(all_ap),
     )
+
+
+def _check_distances(distmat: np.ndarray) -> np.ndarray:
+    dist = np.asarray(distmat)
+    if dist.ndim != 2:
+        raise ValueError(f"distmat must be 2-D (queries × gallery), got shape {dist.shape}")
+    if 0 in dist.shape:
+        raise ValueError(f"distmat is empty: shape {dist.shape}")
+    if dist.dtype not in (np.float32, np.float64):
+        dist = dist.astype(np.float64)
+    if np.isnan(dist).any():
+        rows = np.flatnonzero(np.isnan(dist).any(1))
+        raise ValueError(f"distmat has NaN in {len(rows)} query rows (first: {rows[:5].tolist()})")
+    return np.ascontiguousarray(dist)
+
+
+def _check_labels(
+    side: str, n: int, pids: np.ndarray, camids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    pids, camids = np.asarray(pids, np.int64), np.asarray(camids, np.int64)
+    if pids.shape != (n,) or camids.shape != (n,):
+        raise ValueError(
+            f"distmat has {n} {side} items but {side} pids/camids have shapes "
+            f"{pids.shape}/{camids.shape}"
+        )
+    return pids, camids
