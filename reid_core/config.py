@@ -122,6 +122,7 @@ class EvaluateConfig(_Section):
     metric: Literal["cosine", "euclidean"] = "cosine"
     batch_size: int = Field(128, ge=1)
     max_rank: int = Field(50, ge=1)
+    fars: list[float] = [1e-4, 1e-3, 1e-2]  # verification: TAR at these false accept rates
 
 
 class ExportConfig(_Section):

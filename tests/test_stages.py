@@ -111,7 +111,7 @@ def workspace(tmp_path_factory):
 def test_stages_write_their_declared_outputs(workspace):
     ws, _ = workspace
     metrics = json.loads((ws / "eval.json").read_text())
-    for key in ("rank1", "rank5", "mAP", "mINP"):
+    for key in ("rank1", "rank5", "mAP", "mINP", "tar_at_far_0.0001", "tar_at_far_0.01"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["eval_set_hash"]
     assert (ws / "teacher" / "model.safetensors").is_file()

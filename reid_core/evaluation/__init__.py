@@ -1,7 +1,15 @@
-"""Evaluation: distances, rank metrics (CMC, mAP, mINP) and feature extraction."""
+"""Evaluation: distances, rank metrics (CMC, mAP, mINP), verification (TAR@FAR), features."""
 
 from reid_core.evaluation.distance import compute_distance
 from reid_core.evaluation.features import extract_features
 from reid_core.evaluation.rank import RankResult, evaluate_rank
+from reid_core.evaluation.verification import VerificationResult, tar_at_far
 
-__all__ = ["RankResult", "compute_distance", "evaluate_rank", "extract_features"]
+__all__ = [
+    "RankResult",
+    "VerificationResult",
+    "compute_distance",
+    "evaluate_rank",
+    "extract_features",
+    "tar_at_far",
+]

@@ -3,7 +3,7 @@
 For each query the gallery is ranked by distance (ties in gallery order, as a stable sort
 would); items with the same pid and the same camera as the query are removed; a query without
 any remaining positive is skipped and not counted in `num_valid`. Only the positives' ranks
-matter, and `rank_kernel` finds those in one vectorised pass per positive.
+matter, and `kernels.positive_ranks` finds those in one vectorised pass per positive.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from reid_core.evaluation.inputs import check_distances, check_labels, pid_index
 
 
 @dataclass(frozen=True)
@@ -40,22 +42,16 @@ def evaluate_rank(
     max_rank: int = 50,
 ) -> RankResult:
     """Exact CMC@1..max_rank, mAP and mINP of a query × gallery distance matrix."""
-    from reid_core.evaluation.rank_kernel import positive_ranks
+    from reid_core.evaluation.kernels import positive_ranks
 
-    dist = _check_distances(distmat)
+    dist = check_distances(distmat)
     num_q, num_g = dist.shape
-    q_pids, q_camids = _check_labels("query", num_q, q_pids, q_camids)
-    g_pids, g_camids = _check_labels("gallery", num_g, g_pids, g_camids)
+    q_pids, q_camids = check_labels("query", num_q, q_pids, q_camids)
+    g_pids, g_camids = check_labels("gallery", num_g, g_pids, g_camids)
     max_rank = min(max_rank, num_g)
-
-    # Compact pids, then list each pid's gallery items (CSR): the kernel visits only those.
-    ids, compact = np.unique(np.concatenate([q_pids, g_pids]), return_inverse=True)
-    q_ids, g_ids = compact[:num_q], compact[num_q:]
-    members = np.argsort(g_ids, kind="stable")
-    start = np.searchsorted(g_ids[members], np.arange(len(ids) + 1))
-    max_pos = max(1, int(np.diff(start).max()))
+    index = pid_index(q_pids, g_pids)
     ranks, npos = positive_ranks(
-        dist, q_ids, q_camids, g_camids, start.astype(np.int64), members.astype(np.int64), max_pos
+        dist, index.q_ids, q_camids, g_camids, index.start, index.members, index.max_members
     )
 
     valid = npos > 0
@@ -76,29 +72,3 @@ def evaluate_rank(
         all_inp=all_inp,
         num_valid=len(all_ap),
     )
-
-
-def _check_distances(distmat: np.ndarray) -> np.ndarray:
-    dist = np.asarray(distmat)
-    if dist.ndim != 2:
-        raise ValueError(f"distmat must be 2-D (queries × gallery), got shape {dist.shape}")
-    if 0 in dist.shape:
-        raise ValueError(f"distmat is empty: shape {dist.shape}")
-    if dist.dtype not in (np.float32, np.float64):
-        dist = dist.astype(np.float64)
-    if np.isnan(dist).any():
-        rows = np.flatnonzero(np.isnan(dist).any(1))
-        raise ValueError(f"distmat has NaN in {len(rows)} query rows (first: {rows[:5].tolist()})")
-    return np.ascontiguousarray(dist)
-
-
-def _check_labels(
-    side: str, n: int, pids: np.ndarray, camids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    pids, camids = np.asarray(pids, np.int64), np.asarray(camids, np.int64)
-    if pids.shape != (n,) or camids.shape != (n,):
-        raise ValueError(
-            f"distmat has {n} {side} items but {side} pids/camids have shapes "
-            f"{pids.shape}/{camids.shape}"
-        )
-    return pids, camids

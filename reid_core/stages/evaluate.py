@@ -13,7 +13,7 @@ from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.engine.device import resolve_device
-from reid_core.evaluation import compute_distance, evaluate_rank, extract_features
+from reid_core.evaluation import compute_distance, evaluate_rank, extract_features, tar_at_far
 from reid_core.tracking.runs import stage_run
 
 
@@ -47,7 +47,10 @@ def run(
         result = evaluate_rank(
             dist, query.pids, gallery.pids, query.camids, gallery.camids, cfg.max_rank
         )
-        metrics = result.as_metrics()
+        verification = tar_at_far(
+            dist, query.pids, gallery.pids, query.camids, gallery.camids, cfg.fars
+        )
+        metrics = {**result.as_metrics(), **verification.as_metrics()}
         mlflow.log_metrics(metrics)
         with atomic_output(outputs["features"]) as tmp, open(tmp, "wb") as f:
             np.savez(

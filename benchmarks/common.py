@@ -1,0 +1,71 @@
+"""What the benchmarks share: the Market-1501-sized problem and how one side is measured."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reid_core.evaluation import compute_distance
+
+
+def market_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--queries", type=int, default=3368)
+    parser.add_argument("--gallery", type=int, default=15913)
+    parser.add_argument("--ids", type=int, default=751)
+    parser.add_argument("--cams", type=int, default=6)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    return parser.parse_args()
+
+
+def market_problem(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
+    """Random features and labels: (distmat, q_pids, g_pids, q_cams, g_cams)."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+    g = rng.standard_normal((args.gallery, args.dim), dtype=np.float32)
+    return (
+        compute_distance(q, g, "cosine"),
+        rng.integers(0, args.ids, args.queries),
+        rng.integers(0, args.ids, args.gallery),
+        rng.integers(0, args.cams, args.queries),
+        rng.integers(0, args.cams, args.gallery),
+    )
+
+
+def measure(fn: Callable[[], Any]) -> tuple[Any, float, int]:
+    """(result, seconds, peak bytes traced while it ran)."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return out, seconds, peak
+
+
+def report(args: argparse.Namespace, ours: tuple, reference: tuple, **extra: Any) -> None:
+    """Print (and optionally save) time ratio and peak memory of both sides."""
+    _, t_ours, m_ours = ours
+    _, t_ref, m_ref = reference
+    result = {
+        "problem": f"{args.queries}x{args.gallery}, {args.ids} ids, {args.cams} cameras",
+        "reidflow_seconds": round(t_ours, 3),
+        "reference_seconds": round(t_ref, 3),
+        "speedup": round(t_ref / t_ours, 2),
+        "reidflow_peak_mib": round(m_ours / 2**20, 1),
+        "reference_peak_mib": round(m_ref / 2**20, 1),
+        **extra,
+    }
+    for key, value in result.items():
+        print(f"{key:>28}: {value}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
