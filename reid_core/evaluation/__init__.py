@@ -1,8 +1,10 @@
-"""Evaluation: distances, rank metrics (CMC, mAP, mINP), verification (TAR@FAR), features."""
+"""Evaluation: distances, rank metrics (CMC, mAP, mINP), verification (TAR@FAR),
+k-reciprocal re-ranking, features."""
 
 from reid_core.evaluation.distance import compute_distance
 from reid_core.evaluation.features import extract_features
 from reid_core.evaluation.rank import RankResult, evaluate_rank
+from reid_core.evaluation.rerank import re_rank
 from reid_core.evaluation.verification import VerificationResult, tar_at_far
 
 __all__ = [
@@ -11,5 +13,6 @@ __all__ = [
     "compute_distance",
     "evaluate_rank",
     "extract_features",
+    "re_rank",
     "tar_at_far",
 ]

@@ -1,0 +1,118 @@
+"""Compiled parts of k-reciprocal re-ranking: neighbourhood expansion and the Jaccard term."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(inline="always")
+def _reciprocal(knn: np.ndarray, i: int, k: int, out: np.ndarray) -> int:
+    """Write R(i, k) — the j among i's k+1 nearest having i among their k+1 nearest — to out."""
+    n = 0
+    for a in range(k + 1):
+        j = knn[i, a]
+        for b in range(k + 1):
+            if knn[j, b] == i:
+                out[n] = j
+                n += 1
+                break
+    return n
+
+
+@numba.njit(inline="always")
+def _scaled_sq_dist(feats, sq_norms, i: int, j: int, cosine: bool, row_max: float) -> float:
+    """Squared distance of items i and j divided by i's row maximum (the published scaling)."""
+    dot = 0.0
+    for c in range(feats.shape[1]):
+        dot += feats[i, c] * feats[j, c]
+    sq = (1.0 - dot) ** 2 if cosine else max(sq_norms[i] + sq_norms[j] - 2.0 * dot, 0.0)
+    return sq / row_max
+
+
+@numba.njit(parallel=True, cache=True)
+def expansion_weights(
+    knn: np.ndarray,
+    k1: int,
+    feats: np.ndarray,
+    sq_norms: np.ndarray,
+    row_max: np.ndarray,
+    cosine: bool,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each item's expanded k-reciprocal set and its weights exp(−d)/Σ, padded to `width`.
+
+    A candidate c of R(i, k1) adds R(c, round(k1/2)) when more than 2/3 of that set already
+    lies in R(i, k1). Returns (columns, weights, count per row).
+    """
+    n = knn.shape[0]
+    half = int(np.round(k1 / 2.0))
+    cols = np.full((n, width), -1, np.int64)
+    weights = np.zeros((n, width), np.float32)
+    counts = np.zeros(n, np.int64)
+    for i in numba.prange(n):
+        recip = np.empty(k1 + 1, np.int64)
+        cand = np.empty(half + 1, np.int64)
+        nr = _reciprocal(knn, i, k1, recip)
+        members = np.empty(width, np.int64)
+        m = 0
+        for a in range(nr):
+            members[m] = recip[a]
+            m += 1
+        for a in range(nr):
+            nc = _reciprocal(knn, recip[a], half, cand)
+            shared = 0
+            for b in range(nc):
+                for c in range(nr):
+                    if cand[b] == recip[c]:
+                        shared += 1
+                        break
+            if shared > 2.0 / 3.0 * nc:
+                for b in range(nc):
+                    members[m] = cand[b]
+                    m += 1
+        uniq = np.unique(members[:m])
+        total = 0.0
+        for a in range(len(uniq)):
+            w = np.exp(-_scaled_sq_dist(feats, sq_norms, i, uniq[a], cosine, row_max[i]))
+            weights[i, a] = w
+            total += w
+        for a in range(len(uniq)):
+            cols[i, a] = uniq[a]
+            weights[i, a] = weights[i, a] / total
+        counts[i] = len(uniq)
+    return cols, weights, counts
+
+
+@numba.njit(parallel=True, cache=True)
+def blend_jaccard(
+    out: np.ndarray,
+    lambda_value: float,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    col_ptr: np.ndarray,
+    col_rows: np.ndarray,
+    col_data: np.ndarray,
+    first_col: int,
+) -> None:
+    """out[i, j] ← λ·out[i, j] + (1 − λ)·(1 − S/(2 − S)), S = Σ_k min(V[i,k], V[first_col+j,k]).
+
+    `out` holds the scaled distances of rows 0..len(out)-1 to items first_col.. on entry.
+    V is given by rows (CSR: indptr, indices, data) and by columns (CSC: col_ptr, col_rows,
+    col_data), so each shared k is visited once per pair that has it.
+    """
+    num_rows, num_cols = out.shape
+    for i in numba.prange(num_rows):
+        shared = np.zeros(num_cols, np.float32)
+        for p in range(indptr[i], indptr[i + 1]):
+            k = indices[p]
+            v = data[p]
+            for q in range(col_ptr[k], col_ptr[k + 1]):
+                j = col_rows[q] - first_col
+                if j >= 0:
+                    shared[j] += min(v, col_data[q])
+        row = out[i]
+        for j in range(num_cols):
+            jaccard = 1.0 - shared[j] / (2.0 - shared[j])
+            row[j] = lambda_value * row[j] + (1.0 - lambda_value) * jaccard
