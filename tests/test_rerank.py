@@ -75,6 +75,7 @@ def test_re_ranking_pulls_neighbourhood_matches_forward():
     [
         (np.zeros((2, 3)), np.zeros((4, 5)), {}, "shapes"),
         (np.zeros((0, 3)), np.zeros((4, 3)), {}, "need queries"),
+        (np.zeros((2, 3)), np.zeros((0, 3)), {}, "need gallery"),
         (np.full((2, 3), np.nan), np.zeros((4, 3)), {}, "NaN"),
         (np.zeros((2, 3)), np.zeros((4, 3)), {"lambda_value": 2.0}, "λ"),
         (np.zeros((2, 3)), np.zeros((4, 3)), {"metric": "manhattan"}, "metric"),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from reid_core.uda.jaccard import jaccard_distance
+from reid_core.evaluation.rerank import jaccard_distance
 from reid_core.uda.pseudo_labels import (
     PseudoLabelError,
     cluster_features,

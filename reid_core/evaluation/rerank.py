@@ -31,18 +31,57 @@ def re_rank(
     Jaccard distance compares k-reciprocal neighbourhoods (expanded by the 2/3 rule over
     round(k1/2)+1 neighbours, weighted by exp(−d), averaged over the k2 nearest).
     """
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"need 0 ≤ λ ≤ 1, got {lambda_value}")
+    feats, num_q = _joint_features(q_feats, g_feats, metric)
+    if len(feats) == num_q:
+        raise ValueError("need gallery items to re-rank: got none")
+    out = np.empty((num_q, len(feats) - num_q), np.float32)
+    return _blend(feats, k1, k2, metric, out, lambda_value)
+
+
+def jaccard_distance(
+    features: np.ndarray,
+    k1: int = 20,
+    k2: int = 6,
+    metric: Literal["euclidean", "cosine"] = "euclidean",
+) -> np.ndarray:
+    """Dense float32 N×N k-reciprocal Jaccard distances among one set (0 on the diagonal).
+
+    The distance pseudo-label clustering uses: it compares neighbourhoods, not features, so
+    one DBSCAN eps (≈0.6) works whatever the model's feature scale.
+    """
+    feats, n = _joint_features(features, np.empty((0, np.shape(features)[-1])), metric)
+    out = np.zeros((n, n), np.float32)
+    _blend(feats, k1, k2, metric, out, 0.0, first_col=0)
+    np.clip(out, 0.0, 1.0, out=out)  # rounding can leave −1e-7: clustering needs d ≥ 0
+    np.fill_diagonal(out, 0.0)  # an item's distance to itself, free of rounding
+    return out
+
+
+def _blend(
+    feats: np.ndarray,
+    k1: int,
+    k2: int,
+    metric: str,
+    out: np.ndarray,
+    lambda_value: float,
+    first_col: int | None = None,
+) -> np.ndarray:
+    """out ← λ·out + (1−λ)·Jaccard for rows 0..len(out)-1 and items first_col.. as columns
+    (default: the items after the rows, i.e. gallery columns for query rows)."""
     from scipy.sparse import csr_matrix
 
     from reid_core.evaluation.rerank_kernels import blend_jaccard, expansion_weights
 
-    feats, num_q = _joint_features(q_feats, g_feats, metric)
     n = len(feats)
-    if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"need k1 ≥ 1, k2 ≥ 1 and 0 ≤ λ ≤ 1; got {k1}, {k2}, {lambda_value}")
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"need k1 ≥ 1 and k2 ≥ 1; got {k1}, {k2}")
+    if n < 2:
+        raise ValueError(f"need at least two items, got {n}")
     k1, k2 = min(k1, n - 1), min(k2, n)
-
-    out = np.empty((num_q, n - num_q), np.float32)
-    knn, row_max = _neighbours(feats, k1 + 1, metric, out)
+    first_col = len(out) if first_col is None else first_col
+    knn, row_max = _neighbours(feats, k1 + 1, metric, out if first_col else out[:0])
     half = int(np.round(k1 / 2.0))
     cols, weights, counts = expansion_weights(
         knn,
@@ -77,7 +116,7 @@ def re_rank(
         by_column.indptr,
         by_column.indices,
         by_column.data,
-        num_q,
+        first_col,
     )
     return out
 
@@ -88,8 +127,8 @@ def _joint_features(
     q, g = np.asarray(q_feats, np.float32), np.asarray(g_feats, np.float32)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(f"feature shapes do not match: {q.shape} vs {g.shape}")
-    if len(q) == 0 or len(g) == 0:
-        raise ValueError(f"need queries and gallery items, got {len(q)} and {len(g)}")
+    if len(q) == 0:
+        raise ValueError("need queries (or, for a Jaccard distance, items): got none")
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"unknown metric '{metric}'; known: cosine, euclidean")
     feats = np.concatenate([q, g])
