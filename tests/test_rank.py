@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reid_core.evaluation import compute_distance, evaluate_rank
+from tests.strategies import labelled_distances
 
 
 def reference_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
@@ -75,26 +76,7 @@ def test_cosine_and_euclidean_distances():
         compute_distance(q, np.zeros((2, 3)))
 
 
-@st.composite
-def rank_problems(draw):
-    """Random sizes, ids, cameras, distractors (pid 0) and, often, many tied distances."""
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    num_q, num_g = draw(st.integers(1, 12)), draw(st.integers(1, 40))
-    ids, cams = draw(st.integers(1, 6)), draw(st.integers(1, 4))
-    dist = rng.random((num_q, num_g))
-    levels = draw(st.sampled_from([0, 2, 5, 50]))
-    if levels:
-        dist = np.round(dist * levels) / levels
-    return (
-        dist.astype(draw(st.sampled_from([np.float32, np.float64]))),
-        rng.integers(1, ids + 1, num_q),
-        rng.integers(0, ids + 1, num_g),
-        rng.integers(0, cams, num_q),
-        rng.integers(0, cams, num_g),
-    )
-
-
-@given(rank_problems(), st.integers(1, 60))
+@given(labelled_distances(), st.integers(1, 60))
 @settings(max_examples=300, deadline=None)
 def test_matches_the_protocol_definition_on_any_problem(problem, max_rank):
     dist, q_pids, g_pids, q_cams, g_cams = problem
