@@ -84,3 +84,14 @@ def test_re_ranking_pulls_neighbourhood_matches_forward():
 def test_bad_inputs_are_clear_errors(q, g, kwargs, message):
     with pytest.raises(ValueError, match=message):
         re_rank(q, g, **kwargs)
+
+
+def test_blocked_neighbour_search_gives_the_same_matrix(monkeypatch):
+    from reid_core.evaluation import rerank
+
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(13, 8)).astype(np.float32)
+    g = rng.normal(size=(40, 8)).astype(np.float32)
+    expected = dense_re_rank(q, g, 6, 3, 0.3, "euclidean")
+    monkeypatch.setattr(rerank, "BLOCK_ROWS", 5)  # block edges inside queries and gallery
+    np.testing.assert_allclose(re_rank(q, g, 6, 3, 0.3), expected, atol=1e-5)

@@ -142,27 +142,58 @@ def _joint_features(
 def _neighbours(
     feats: np.ndarray, k: int, metric: str, query_out: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each item's k nearest items (itself included, nearest first) and its row maximum of
-    squared distances, by blocks of rows; the query rows' scaled squared distances to the
-    gallery go to `query_out` on the way (the final blend needs exactly those).
+    """Each item's k nearest items (nearest first) and its row maximum of squared distances;
+    the query rows' scaled squared distances to the gallery go to `query_out` on the way.
+
+    Distances are symmetric, so only block pairs (a ≤ b) are computed, each serving the rows
+    of both blocks; a running top-k per row merges the candidates exactly.
     """
     n, num_q = len(feats), len(query_out)
     x = torch.from_numpy(feats)
     sq = (x * x).sum(1)
-    knn = np.empty((n, k), np.int64)
-    row_max = np.empty(n, np.float64)
-    for start in range(0, n, BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, n)
-        if metric == "cosine":  # (1 − cos)²
-            d = torch.addmm(torch.ones(()), x[start:stop], x.t(), beta=1, alpha=-1).square_()
-        else:  # |a|² + |b|² − 2a·b
-            d = torch.addmm(sq[None, :], x[start:stop], x.t(), beta=1, alpha=-2)
-            d.add_(sq[start:stop, None]).clamp_(min=0)
-        block_max = d.amax(1).clamp_(min=1e-12)
-        row_max[start:stop] = block_max.numpy()
-        knn[start:stop] = d.topk(k, dim=1, largest=False, sorted=True).indices.numpy()
-        if start < num_q:
-            rows = slice(start, min(stop, num_q))
-            q_rows = d[: rows.stop - start, num_q:] / block_max[: rows.stop - start, None]
-            query_out[rows] = q_rows.numpy()
-    return knn, row_max
+    best_d = torch.full((n, k), float("inf"))
+    best_i = torch.zeros((n, k), dtype=torch.int64)
+    row_max = torch.zeros(n)
+    raw_out = torch.from_numpy(query_out)
+    starts = list(range(0, n, BLOCK_ROWS))
+    for a in starts:
+        rows_a = slice(a, min(a + BLOCK_ROWS, n))
+        for b in starts[starts.index(a) :]:
+            rows_b = slice(b, min(b + BLOCK_ROWS, n))
+            d = _block_sq_dist(x, sq, rows_a, rows_b, metric)
+            _merge(best_d, best_i, row_max, rows_a, d, b, k)
+            _copy_query_gallery(raw_out, d, rows_a, rows_b, num_q)
+            if b != a:
+                d = d.t().contiguous()  # row-wise ops on a strided view are several times slower
+                _merge(best_d, best_i, row_max, rows_b, d, a, k)
+                _copy_query_gallery(raw_out, d, rows_b, rows_a, num_q)
+    row_max.clamp_(min=1e-12)
+    raw_out.div_(row_max[:num_q, None])
+    return best_i.numpy(), row_max.double().numpy()
+
+
+def _block_sq_dist(x, sq, rows_a: slice, rows_b: slice, metric: str) -> torch.Tensor:
+    if metric == "cosine":  # (1 − cos)²
+        return torch.addmm(torch.ones(()), x[rows_a], x[rows_b].t(), alpha=-1).square_()
+    d = torch.addmm(sq[None, rows_b], x[rows_a], x[rows_b].t(), alpha=-2)  # |a|²+|b|²−2a·b
+    return d.add_(sq[rows_a, None]).clamp_(min=0)
+
+
+def _merge(best_d, best_i, row_max, rows: slice, d: torch.Tensor, first_col: int, k: int) -> None:
+    """Fold one block of columns into the rows' running maximum and k smallest."""
+    torch.maximum(row_max[rows], d.amax(1), out=row_max[rows])
+    kk = min(k, d.shape[1])
+    cand = d.topk(kk, dim=1, largest=False, sorted=False)
+    merged_d = torch.cat([best_d[rows], cand.values], 1)
+    merged_i = torch.cat([best_i[rows], cand.indices + first_col], 1)
+    top = merged_d.topk(k, dim=1, largest=False, sorted=True)
+    best_d[rows] = top.values
+    best_i[rows] = merged_i.gather(1, top.indices)
+
+
+def _copy_query_gallery(out: torch.Tensor, d: torch.Tensor, rows: slice, cols: slice, num_q: int):
+    """Copy the (query row, gallery column) part of block d into out (unscaled)."""
+    r0, r1 = rows.start, min(rows.stop, num_q)
+    c0, c1 = max(cols.start, num_q), cols.stop
+    if r0 < r1 and c0 < c1:
+        out[r0:r1, c0 - num_q : c1 - num_q] = d[: r1 - r0, c0 - cols.start : c1 - cols.start]
