@@ -2,9 +2,10 @@
 
 The published algorithm builds dense all-items matrices; the result depends only on each
 item's k1+1 nearest neighbours, sparse weight rows and, for the final blend, query-to-gallery
-distances. So: nearest neighbours and row maxima by blocks of rows, k-reciprocal expansion and
-weights in a compiled kernel, local query expansion as one sparse product, and the Jaccard
-term only for query rows and gallery columns. Memory: the q×g output plus O((q+g)·k1²).
+distances. So: nearest neighbours and row maxima from symmetric block pairs with a running
+top-k, k-reciprocal expansion and weights in a compiled kernel, local query expansion as one
+sparse product, and the Jaccard term only for query rows and gallery columns.
+Memory: the q×g output, a few BLOCK_ROWS² blocks and O((q+g)·k1²).
 """
 
 from __future__ import annotations
@@ -83,11 +84,12 @@ def _blend(
     first_col = len(out) if first_col is None else first_col
     knn, row_max = _neighbours(feats, k1 + 1, metric, out if first_col else out[:0])
     half = int(np.round(k1 / 2.0))
+    feats64 = feats.astype(np.float64)
     cols, weights, counts = expansion_weights(
         knn,
         k1,
-        feats.astype(np.float64),
-        (feats.astype(np.float64) ** 2).sum(1),
+        feats64,
+        (feats64**2).sum(1),
         row_max,
         metric == "cosine",
         (k1 + 1) * (half + 2),
