@@ -123,6 +123,14 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(128, ge=1)
     max_rank: int = Field(50, ge=1)
     fars: list[float] = [1e-4, 1e-3, 1e-2]  # verification: TAR at these false accept rates
+    flip: bool = False  # average each image's features with its mirror image's
+    query_expansion: Literal["none", "average", "alpha"] = "none"
+    qe_k: int = Field(5, ge=1)
+    qe_alpha: float = Field(3.0, ge=0)
+    rerank: bool = False  # k-reciprocal re-ranking of the distances
+    rerank_k1: int = Field(20, ge=1)
+    rerank_k2: int = Field(6, ge=1)
+    rerank_lambda: float = Field(0.3, ge=0, le=1)
 
 
 class ExportConfig(_Section):

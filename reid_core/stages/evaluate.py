@@ -13,7 +13,8 @@ from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.engine.device import resolve_device
-from reid_core.evaluation import compute_distance, evaluate_rank, extract_features, tar_at_far
+from reid_core.evaluation import evaluate_rank, extract_features, tar_at_far
+from reid_core.evaluation.protocol import evaluation_distances
 from reid_core.tracking.runs import stage_run
 
 
@@ -41,9 +42,9 @@ def run(
         h, w = model_meta["height"], model_meta["width"]
         query = load_split(inputs["dataset"], df, "query", h, w)
         gallery = load_split(inputs["dataset"], df, "gallery", h, w)
-        q_feats = extract_features(model, query.images, cfg.batch_size)
-        g_feats = extract_features(model, gallery.images, cfg.batch_size)
-        dist = compute_distance(q_feats, g_feats, cfg.metric)
+        q_feats = extract_features(model, query.images, cfg.batch_size, cfg.flip)
+        g_feats = extract_features(model, gallery.images, cfg.batch_size, cfg.flip)
+        dist = evaluation_distances(q_feats, g_feats, cfg)
         result = evaluate_rank(
             dist, query.pids, gallery.pids, query.camids, gallery.camids, cfg.max_rank
         )
@@ -72,6 +73,9 @@ def run(
                 "model_stage": model_meta["stage"],
                 "domain": domain,
                 "metric": cfg.metric,
+                "flip": cfg.flip,
+                "query_expansion": cfg.query_expansion,
+                "rerank": cfg.rerank,
                 "eval_set_hash": data_meta.get("eval_set_hash", ""),
             },
         )
