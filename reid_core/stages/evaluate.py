@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.engine.device import resolve_device
 from reid_core.evaluation import evaluate_rank, extract_features, tar_at_far
 from reid_core.evaluation.protocol import evaluation_distances
+from reid_core.evaluation.reports import curves, rank_list_image
 from reid_core.tracking.runs import stage_run
 
 
@@ -53,6 +55,27 @@ def run(
         )
         metrics = {**result.as_metrics(), **verification.as_metrics()}
         mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            title = f"{role}@{domain}"
+            rank_list_image(
+                Path(tmp) / "rank_list.png",
+                inputs["dataset"],
+                dist,
+                (query.paths, query.pids, query.camids),
+                (gallery.paths, gallery.pids, gallery.camids),
+            )
+            curves(
+                Path(tmp),
+                result,
+                verification,
+                dist,
+                query.pids,
+                gallery.pids,
+                query.camids,
+                gallery.camids,
+                title,
+            )
+            mlflow.log_artifacts(tmp, "reports")
         with atomic_output(outputs["features"]) as tmp, open(tmp, "wb") as f:
             np.savez(
                 f,
