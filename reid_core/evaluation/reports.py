@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from reid_core.evaluation.inputs import pid_index
 from reid_core.evaluation.rank import RankResult
-from reid_core.evaluation.verification import VerificationResult
+from reid_core.evaluation.verification import VerificationResult, positive_distances
 
 CORRECT, WRONG, JUNK, QUERY = (40, 170, 60), (210, 40, 40), (150, 150, 150), (40, 90, 200)
 
@@ -86,8 +87,8 @@ def curves(
     ax.grid(alpha=0.3, which="both")
     paths.append(_save(fig, dest_dir / "roc.png"))
 
+    positives = positive_distances(dist, pid_index(q_pids, g_pids), q_cams, g_cams)
     same = q_pids[:, None] == g_pids[None, :]
-    positives = dist[same & (q_cams[:, None] != g_cams[None, :])]
     negatives = _sample(dist[~same] if dist.size <= 4_000_000 else _sample_pairs(dist, same))
     fig, ax = plt.subplots(figsize=(5, 3.5))
     bins = np.linspace(

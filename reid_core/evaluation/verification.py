@@ -56,7 +56,7 @@ def tar_at_far(
         raise ValueError(f"FARs must lie in (0, 1], got {list(fars)}")
     index = pid_index(q_pids, g_pids)
 
-    positives = np.sort(_positive_distances(dist, index, q_camids, g_camids))
+    positives = np.sort(positive_distances(dist, index, q_camids, g_camids))
     num_neg = num_q * num_g - int(np.diff(index.start)[index.q_ids].sum())
     if len(positives) == 0 or num_neg == 0:
         raise ValueError(f"{len(positives)} positive and {num_neg} negative pairs: need both")
@@ -110,7 +110,7 @@ def _bins(values: np.ndarray, lo: float, scale: float, bins: int) -> np.ndarray:
     return np.clip(((values.astype(np.float64) - lo) * scale).astype(np.int64), 0, bins - 1)
 
 
-def _positive_distances(
+def positive_distances(
     dist: np.ndarray, index: PidIndex, q_camids: np.ndarray, g_camids: np.ndarray
 ) -> np.ndarray:
     """Distances of every same-pid pair from different cameras (few: gathered directly)."""
