@@ -86,12 +86,16 @@ def test_bad_inputs_are_clear_errors(q, g, kwargs, message):
         re_rank(q, g, **kwargs)
 
 
-def test_blocked_neighbour_search_gives_the_same_matrix(monkeypatch):
-    from reid_core.evaluation import rerank
+@pytest.mark.parametrize("block_rows", [5, 37])  # narrower and wider than the scan lanes
+def test_blocked_neighbour_search_gives_the_same_matrix(monkeypatch, block_rows):
+    from reid_core.evaluation import memory, rerank
 
     rng = np.random.default_rng(3)
     q = rng.normal(size=(13, 8)).astype(np.float32)
-    g = rng.normal(size=(40, 8)).astype(np.float32)
+    g = rng.normal(size=(90, 8)).astype(np.float32)
     expected = dense_re_rank(q, g, 6, 3, 0.3, "euclidean")
-    monkeypatch.setattr(rerank, "BLOCK_ROWS", 5)  # block edges inside queries and gallery
-    np.testing.assert_allclose(re_rank(q, g, 6, 3, 0.3), expected, atol=1e-5)
+    monkeypatch.setattr(rerank, "BLOCK_ROWS", block_rows)  # edges inside queries and gallery
+    monkeypatch.setattr(memory, "PREFAULT_MIN_BYTES", 0)  # the output from a populated mapping
+    ours = re_rank(q, g, 6, 3, 0.3)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    assert ours.flags.writeable

@@ -2,10 +2,10 @@
 
 The published algorithm builds dense all-items matrices; the result depends only on each
 item's k1+1 nearest neighbours, sparse weight rows and, for the final blend, query-to-gallery
-distances. So: nearest neighbours and row maxima from symmetric block pairs with a running
-top-k, k-reciprocal expansion and weights in a compiled kernel, local query expansion as one
-sparse product, and the Jaccard term only for query rows and gallery columns.
-Memory: the q×g output, a few BLOCK_ROWS² blocks and O((q+g)·k1²).
+distances. So: nearest neighbours and row maxima from symmetric block pairs folded into a
+running top-k by a compiled pass, k-reciprocal expansion and weights in a compiled kernel, local
+query expansion as one sparse product, and the Jaccard term only for query rows and gallery
+columns. Memory: the q×g output, a few BLOCK_ROWS² blocks and O((q+g)·k1²).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from reid_core.evaluation.memory import prefaulted_zeros
 
 BLOCK_ROWS = 2048
 
@@ -37,7 +39,7 @@ def re_rank(
     feats, num_q = _joint_features(q_feats, g_feats, metric)
     if len(feats) == num_q:
         raise ValueError("need gallery items to re-rank: got none")
-    out = np.empty((num_q, len(feats) - num_q), np.float32)
+    out = prefaulted_zeros((num_q, len(feats) - num_q), np.float32)
     return _blend(feats, k1, k2, metric, out, lambda_value)
 
 
@@ -53,7 +55,7 @@ def jaccard_distance(
     one DBSCAN eps (≈0.6) works whatever the model's feature scale.
     """
     feats, n = _joint_features(features, np.empty((0, np.shape(features)[-1])), metric)
-    out = np.zeros((n, n), np.float32)
+    out = prefaulted_zeros((n, n), np.float32)
     _blend(feats, k1, k2, metric, out, 0.0, first_col=0)
     np.clip(out, 0.0, 1.0, out=out)  # rounding can leave −1e-7: clustering needs d ≥ 0
     np.fill_diagonal(out, 0.0)  # an item's distance to itself, free of rounding
@@ -147,55 +149,35 @@ def _neighbours(
     """Each item's k nearest items (nearest first) and its row maximum of squared distances;
     the query rows' scaled squared distances to the gallery go to `query_out` on the way.
 
-    Distances are symmetric, so only block pairs (a ≤ b) are computed, each serving the rows
-    of both blocks; a running top-k per row merges the candidates exactly.
+    Distances are symmetric, so only block pairs (a ≤ b) are computed, each folded into the
+    running top-k of the rows of both blocks by one compiled pass.
     """
+    from reid_core.evaluation.rerank_kernels import fold_block
+
     n, num_q = len(feats), len(query_out)
     x = torch.from_numpy(feats)
     sq = (x * x).sum(1)
-    best_d = torch.full((n, k), float("inf"))
-    best_i = torch.zeros((n, k), dtype=torch.int64)
-    row_max = torch.zeros(n)
-    raw_out = torch.from_numpy(query_out)
+    best_d = np.full((n, k), np.inf, np.float32)
+    best_i = np.zeros((n, k), np.int64)
+    row_max = np.zeros(n, np.float32)
+    buffer = torch.empty(min(n, BLOCK_ROWS) ** 2)  # reused: fresh pages cost as much as math
     starts = list(range(0, n, BLOCK_ROWS))
     for a in starts:
         rows_a = slice(a, min(a + BLOCK_ROWS, n))
         for b in starts[starts.index(a) :]:
             rows_b = slice(b, min(b + BLOCK_ROWS, n))
-            d = _block_sq_dist(x, sq, rows_a, rows_b, metric)
-            _merge(best_d, best_i, row_max, rows_a, d, b, k)
-            _copy_query_gallery(raw_out, d, rows_a, rows_b, num_q)
-            if b != a:
-                d = d.t().contiguous()  # row-wise ops on a strided view are several times slower
-                _merge(best_d, best_i, row_max, rows_b, d, a, k)
-                _copy_query_gallery(raw_out, d, rows_b, rows_a, num_q)
-    row_max.clamp_(min=1e-12)
-    raw_out.div_(row_max[:num_q, None])
-    return best_i.numpy(), row_max.double().numpy()
+            d = buffer[: (rows_a.stop - a) * (rows_b.stop - b)].view(rows_a.stop - a, -1)
+            _block_sq_dist(x, sq, rows_a, rows_b, metric, d)
+            fold_block(d.numpy(), a, b, best_d, best_i, row_max, b != a, query_out)
+    np.maximum(row_max, 1e-12, out=row_max)
+    query_out /= row_max[:num_q, None]
+    return best_i, row_max.astype(np.float64)
 
 
-def _block_sq_dist(x, sq, rows_a: slice, rows_b: slice, metric: str) -> torch.Tensor:
+def _block_sq_dist(x, sq, rows_a: slice, rows_b: slice, metric: str, out: torch.Tensor) -> None:
+    """out ← squared distances between items rows_a and rows_b."""
     if metric == "cosine":  # (1 − cos)²
-        return torch.addmm(torch.ones(()), x[rows_a], x[rows_b].t(), alpha=-1).square_()
-    d = torch.addmm(sq[None, rows_b], x[rows_a], x[rows_b].t(), alpha=-2)  # |a|²+|b|²−2a·b
-    return d.add_(sq[rows_a, None]).clamp_(min=0)
-
-
-def _merge(best_d, best_i, row_max, rows: slice, d: torch.Tensor, first_col: int, k: int) -> None:
-    """Fold one block of columns into the rows' running maximum and k smallest."""
-    torch.maximum(row_max[rows], d.amax(1), out=row_max[rows])
-    kk = min(k, d.shape[1])
-    cand = d.topk(kk, dim=1, largest=False, sorted=False)
-    merged_d = torch.cat([best_d[rows], cand.values], 1)
-    merged_i = torch.cat([best_i[rows], cand.indices + first_col], 1)
-    top = merged_d.topk(k, dim=1, largest=False, sorted=True)
-    best_d[rows] = top.values
-    best_i[rows] = merged_i.gather(1, top.indices)
-
-
-def _copy_query_gallery(out: torch.Tensor, d: torch.Tensor, rows: slice, cols: slice, num_q: int):
-    """Copy the (query row, gallery column) part of block d into out (unscaled)."""
-    r0, r1 = rows.start, min(rows.stop, num_q)
-    c0, c1 = max(cols.start, num_q), cols.stop
-    if r0 < r1 and c0 < c1:
-        out[r0:r1, c0 - num_q : c1 - num_q] = d[: r1 - r0, c0 - cols.start : c1 - cols.start]
+        torch.addmm(torch.ones(()), x[rows_a], x[rows_b].t(), alpha=-1, out=out).square_()
+    else:  # |a|² + |b|² − 2a·b
+        torch.addmm(sq[None, rows_b], x[rows_a], x[rows_b].t(), alpha=-2, out=out)
+        out.add_(sq[rows_a, None]).clamp_(min=0)

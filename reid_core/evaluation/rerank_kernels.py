@@ -116,3 +116,94 @@ def blend_jaccard(
         for j in range(num_cols):
             jaccard = 1.0 - shared[j] / (2.0 - shared[j])
             row[j] = lambda_value * row[j] + (1.0 - lambda_value) * jaccard
+
+
+@numba.njit(inline="always")
+def _offer(best_d: np.ndarray, best_i: np.ndarray, value: float, index: int) -> None:
+    """Insert (value, index), which beats the k-th entry, into an ascending running top-k.
+
+    Strict comparison keeps the earlier-offered item first among ties, as a stable sort would.
+    """
+    p = best_d.shape[0] - 1
+    while p > 0 and value < best_d[p - 1]:
+        best_d[p] = best_d[p - 1]
+        best_i[p] = best_i[p - 1]
+        p -= 1
+    best_d[p] = value
+    best_i[p] = index
+
+
+LANES = 32  # values scanned together: a fixed-length branch-free loop is what LLVM vectorises
+
+
+@numba.njit(inline="always")
+def _scan_lanes(row: np.ndarray, start: int, width: int, tops: np.ndarray, kths: np.ndarray):
+    """tops[l] ← max(tops[l], row[start+l]) for l < width; returns how many row[start+l] are
+    below kths[l] (mostly none, which is why the exact insertions can wait for a second look)."""
+    below = 0
+    if width == LANES:
+        for lane in range(LANES):
+            value = row[start + lane]
+            tops[lane] = value if value > tops[lane] else tops[lane]
+            below += value < kths[lane]
+    else:
+        for lane in range(width):
+            value = row[start + lane]
+            tops[lane] = value if value > tops[lane] else tops[lane]
+            below += value < kths[lane]
+    return below
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True, boundscheck=False)
+def fold_block(
+    d: np.ndarray,
+    first_row: int,
+    first_col: int,
+    best_d: np.ndarray,
+    best_i: np.ndarray,
+    row_max: np.ndarray,
+    columns_too: bool,
+    query_out: np.ndarray,
+) -> None:
+    """Fold a block of squared distances (rows first_row.., items first_col..) into the
+    running k nearest and row maxima of its rows and, when columns_too, of its columns
+    (the block read transposed, which symmetric distances make the other rows' block).
+
+    Query-to-gallery entries are copied to query_out (num_q × num_g; items num_q.. are the
+    gallery) on the way; blocks come with first_row ≤ first_col, so the rows hold them all.
+    """
+    last = best_d.shape[1] - 1
+    num_rows, num_cols = d.shape
+    num_q = query_out.shape[0]
+    for r in numba.prange(num_rows):
+        i = first_row + r
+        row = d[r]
+        tops = np.full(LANES, row_max[i], d.dtype)
+        kths = np.full(LANES, best_d[i, last], d.dtype)
+        for j0 in range(0, num_cols, LANES):
+            width = min(LANES, num_cols - j0)
+            if _scan_lanes(row, j0, width, tops, kths):
+                for j in range(j0, j0 + width):
+                    if row[j] < kths[0]:
+                        _offer(best_d[i], best_i[i], row[j], first_col + j)
+                        kths[:] = best_d[i, last]
+        row_max[i] = tops.max()
+        if i < num_q:
+            for j in range(max(num_q - first_col, 0), num_cols):
+                query_out[i, first_col + j - num_q] = row[j]
+    if not columns_too:
+        return
+    for chunk in numba.prange((num_cols + LANES - 1) // LANES):
+        c0 = chunk * LANES
+        width = min(LANES, num_cols - c0)
+        items = first_col + c0 + np.arange(width)
+        tops = row_max[items]
+        kths = best_d[items, last]
+        for r in range(num_rows):
+            if _scan_lanes(d[r], c0, width, tops, kths):
+                for lane in range(width):
+                    if d[r, c0 + lane] < kths[lane]:
+                        item = items[lane]
+                        _offer(best_d[item], best_i[item], d[r, c0 + lane], first_row + r)
+                        kths[lane] = best_d[item, last]
+        row_max[items] = tops
