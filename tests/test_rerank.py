@@ -99,3 +99,35 @@ def test_blocked_neighbour_search_gives_the_same_matrix(monkeypatch, block_rows)
     ours = re_rank(q, g, 6, 3, 0.3)
     np.testing.assert_allclose(ours, expected, atol=1e-5)
     assert ours.flags.writeable
+
+
+@pytest.mark.parametrize(
+    ("lam", "metric", "block_rows"),
+    [(0.3, "euclidean", 2048), (1.0, "cosine", 37), (0.1, "cosine", 64)],
+)
+def test_top_k_mode_gives_the_dense_re_ranked_top_k(monkeypatch, lam, metric, block_rows):
+    from reid_core.evaluation import rerank
+    from reid_core.evaluation.rerank import re_rank_topk
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(12, 16))
+    q = (centres[rng.integers(0, 12, 14)] + 0.6 * rng.normal(size=(14, 16))).astype(np.float32)
+    g = (centres[rng.integers(0, 12, 150)] + 0.6 * rng.normal(size=(150, 16))).astype(np.float32)
+    dense = re_rank(q, g, 8, 3, lam, metric)
+    monkeypatch.setattr(rerank, "BLOCK_ROWS", block_rows)
+    indices, distances = re_rank_topk(q, g, 10, 8, 3, lam, metric)
+    assert indices.shape == distances.shape == (14, 10) and distances.dtype == np.float32
+    np.testing.assert_array_equal(indices, np.argsort(dense, axis=1, kind="stable")[:, :10])
+    np.testing.assert_allclose(distances, np.take_along_axis(dense, indices, 1), atol=1e-5)
+
+
+def test_top_k_larger_than_the_gallery_ranks_the_whole_gallery():
+    from reid_core.evaluation.rerank import re_rank_topk
+
+    rng = np.random.default_rng(6)
+    q, g = rng.normal(size=(3, 4)), rng.normal(size=(9, 4))
+    indices, _ = re_rank_topk(q, g, top_k=50, k1=4, k2=2)
+    assert indices.shape == (3, 9)
+    np.testing.assert_array_equal(indices, np.argsort(re_rank(q, g, 4, 2), 1, kind="stable"))
+    with pytest.raises(ValueError, match="top_k"):
+        re_rank_topk(q, g, top_k=0)

@@ -1,21 +1,27 @@
 """Evaluation: distances, rank metrics (CMC, mAP, mINP), verification (TAR@FAR),
-k-reciprocal re-ranking, features."""
+k-reciprocal re-ranking, query expansion, features; large-gallery (streamed, top-k) modes."""
 
-from reid_core.evaluation.distance import compute_distance
+from reid_core.evaluation.distance import compute_distance, distance_blocks
 from reid_core.evaluation.features import extract_features
+from reid_core.evaluation.large_gallery import TopKResult, evaluate_features, evaluate_topk
 from reid_core.evaluation.query_expansion import alpha_query_expansion, average_query_expansion
 from reid_core.evaluation.rank import RankResult, evaluate_rank
-from reid_core.evaluation.rerank import re_rank
+from reid_core.evaluation.rerank import re_rank, re_rank_topk
 from reid_core.evaluation.verification import VerificationResult, tar_at_far
 
 __all__ = [
     "RankResult",
+    "TopKResult",
     "VerificationResult",
     "alpha_query_expansion",
     "average_query_expansion",
     "compute_distance",
+    "distance_blocks",
+    "evaluate_features",
     "evaluate_rank",
+    "evaluate_topk",
     "extract_features",
     "re_rank",
+    "re_rank_topk",
     "tar_at_far",
 ]

@@ -48,12 +48,16 @@ def evaluate_rank(
     num_q, num_g = dist.shape
     q_pids, q_camids = check_labels("query", num_q, q_pids, q_camids)
     g_pids, g_camids = check_labels("gallery", num_g, g_pids, g_camids)
-    max_rank = min(max_rank, num_g)
     index = pid_index(q_pids, g_pids)
     ranks, npos = positive_ranks(
         dist, index.q_ids, q_camids, g_camids, index.start, index.members, index.max_members
     )
+    return summarise_ranks(ranks, npos, min(max_rank, num_g))
 
+
+def summarise_ranks(ranks: np.ndarray, npos: np.ndarray, max_rank: int) -> RankResult:
+    """RankResult from each query's 0-based positive ranks (ascending, -1 padded) and counts;
+    queries without a positive are skipped."""
     valid = npos > 0
     if not valid.any():
         raise ValueError("no query has a positive in the gallery: evaluation is undefined")

@@ -10,8 +10,10 @@ columns. Memory: the q×g output, a few BLOCK_ROWS² blocks and O((q+g)·k1²).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
+import numba
 import numpy as np
 import torch
 
@@ -34,13 +36,59 @@ def re_rank(
     Jaccard distance compares k-reciprocal neighbourhoods (expanded by the 2/3 rule over
     round(k1/2)+1 neighbours, weighted by exp(−d), averaged over the k2 nearest).
     """
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"need 0 ≤ λ ≤ 1, got {lambda_value}")
+    from reid_core.evaluation.rerank_kernels import blend_jaccard
+
+    _check_lambda(lambda_value)
     feats, num_q = _joint_features(q_feats, g_feats, metric)
-    if len(feats) == num_q:
-        raise ValueError("need gallery items to re-rank: got none")
     out = prefaulted_zeros((num_q, len(feats) - num_q), np.float32)
-    return _blend(feats, k1, k2, metric, out, lambda_value)
+    hoods = _neighbourhoods(feats, num_q, k1, k2, metric, query_out=out)
+    blend_jaccard(out, lambda_value, *hoods.by_row, *hoods.by_column, num_q)
+    return out
+
+
+def re_rank_topk(
+    q_feats: np.ndarray,
+    g_feats: np.ndarray,
+    top_k: int = 100,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    metric: Literal["euclidean", "cosine"] = "euclidean",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's top_k gallery items under `re_rank`'s distance, for galleries too large
+    for a dense q×g matrix: (indices int64, distances float32), both num_q × top_k, nearest
+    first (ties by gallery index).
+
+    Exact, not approximate: an item sharing no k-reciprocal neighbour with the query has
+    Jaccard distance 1, so its re-ranked distance only grows with the plain distance, and
+    any such item in the top_k is among the query's top_k by plain distance. The candidates
+    are those items plus every item that shares a neighbour. Memory: O((q+g)·k1² + q·top_k).
+    """
+    from reid_core.evaluation.rerank_kernels import topk_jaccard
+
+    _check_lambda(lambda_value)
+    if top_k < 1:
+        raise ValueError(f"need top_k ≥ 1, got {top_k}")
+    feats, num_q = _joint_features(q_feats, g_feats, metric)
+    nearest = min(top_k, len(feats) - num_q)
+    query_best = (
+        np.full((num_q, nearest), np.inf, np.float32),
+        np.zeros((num_q, nearest), np.int64),
+    )
+    hoods = _neighbourhoods(feats, num_q, k1, k2, metric, query_best=query_best)
+    return topk_jaccard(
+        query_best[1],
+        nearest,
+        lambda_value,
+        *hoods.by_row,
+        *hoods.by_column,
+        hoods.feats64,
+        hoods.sq_norms,
+        hoods.row_max,
+        metric == "cosine",
+        num_q,
+        4 * numba.get_num_threads(),
+    )
 
 
 def jaccard_distance(
@@ -54,28 +102,44 @@ def jaccard_distance(
     The distance pseudo-label clustering uses: it compares neighbourhoods, not features, so
     one DBSCAN eps (≈0.6) works whatever the model's feature scale.
     """
-    feats, n = _joint_features(features, np.empty((0, np.shape(features)[-1])), metric)
+    from reid_core.evaluation.rerank_kernels import blend_jaccard
+
+    feats, n = _joint_features(features, np.empty((0, np.shape(features)[-1])), metric, False)
+    hoods = _neighbourhoods(feats, 0, k1, k2, metric)
     out = prefaulted_zeros((n, n), np.float32)
-    _blend(feats, k1, k2, metric, out, 0.0, first_col=0)
+    blend_jaccard(out, 0.0, *hoods.by_row, *hoods.by_column, 0)
     np.clip(out, 0.0, 1.0, out=out)  # rounding can leave −1e-7: clustering needs d ≥ 0
     np.fill_diagonal(out, 0.0)  # an item's distance to itself, free of rounding
     return out
 
 
-def _blend(
+@dataclass(frozen=True)
+class _Neighbourhoods:
+    """Every item's weighted k-reciprocal neighbourhood V (after local query expansion), by
+    rows and by columns (indptr, indices, data), and what scaled distances are computed from."""
+
+    by_row: tuple[np.ndarray, np.ndarray, np.ndarray]
+    by_column: tuple[np.ndarray, np.ndarray, np.ndarray]
+    feats64: np.ndarray
+    sq_norms: np.ndarray
+    row_max: np.ndarray
+
+
+def _neighbourhoods(
     feats: np.ndarray,
+    num_q: int,
     k1: int,
     k2: int,
     metric: str,
-    out: np.ndarray,
-    lambda_value: float,
-    first_col: int | None = None,
-) -> np.ndarray:
-    """out ← λ·out + (1−λ)·Jaccard for rows 0..len(out)-1 and items first_col.. as columns
-    (default: the items after the rows, i.e. gallery columns for query rows)."""
+    query_out: np.ndarray | None = None,
+    query_best: tuple[np.ndarray, np.ndarray] | None = None,
+) -> _Neighbourhoods:
+    """Neighbourhoods of all items (the first num_q are queries); on the way, the queries'
+    scaled distances to the gallery go to query_out, or their nearest gallery items (by
+    plain distance) to query_best."""
     from scipy.sparse import csr_matrix
 
-    from reid_core.evaluation.rerank_kernels import blend_jaccard, expansion_weights
+    from reid_core.evaluation.rerank_kernels import expansion_weights
 
     n = len(feats)
     if k1 < 1 or k2 < 1:
@@ -83,18 +147,12 @@ def _blend(
     if n < 2:
         raise ValueError(f"need at least two items, got {n}")
     k1, k2 = min(k1, n - 1), min(k2, n)
-    first_col = len(out) if first_col is None else first_col
-    knn, row_max = _neighbours(feats, k1 + 1, metric, out if first_col else out[:0])
+    knn, row_max = _neighbours(feats, k1 + 1, metric, num_q, query_out, query_best)
     half = int(np.round(k1 / 2.0))
     feats64 = feats.astype(np.float64)
+    sq_norms = (feats64**2).sum(1)
     cols, weights, counts = expansion_weights(
-        knn,
-        k1,
-        feats64,
-        (feats64**2).sum(1),
-        row_max,
-        metric == "cosine",
-        (k1 + 1) * (half + 2),
+        knn, k1, feats64, sq_norms, row_max, metric == "cosine", (k1 + 1) * (half + 2)
     )
     filled = cols >= 0
     indptr = np.concatenate([[0], counts.cumsum()])
@@ -111,22 +169,22 @@ def _blend(
         v = (mean_of_nearest @ v).astype(np.float32)
     v = v.tocsr()
     by_column = v.tocsc()
-    blend_jaccard(
-        out,
-        lambda_value,
-        v.indptr,
-        v.indices,
-        v.data,
-        by_column.indptr,
-        by_column.indices,
-        by_column.data,
-        first_col,
+    return _Neighbourhoods(
+        (v.indptr, v.indices, v.data),
+        (by_column.indptr, by_column.indices, by_column.data),
+        feats64,
+        sq_norms,
+        row_max,
     )
-    return out
+
+
+def _check_lambda(lambda_value: float) -> None:
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"need 0 ≤ λ ≤ 1, got {lambda_value}")
 
 
 def _joint_features(
-    q_feats: np.ndarray, g_feats: np.ndarray, metric: str
+    q_feats: np.ndarray, g_feats: np.ndarray, metric: str, need_gallery: bool = True
 ) -> tuple[np.ndarray, int]:
     q, g = np.asarray(q_feats, np.float32), np.asarray(g_feats, np.float32)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
@@ -136,6 +194,8 @@ def _joint_features(
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"unknown metric '{metric}'; known: cosine, euclidean")
     feats = np.concatenate([q, g])
+    if need_gallery and len(g) == 0:
+        raise ValueError("need gallery items to re-rank: got none")
     if not np.isfinite(feats).all():
         raise ValueError("features contain NaN or infinity")
     if metric == "cosine":
@@ -144,17 +204,25 @@ def _joint_features(
 
 
 def _neighbours(
-    feats: np.ndarray, k: int, metric: str, query_out: np.ndarray
+    feats: np.ndarray,
+    k: int,
+    metric: str,
+    num_q: int,
+    query_out: np.ndarray | None,
+    query_best: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each item's k nearest items (nearest first) and its row maximum of squared distances;
-    the query rows' scaled squared distances to the gallery go to `query_out` on the way.
+    on the way, the query rows' scaled squared distances to the gallery go to query_out, and
+    their nearest gallery items (gallery indices, by squared distance) to query_best.
 
     Distances are symmetric, so only block pairs (a ≤ b) are computed, each folded into the
     running top-k of the rows of both blocks by one compiled pass.
     """
     from reid_core.evaluation.rerank_kernels import fold_block
 
-    n, num_q = len(feats), len(query_out)
+    n = len(feats)
+    query_out = np.zeros((0, 0), np.float32) if query_out is None else query_out
+    query_best = query_best or (np.zeros((0, 1), np.float32), np.zeros((0, 1), np.int64))
     x = torch.from_numpy(feats)
     sq = (x * x).sum(1)
     best_d = np.full((n, k), np.inf, np.float32)
@@ -168,9 +236,11 @@ def _neighbours(
             rows_b = slice(b, min(b + BLOCK_ROWS, n))
             d = buffer[: (rows_a.stop - a) * (rows_b.stop - b)].view(rows_a.stop - a, -1)
             _block_sq_dist(x, sq, rows_a, rows_b, metric, d)
-            fold_block(d.numpy(), a, b, best_d, best_i, row_max, b != a, query_out)
+            fold_block(
+                d.numpy(), a, b, best_d, best_i, row_max, b != a, num_q, query_out, *query_best
+            )
     np.maximum(row_max, 1e-12, out=row_max)
-    query_out /= row_max[:num_q, None]
+    query_out /= row_max[: len(query_out), None]
     return best_i, row_max.astype(np.float64)
 
 

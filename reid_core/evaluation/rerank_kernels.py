@@ -163,18 +163,22 @@ def fold_block(
     best_i: np.ndarray,
     row_max: np.ndarray,
     columns_too: bool,
+    num_q: int,
     query_out: np.ndarray,
+    query_best_d: np.ndarray,
+    query_best_i: np.ndarray,
 ) -> None:
     """Fold a block of squared distances (rows first_row.., items first_col..) into the
     running k nearest and row maxima of its rows and, when columns_too, of its columns
     (the block read transposed, which symmetric distances make the other rows' block).
 
-    Query-to-gallery entries are copied to query_out (num_q × num_g; items num_q.. are the
-    gallery) on the way; blocks come with first_row ≤ first_col, so the rows hold them all.
+    The first num_q items are queries, the rest the gallery. On the way, query-to-gallery
+    entries are copied to query_out (num_q × num_g, or no rows) and folded into the queries'
+    nearest gallery items query_best_* (num_q × K, or no rows); blocks come with
+    first_row ≤ first_col, so the rows pass sees all query-to-gallery entries.
     """
     last = best_d.shape[1] - 1
     num_rows, num_cols = d.shape
-    num_q = query_out.shape[0]
     for r in numba.prange(num_rows):
         i = first_row + r
         row = d[r]
@@ -189,8 +193,16 @@ def fold_block(
                         kths[:] = best_d[i, last]
         row_max[i] = tops.max()
         if i < num_q:
-            for j in range(max(num_q - first_col, 0), num_cols):
-                query_out[i, first_col + j - num_q] = row[j]
+            first_gallery = max(num_q - first_col, 0)
+            if query_out.shape[0]:
+                for j in range(first_gallery, num_cols):
+                    query_out[i, first_col + j - num_q] = row[j]
+            if query_best_d.shape[0]:
+                kth = query_best_d[i, -1]
+                for j in range(first_gallery, num_cols):
+                    if row[j] < kth:
+                        _offer(query_best_d[i], query_best_i[i], row[j], first_col + j - num_q)
+                        kth = query_best_d[i, -1]
     if not columns_too:
         return
     for chunk in numba.prange((num_cols + LANES - 1) // LANES):
@@ -207,3 +219,70 @@ def fold_block(
                         _offer(best_d[item], best_i[item], d[r, c0 + lane], first_row + r)
                         kths[lane] = best_d[item, last]
         row_max[items] = tops
+
+
+@numba.njit(parallel=True, cache=True)
+def topk_jaccard(
+    nearest: np.ndarray,
+    top_k: int,
+    lambda_value: float,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    col_ptr: np.ndarray,
+    col_rows: np.ndarray,
+    col_data: np.ndarray,
+    feats: np.ndarray,
+    sq_norms: np.ndarray,
+    row_max: np.ndarray,
+    cosine: bool,
+    num_q: int,
+    chunks: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's top_k gallery items by λ·scaled distance + (1 − λ)·Jaccard, scoring only
+    the candidates: gallery items sharing a neighbourhood entry with the query, and its
+    `nearest` gallery items by plain distance. Returns (indices, distances), nearest first.
+    Queries go in `chunks` parallel runs, each with its own gallery-sized scratch arrays.
+    """
+    num_g = feats.shape[0] - num_q
+    out_i = np.empty((num_q, top_k), np.int64)
+    out_d = np.empty((num_q, top_k), np.float32)
+    chunks = min(num_q, chunks)
+    per = (num_q + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        shared = np.zeros(num_g, np.float32)
+        seen_by = np.full(num_g, -1, np.int64)  # the query that last made j a candidate
+        cand = np.empty(num_g, np.int64)
+        for i in range(c * per, min(num_q, (c + 1) * per)):
+            m = 0
+            for p in range(indptr[i], indptr[i + 1]):
+                v = data[p]
+                k = indices[p]
+                for q in range(col_ptr[k], col_ptr[k + 1]):
+                    j = col_rows[q] - num_q
+                    if j >= 0:
+                        if seen_by[j] != i:
+                            seen_by[j] = i
+                            shared[j] = 0.0
+                            cand[m] = j
+                            m += 1
+                        shared[j] += min(v, col_data[q])
+            for a in range(nearest.shape[1]):
+                j = nearest[i, a]
+                if seen_by[j] != i:
+                    seen_by[j] = i
+                    shared[j] = 0.0
+                    cand[m] = j
+                    m += 1
+            members = np.sort(cand[:m])  # gallery order first: ties then stay in that order
+            score = np.empty(m, np.float32)
+            for a in range(m):
+                j = members[a]
+                jaccard = 1.0 - shared[j] / (2.0 - shared[j])
+                dist = _scaled_sq_dist(feats, sq_norms, i, num_q + j, cosine, row_max[i])
+                score[a] = lambda_value * dist + (1.0 - lambda_value) * jaccard
+            order = np.argsort(score, kind="mergesort")
+            for a in range(top_k):
+                out_i[i, a] = members[order[a]]
+                out_d[i, a] = score[order[a]]
+    return out_i, out_d
