@@ -1,7 +1,9 @@
 """Evaluation: distances, rank metrics (CMC, mAP, mINP), verification (TAR@FAR),
-k-reciprocal re-ranking, query expansion, features; large-gallery (streamed, top-k) modes."""
+k-reciprocal re-ranking, query expansion, DSR for partial re-id, features; large-gallery
+(streamed, top-k) modes."""
 
 from reid_core.evaluation.distance import compute_distance, distance_blocks
+from reid_core.evaluation.dsr import choose_fusion_weight, dsr_distance, dsr_rerank, fuse_distances
 from reid_core.evaluation.features import extract_features
 from reid_core.evaluation.large_gallery import TopKResult, evaluate_features, evaluate_topk
 from reid_core.evaluation.query_expansion import alpha_query_expansion, average_query_expansion
@@ -15,12 +17,16 @@ __all__ = [
     "VerificationResult",
     "alpha_query_expansion",
     "average_query_expansion",
+    "choose_fusion_weight",
     "compute_distance",
     "distance_blocks",
+    "dsr_distance",
+    "dsr_rerank",
     "evaluate_features",
     "evaluate_rank",
     "evaluate_topk",
     "extract_features",
+    "fuse_distances",
     "re_rank",
     "re_rank_topk",
     "tar_at_far",
