@@ -48,12 +48,13 @@ def dense_re_rank(q, g, k1, k2, lam, metric):
         (4, 2, 1.0, "cosine"),
     ],
 )
-def test_matches_the_dense_published_algorithm(k1, k2, lam, metric):
+@pytest.mark.parametrize("knn_backend", ["torch", "faiss"])
+def test_matches_the_dense_published_algorithm(k1, k2, lam, metric, knn_backend):
     rng = np.random.default_rng(k1 + k2)
     centres = rng.normal(size=(8, 16))
     q = centres[rng.integers(0, 8, 15)] + 0.5 * rng.normal(size=(15, 16))
     g = centres[rng.integers(0, 8, 50)] + 0.5 * rng.normal(size=(50, 16))
-    ours = re_rank(q.astype(np.float32), g.astype(np.float32), k1, k2, lam, metric)
+    ours = re_rank(q.astype(np.float32), g.astype(np.float32), k1, k2, lam, metric, knn_backend)
     expected = dense_re_rank(q, g, k1, k2, lam, metric)
     assert ours.shape == (15, 50) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, expected, atol=1e-5)
@@ -88,13 +89,13 @@ def test_bad_inputs_are_clear_errors(q, g, kwargs, message):
 
 @pytest.mark.parametrize("block_rows", [5, 37])  # narrower and wider than the scan lanes
 def test_blocked_neighbour_search_gives_the_same_matrix(monkeypatch, block_rows):
-    from reid_core.evaluation import memory, rerank
+    from reid_core.evaluation import memory, neighbours
 
     rng = np.random.default_rng(3)
     q = rng.normal(size=(13, 8)).astype(np.float32)
     g = rng.normal(size=(90, 8)).astype(np.float32)
     expected = dense_re_rank(q, g, 6, 3, 0.3, "euclidean")
-    monkeypatch.setattr(rerank, "BLOCK_ROWS", block_rows)  # edges inside queries and gallery
+    monkeypatch.setattr(neighbours, "BLOCK_ROWS", block_rows)  # edges inside queries and gallery
     monkeypatch.setattr(memory, "PREFAULT_MIN_BYTES", 0)  # the output from a populated mapping
     ours = re_rank(q, g, 6, 3, 0.3)
     np.testing.assert_allclose(ours, expected, atol=1e-5)
@@ -102,11 +103,19 @@ def test_blocked_neighbour_search_gives_the_same_matrix(monkeypatch, block_rows)
 
 
 @pytest.mark.parametrize(
-    ("lam", "metric", "block_rows"),
-    [(0.3, "euclidean", 2048), (1.0, "cosine", 37), (0.1, "cosine", 64)],
+    ("lam", "metric", "block_rows", "knn_backend"),
+    [
+        (0.3, "euclidean", 2048, "torch"),
+        (1.0, "cosine", 37, "torch"),
+        (0.1, "cosine", 64, "torch"),
+        (0.3, "euclidean", 2048, "faiss"),
+        (0.1, "cosine", 2048, "faiss"),
+    ],
 )
-def test_top_k_mode_gives_the_dense_re_ranked_top_k(monkeypatch, lam, metric, block_rows):
-    from reid_core.evaluation import rerank
+def test_top_k_mode_gives_the_dense_re_ranked_top_k(
+    monkeypatch, lam, metric, block_rows, knn_backend
+):
+    from reid_core.evaluation import neighbours
     from reid_core.evaluation.rerank import re_rank_topk
 
     rng = np.random.default_rng(5)
@@ -114,8 +123,8 @@ def test_top_k_mode_gives_the_dense_re_ranked_top_k(monkeypatch, lam, metric, bl
     q = (centres[rng.integers(0, 12, 14)] + 0.6 * rng.normal(size=(14, 16))).astype(np.float32)
     g = (centres[rng.integers(0, 12, 150)] + 0.6 * rng.normal(size=(150, 16))).astype(np.float32)
     dense = re_rank(q, g, 8, 3, lam, metric)
-    monkeypatch.setattr(rerank, "BLOCK_ROWS", block_rows)
-    indices, distances = re_rank_topk(q, g, 10, 8, 3, lam, metric)
+    monkeypatch.setattr(neighbours, "BLOCK_ROWS", block_rows)
+    indices, distances = re_rank_topk(q, g, 10, 8, 3, lam, metric, knn_backend)
     assert indices.shape == distances.shape == (14, 10) and distances.dtype == np.float32
     np.testing.assert_array_equal(indices, np.argsort(dense, axis=1, kind="stable")[:, :10])
     np.testing.assert_allclose(distances, np.take_along_axis(dense, indices, 1), atol=1e-5)
@@ -131,3 +140,8 @@ def test_top_k_larger_than_the_gallery_ranks_the_whole_gallery():
     np.testing.assert_array_equal(indices, np.argsort(re_rank(q, g, 4, 2), 1, kind="stable"))
     with pytest.raises(ValueError, match="top_k"):
         re_rank_topk(q, g, top_k=0)
+
+
+def test_unknown_neighbour_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="backend 'annoy'"):
+        re_rank(np.zeros((2, 3)), np.ones((4, 3)), knn_backend="annoy")

@@ -5,7 +5,7 @@ item's k1+1 nearest neighbours, sparse weight rows and, for the final blend, que
 distances. So: nearest neighbours and row maxima from symmetric block pairs folded into a
 running top-k by a compiled pass, k-reciprocal expansion and weights in a compiled kernel, local
 query expansion as one sparse product, and the Jaccard term only for query rows and gallery
-columns. Memory: the q×g output, a few BLOCK_ROWS² blocks and O((q+g)·k1²).
+columns. Memory: the q×g output, the neighbour search's blocks and O((q+g)·k1²).
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from typing import Literal
 
 import numba
 import numpy as np
-import torch
 
 from reid_core.evaluation.memory import prefaulted_zeros
-
-BLOCK_ROWS = 2048
+from reid_core.evaluation.neighbours import KnnBackend, nearest_neighbours
 
 
 def re_rank(
@@ -29,19 +27,21 @@ def re_rank(
     k2: int = 6,
     lambda_value: float = 0.3,
     metric: Literal["euclidean", "cosine"] = "euclidean",
+    knn_backend: KnnBackend = "torch",
 ) -> np.ndarray:
     """float32 (num_q × num_g) re-ranked distances: (1−λ)·Jaccard + λ·scaled squared distance.
 
     Distances between all q+g items are squared and each row divided by its maximum; the
     Jaccard distance compares k-reciprocal neighbourhoods (expanded by the 2/3 rule over
     round(k1/2)+1 neighbours, weighted by exp(−d), averaged over the k2 nearest).
+    `knn_backend` chooses the nearest-neighbour search: "torch" or "faiss" (GPU with faiss-gpu).
     """
     from reid_core.evaluation.rerank_kernels import blend_jaccard
 
     _check_lambda(lambda_value)
     feats, num_q = _joint_features(q_feats, g_feats, metric)
     out = prefaulted_zeros((num_q, len(feats) - num_q), np.float32)
-    hoods = _neighbourhoods(feats, num_q, k1, k2, metric, query_out=out)
+    hoods = _neighbourhoods(feats, num_q, k1, k2, metric, knn_backend, query_out=out)
     blend_jaccard(out, lambda_value, *hoods.by_row, *hoods.by_column, num_q)
     return out
 
@@ -54,6 +54,7 @@ def re_rank_topk(
     k2: int = 6,
     lambda_value: float = 0.3,
     metric: Literal["euclidean", "cosine"] = "euclidean",
+    knn_backend: KnnBackend = "torch",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's top_k gallery items under `re_rank`'s distance, for galleries too large
     for a dense q×g matrix: (indices int64, distances float32), both num_q × top_k, nearest
@@ -75,7 +76,7 @@ def re_rank_topk(
         np.full((num_q, nearest), np.inf, np.float32),
         np.zeros((num_q, nearest), np.int64),
     )
-    hoods = _neighbourhoods(feats, num_q, k1, k2, metric, query_best=query_best)
+    hoods = _neighbourhoods(feats, num_q, k1, k2, metric, knn_backend, query_best=query_best)
     return topk_jaccard(
         query_best[1],
         nearest,
@@ -96,6 +97,7 @@ def jaccard_distance(
     k1: int = 20,
     k2: int = 6,
     metric: Literal["euclidean", "cosine"] = "euclidean",
+    knn_backend: KnnBackend = "torch",
 ) -> np.ndarray:
     """Dense float32 N×N k-reciprocal Jaccard distances among one set (0 on the diagonal).
 
@@ -105,7 +107,7 @@ def jaccard_distance(
     from reid_core.evaluation.rerank_kernels import blend_jaccard
 
     feats, n = _joint_features(features, np.empty((0, np.shape(features)[-1])), metric, False)
-    hoods = _neighbourhoods(feats, 0, k1, k2, metric)
+    hoods = _neighbourhoods(feats, 0, k1, k2, metric, knn_backend)
     out = prefaulted_zeros((n, n), np.float32)
     blend_jaccard(out, 0.0, *hoods.by_row, *hoods.by_column, 0)
     np.clip(out, 0.0, 1.0, out=out)  # rounding can leave −1e-7: clustering needs d ≥ 0
@@ -131,6 +133,7 @@ def _neighbourhoods(
     k1: int,
     k2: int,
     metric: str,
+    knn_backend: KnnBackend,
     query_out: np.ndarray | None = None,
     query_best: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> _Neighbourhoods:
@@ -147,7 +150,9 @@ def _neighbourhoods(
     if n < 2:
         raise ValueError(f"need at least two items, got {n}")
     k1, k2 = min(k1, n - 1), min(k2, n)
-    knn, row_max = _neighbours(feats, k1 + 1, metric, num_q, query_out, query_best)
+    knn, row_max = nearest_neighbours(
+        feats, k1 + 1, metric, num_q, query_out, query_best, knn_backend
+    )
     half = int(np.round(k1 / 2.0))
     feats64 = feats.astype(np.float64)
     sq_norms = (feats64**2).sum(1)
@@ -201,53 +206,3 @@ def _joint_features(
     if metric == "cosine":
         feats /= np.linalg.norm(feats, axis=1, keepdims=True).clip(min=1e-12)
     return np.ascontiguousarray(feats), len(q)
-
-
-def _neighbours(
-    feats: np.ndarray,
-    k: int,
-    metric: str,
-    num_q: int,
-    query_out: np.ndarray | None,
-    query_best: tuple[np.ndarray, np.ndarray] | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each item's k nearest items (nearest first) and its row maximum of squared distances;
-    on the way, the query rows' scaled squared distances to the gallery go to query_out, and
-    their nearest gallery items (gallery indices, by squared distance) to query_best.
-
-    Distances are symmetric, so only block pairs (a ≤ b) are computed, each folded into the
-    running top-k of the rows of both blocks by one compiled pass.
-    """
-    from reid_core.evaluation.rerank_kernels import fold_block
-
-    n = len(feats)
-    query_out = np.zeros((0, 0), np.float32) if query_out is None else query_out
-    query_best = query_best or (np.zeros((0, 1), np.float32), np.zeros((0, 1), np.int64))
-    x = torch.from_numpy(feats)
-    sq = (x * x).sum(1)
-    best_d = np.full((n, k), np.inf, np.float32)
-    best_i = np.zeros((n, k), np.int64)
-    row_max = np.zeros(n, np.float32)
-    buffer = torch.empty(min(n, BLOCK_ROWS) ** 2)  # reused: fresh pages cost as much as math
-    starts = list(range(0, n, BLOCK_ROWS))
-    for a in starts:
-        rows_a = slice(a, min(a + BLOCK_ROWS, n))
-        for b in starts[starts.index(a) :]:
-            rows_b = slice(b, min(b + BLOCK_ROWS, n))
-            d = buffer[: (rows_a.stop - a) * (rows_b.stop - b)].view(rows_a.stop - a, -1)
-            _block_sq_dist(x, sq, rows_a, rows_b, metric, d)
-            fold_block(
-                d.numpy(), a, b, best_d, best_i, row_max, b != a, num_q, query_out, *query_best
-            )
-    np.maximum(row_max, 1e-12, out=row_max)
-    query_out /= row_max[: len(query_out), None]
-    return best_i, row_max.astype(np.float64)
-
-
-def _block_sq_dist(x, sq, rows_a: slice, rows_b: slice, metric: str, out: torch.Tensor) -> None:
-    """out ← squared distances between items rows_a and rows_b."""
-    if metric == "cosine":  # (1 − cos)²
-        torch.addmm(torch.ones(()), x[rows_a], x[rows_b].t(), alpha=-1, out=out).square_()
-    else:  # |a|² + |b|² − 2a·b
-        torch.addmm(sq[None, rows_b], x[rows_a], x[rows_b].t(), alpha=-2, out=out)
-        out.add_(sq[rows_a, None]).clamp_(min=0)
