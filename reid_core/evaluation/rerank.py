@@ -79,7 +79,7 @@ def re_rank_topk(
     hoods = _neighbourhoods(feats, num_q, k1, k2, metric, knn_backend, query_best=query_best)
     return topk_jaccard(
         query_best[1],
-        nearest,
+        query_best[0],
         lambda_value,
         *hoods.by_row,
         *hoods.by_column,

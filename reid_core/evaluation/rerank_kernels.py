@@ -224,7 +224,7 @@ def fold_block(
 @numba.njit(parallel=True, cache=True)
 def topk_jaccard(
     nearest: np.ndarray,
-    top_k: int,
+    nearest_sq: np.ndarray,
     lambda_value: float,
     indptr: np.ndarray,
     indices: np.ndarray,
@@ -239,20 +239,27 @@ def topk_jaccard(
     num_q: int,
     chunks: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's top_k gallery items by λ·scaled distance + (1 − λ)·Jaccard, scoring only
-    the candidates: gallery items sharing a neighbourhood entry with the query, and its
-    `nearest` gallery items by plain distance. Returns (indices, distances), nearest first.
-    Queries go in `chunks` parallel runs, each with its own gallery-sized scratch arrays.
+    """Each query's top-K gallery items by λ·scaled distance + (1 − λ)·Jaccard, where K and
+    the candidates beyond the items sharing a neighbourhood entry with the query come from
+    `nearest` (its K nearest gallery items by plain distance, squared in `nearest_sq`).
+    Returns (indices, distances), nearest first, ties by gallery index.
+
+    An item outside `nearest` is at least as far as the K-th of them, so its score has a lower
+    bound from its Jaccard distance alone; items are scored exactly in order of that bound
+    until it exceeds the K-th best score so far. Queries go in `chunks` parallel runs, each with its
+    own gallery-sized scratch arrays.
     """
     num_g = feats.shape[0] - num_q
+    top_k = nearest.shape[1]
     out_i = np.empty((num_q, top_k), np.int64)
     out_d = np.empty((num_q, top_k), np.float32)
     chunks = min(num_q, chunks)
     per = (num_q + chunks - 1) // chunks
     for c in numba.prange(chunks):
         shared = np.zeros(num_g, np.float32)
-        seen_by = np.full(num_g, -1, np.int64)  # the query that last made j a candidate
-        cand = np.empty(num_g, np.int64)
+        seen_by = np.full(num_g, -1, np.int64)  # the query that last touched j
+        listed_by = np.full(num_g, -1, np.int64)  # the query whose nearest list holds j
+        touched = np.empty(num_g, np.int64)
         for i in range(c * per, min(num_q, (c + 1) * per)):
             m = 0
             for p in range(indptr[i], indptr[i + 1]):
@@ -264,24 +271,45 @@ def topk_jaccard(
                         if seen_by[j] != i:
                             seen_by[j] = i
                             shared[j] = 0.0
-                            cand[m] = j
+                            touched[m] = j
                             m += 1
                         shared[j] += min(v, col_data[q])
-            for a in range(nearest.shape[1]):
+            members = np.empty(top_k + m, np.int64)
+            score = np.empty(top_k + m, np.float32)
+            for a in range(top_k):
                 j = nearest[i, a]
-                if seen_by[j] != i:
-                    seen_by[j] = i
-                    shared[j] = 0.0
-                    cand[m] = j
-                    m += 1
-            members = np.sort(cand[:m])  # gallery order first: ties then stay in that order
-            score = np.empty(m, np.float32)
+                listed_by[j] = i
+                s = shared[j] if seen_by[j] == i else 0.0
+                members[a] = j
+                score[a] = lambda_value * nearest_sq[i, a] / row_max[i] + (1.0 - lambda_value) * (
+                    1.0 - s / (2.0 - s)
+                )
+            kth = np.sort(score[:top_k])  # the running top-K scores, ascending
+            floor = lambda_value * nearest_sq[i, top_k - 1] / row_max[i]
+            jaccard = np.empty(m, np.float32)
             for a in range(m):
-                j = members[a]
-                jaccard = 1.0 - shared[j] / (2.0 - shared[j])
+                j = touched[a]
+                listed = listed_by[j] == i  # sorts last, as 2
+                jaccard[a] = 2.0 if listed else 1.0 - shared[j] / (2.0 - shared[j])
+            count = top_k
+            for a in np.argsort(jaccard):  # most shared first: the bound only grows
+                if jaccard[a] > 1.0:
+                    break  # the rest are in the nearest list, scored already
+                if floor + (1.0 - lambda_value) * jaccard[a] > kth[top_k - 1]:
+                    break  # neither this item nor any later one can enter the top-K
+                j = touched[a]
                 dist = _scaled_sq_dist(feats, sq_norms, i, num_q + j, cosine, row_max[i])
-                score[a] = lambda_value * dist + (1.0 - lambda_value) * jaccard
-            order = np.argsort(score, kind="mergesort")
+                members[count] = j
+                score[count] = lambda_value * dist + (1.0 - lambda_value) * jaccard[a]
+                if score[count] <= kth[top_k - 1]:
+                    b = top_k - 1
+                    while b > 0 and score[count] < kth[b - 1]:
+                        kth[b] = kth[b - 1]
+                        b -= 1
+                    kth[b] = score[count]
+                count += 1
+            by_index = np.argsort(members[:count])  # gallery order first: ties keep it
+            order = by_index[np.argsort(score[:count][by_index], kind="mergesort")]
             for a in range(top_k):
                 out_i[i, a] = members[order[a]]
                 out_d[i, a] = score[order[a]]
