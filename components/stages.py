@@ -6,6 +6,14 @@ into the container, so imports stay inside the bodies and the shared code lives 
 
 Artifact types: datasets, manifests, reports and features are `Dataset`; checkpoints and ONNX
 exports are `Model`; metrics JSON are `Metrics`; the promotion decision is a plain `Artifact`.
+Evaluate also shows its report in the KFP UI (`UI_OUTPUTS`): the metrics table as `Markdown`,
+the HTML page as `HTML`, the primary test set's ROC as `ClassificationMetrics`.
+
+A port that takes several artifacts (`multiple` in `reid_core.stages.STAGES`: evaluate's test
+sets) is a fixed number of inputs: `dataset`, then optional `dataset_2` … `dataset_<MAX>`
+(`= None`, wired or not by the pipeline). KFP has no input taking a list of artifacts from
+different tasks (`Input[List[Dataset]]` only receives `dsl.Collected` from a `ParallelFor`), while
+optional artifact inputs work on every backend, `kfp.local` included.
 Every stage component takes `config_yaml` (the whole ReidConfig as YAML), `pipeline_run_id`
 (one MLflow parent run per pipeline run), `mlflow_tracking_uri` ("" = the stage's default) and
 `config_overrides` (`key.path=value` strings, as the CLI's `--set`, for one task's differences).
@@ -14,11 +22,24 @@ Deliberately no `from __future__ import annotations`: KFP reads the annotations 
 """
 
 import os
+from typing import Any
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
 
 DEFAULT_IMAGE = "reidflow:0.1.0"
+MAX_TEST_SETS = 4
+"""How many test sets one evaluate task takes (`dataset`, `dataset_2` … `dataset_4`)."""
 # The project image (it contains reid_core and kfp); fixed when this module is imported.
 IMAGE = os.environ.get("REID_IMAGE") or DEFAULT_IMAGE
 
@@ -143,19 +164,35 @@ def evaluate(
     model: Input[Model],
     metrics: Output[Metrics],
     features: Output[Dataset],
+    report: Output[Dataset],
+    metrics_table: Output[Markdown],
+    report_page: Output[HTML],
+    roc: Output[ClassificationMetrics],
+    dataset_2: Input[Dataset] = None,
+    manifest_2: Input[Dataset] = None,
+    dataset_3: Input[Dataset] = None,
+    manifest_3: Input[Dataset] = None,
+    dataset_4: Input[Dataset] = None,
+    manifest_4: Input[Dataset] = None,
 ):
-    """Rank the gallery for every query: CMC, mAP, mINP."""
-    from reid_core.stages.kfp_glue import run_component
+    """Evaluate a model on up to 4 test sets (dataset/manifest, then the optional _2.._4
+    pairs; the first is the primary one): metrics, report table, HTML page and ROC."""
+    from reid_core.stages.kfp_glue import publish_report, run_component
 
     run_component(
         "evaluate",
         config_yaml,
         pipeline_run_id,
         mlflow_tracking_uri,
-        inputs={"dataset": dataset, "manifest": manifest, "model": model},
-        outputs={"metrics": metrics, "features": features},
+        inputs={
+            "dataset": [dataset, dataset_2, dataset_3, dataset_4],
+            "manifest": [manifest, manifest_2, manifest_3, manifest_4],
+            "model": model,
+        },
+        outputs={"metrics": metrics, "features": features, "report": report},
         config_overrides=config_overrides,
     )
+    publish_report(report, metrics_table, report_page, roc)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -207,6 +244,21 @@ def promote(
         config_overrides=config_overrides,
     )
 
+
+def evaluate_inputs(*test_sets: tuple[Any, Any]) -> dict[str, Any]:
+    """`evaluate`'s test-set arguments for (dataset, manifest) pairs, the primary one first:
+    `dataset`/`manifest`, then `dataset_2`/`manifest_2`, … (pipeline channels, unchanged)."""
+    if not 1 <= len(test_sets) <= MAX_TEST_SETS:
+        raise ValueError(f"evaluate takes 1 to {MAX_TEST_SETS} test sets, got {len(test_sets)}")
+    wired = {}
+    for i, (data, manifest) in enumerate(test_sets, start=1):
+        suffix = "" if i == 1 else f"_{i}"
+        wired.update({f"dataset{suffix}": data, f"manifest{suffix}": manifest})
+    return wired
+
+
+UI_OUTPUTS = {"evaluate": ("metrics_table", "report_page", "roc")}
+"""Stage -> its component's outputs that are not stage ports: views for the KFP UI."""
 
 STAGE_COMPONENTS = {
     "preprocess": preprocess,

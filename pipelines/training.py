@@ -4,9 +4,11 @@
                             │                   │
     synth dusk ─ preprocess ┴───────────────────┴─ adapt (teacher on target)
 
-with four evaluations: teacher@source, student@source (the one promote judges), teacher@target
-(direct transfer) and adapted@target. Each task's inputs are the outputs of the tasks before
-it; the config travels whole as one YAML string so every stage sees the same `ReidConfig`.
+with three evaluations, one per model, each over its test sets (the first is the primary one):
+the teacher on source and target (direct transfer), the student on source (the one promote
+judges), the adapted teacher on target and source (what adaptation forgot). Each task's inputs
+are the outputs of the tasks before it; the config travels whole as one YAML string so every
+stage sees the same `ReidConfig`.
 
 `pipeline_run_id` is `dsl.PIPELINE_JOB_ID_PLACEHOLDER`: on a KFP backend it resolves to the run
 UUID, under `kfp.local` to one random id per pipeline call, shared by all its tasks. Caching
@@ -21,7 +23,7 @@ from typing import NamedTuple
 
 import yaml
 from kfp import dsl
-from kfp.dsl import Artifact, Metrics, Model
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Markdown, Metrics, Model
 
 from components import stages as c
 from reid_core.config import ReidConfig, load_config
@@ -48,10 +50,12 @@ def default_config_yaml() -> str:
 class TrainingOutputs(NamedTuple):
     decision: Artifact
     student_onnx: Model
-    teacher_source: Metrics
-    student_source: Metrics
-    teacher_target: Metrics
-    adapted_target: Metrics
+    teacher_metrics: Metrics
+    student_metrics: Metrics
+    adapted_metrics: Metrics
+    student_table: Markdown
+    student_report: HTML
+    student_roc: ClassificationMetrics
 
 
 @dsl.pipeline(
@@ -99,14 +103,14 @@ def reid_training_pipeline(
     adapted.set_display_name("adapt teacher (target)")
     adapted_ckpt = adapted.outputs["checkpoint"]
 
-    def evaluate(name: str, data, manifest, model) -> dsl.PipelineTask:
-        task = c.evaluate(**run, dataset=data, manifest=manifest, model=model)
+    def evaluate(name: str, model, *test_sets) -> dsl.PipelineTask:
+        task = c.evaluate(**run, model=model, **c.evaluate_inputs(*test_sets))
         return task.set_display_name(f"evaluate {name}")
 
-    ev_teacher_src = evaluate("teacher @ source", src_data, src_manifest, teacher_ckpt)
-    ev_student_src = evaluate("student @ source", src_data, src_manifest, student_ckpt)
-    ev_teacher_tgt = evaluate("teacher @ target (direct)", tgt_data, tgt_manifest, teacher_ckpt)
-    ev_adapted_tgt = evaluate("adapted @ target", tgt_data, tgt_manifest, adapted_ckpt)
+    source_set, target_set = (src_data, src_manifest), (tgt_data, tgt_manifest)
+    ev_teacher = evaluate("teacher @ source, target", teacher_ckpt, source_set, target_set)
+    ev_student = evaluate("student @ source", student_ckpt, source_set)
+    ev_adapted = evaluate("adapted @ target, source", adapted_ckpt, target_set, source_set)
 
     exported = c.export(**run, dataset=src_data, manifest=src_manifest, model=student_ckpt)
     exported.set_display_name("export student (ONNX)")
@@ -114,7 +118,7 @@ def reid_training_pipeline(
         **run,
         onnx=exported.outputs["onnx"],
         model=student_ckpt,
-        evaluation=ev_student_src.outputs["metrics"],
+        evaluation=ev_student.outputs["metrics"],
     )
     # Registers a model version and rewrites the Triton repository: never reuse a cached one.
     promoted.set_display_name("promote student").set_caching_options(enable_caching=False)
@@ -122,8 +126,10 @@ def reid_training_pipeline(
     return TrainingOutputs(
         decision=promoted.outputs["decision"],
         student_onnx=exported.outputs["onnx"],
-        teacher_source=ev_teacher_src.outputs["metrics"],
-        student_source=ev_student_src.outputs["metrics"],
-        teacher_target=ev_teacher_tgt.outputs["metrics"],
-        adapted_target=ev_adapted_tgt.outputs["metrics"],
+        teacher_metrics=ev_teacher.outputs["metrics"],
+        student_metrics=ev_student.outputs["metrics"],
+        adapted_metrics=ev_adapted.outputs["metrics"],
+        student_table=ev_student.outputs["metrics_table"],
+        student_report=ev_student.outputs["report_page"],
+        student_roc=ev_student.outputs["roc"],
     )

@@ -46,7 +46,18 @@ def _build_parser() -> argparse.ArgumentParser:
     for spec in STAGES.values():
         p = sub.add_parser(spec.name, help=spec.help, description=spec.help)
         for port in spec.inputs + spec.outputs:
-            p.add_argument(f"--{port.name}", type=Path, required=True, help=port.help)
+            if port.multiple:  # `--x A --x B` or `--x A B` (as dvc.yaml expands a list)
+                p.add_argument(
+                    f"--{port.name}",
+                    type=Path,
+                    required=True,
+                    action="extend",
+                    nargs="+",
+                    metavar=port.name.upper(),
+                    help=port.help,
+                )
+            else:
+                p.add_argument(f"--{port.name}", type=Path, required=True, help=port.help)
         _add_config_args(p)
         p.set_defaults(handler=_run_stage, stage=spec)
 
@@ -148,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     from reid_core.config import ConfigError
     from reid_core.data.errors import DatasetError
+    from reid_core.stages import PortError
 
     try:
         args.handler(args)
-    except (ConfigError, DatasetError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, PortError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (RuntimeError, ConnectionError) as err:  # parity, pseudo labels, unreachable hosts

@@ -131,6 +131,7 @@ class EvaluateConfig(_Section):
     rerank_k1: int = Field(20, ge=1)
     rerank_k2: int = Field(6, ge=1)
     rerank_lambda: float = Field(0.3, ge=0, le=1)
+    rerank_knn: Literal["torch", "faiss"] = "torch"  # nearest-neighbour search of re-ranking
 
 
 class ExportConfig(_Section):

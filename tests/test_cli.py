@@ -1,8 +1,11 @@
 import subprocess
 import sys
 
+import pytest
+
 from reid_core.cli import main
-from reid_core.stages import STAGES
+from reid_core.config import ReidConfig
+from reid_core.stages import STAGES, PortError, run_stage
 
 
 def test_every_stage_is_a_subcommand_taking_its_declared_ports(capsys):
@@ -40,3 +43,34 @@ def test_help_does_not_import_the_heavy_stack():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("[]")
+
+
+def test_repeatable_ports_take_several_paths_in_either_spelling(capsys):
+    for spec in STAGES.values():
+        for port in spec.inputs + spec.outputs:
+            if port.multiple:
+                assert "repeatable" in port.help, f"{spec.name} --{port.name} must say so"
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "--dataset DATASET [DATASET ...]" in capsys.readouterr().out
+
+
+def test_unequal_datasets_and_manifests_exit_2_and_write_nothing(tmp_path, capsys):
+    outputs = ["--metrics", tmp_path / "m.json", "--features", tmp_path / "f"]
+    outputs += ["--report", tmp_path / "r"]
+    for given in (
+        ["--dataset", "a", "--dataset", "b", "--manifest", "a.parquet"],
+        ["--dataset", "a", "b", "--manifest", "a.parquet"],  # dvc.yaml's list expansion
+    ):
+        args = ["evaluate", *given, "--model", "ckpt", *map(str, outputs)]
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 2 and "2 --dataset, 1 --manifest" in err and "pair up" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_single_port_refuses_several_paths():
+    inputs = {"dataset": "a", "manifest": "m", "model": ["x", "y"]}
+    outputs = {"metrics": "m.json", "features": "f", "report": "r"}
+    with pytest.raises(PortError, match="'model' takes one path, got 2"):
+        run_stage("evaluate", ReidConfig(), inputs, outputs)

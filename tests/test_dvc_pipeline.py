@@ -28,12 +28,17 @@ TRAIN_AND_DOWNSTREAM = {
     "train",
     "distill",
     "adapt",
-    "evaluate@teacher-source",
-    "evaluate@student-source",
-    "evaluate@teacher-target",
-    "evaluate@adapted-target",
+    "evaluate@teacher",
+    "evaluate@student",
+    "evaluate@adapted",
     "export",
     "promote",
+}
+# Each model's evaluation and its test sets, the primary one first (dvc.yaml).
+TEST_SETS = {
+    "teacher": ["source", "target"],
+    "student": ["source"],
+    "adapted": ["target", "source"],
 }
 RUNNING = re.compile(r"^Running stage '([^']+)':", re.MULTILINE)
 
@@ -130,10 +135,20 @@ def test_first_repro_runs_every_stage_and_writes_its_outputs(project):
     assert _ran(project.first_repro) == stages
 
     root = project.root
-    for name in ("teacher-source", "student-source", "teacher-target", "adapted-target"):
+    for name, test_sets in TEST_SETS.items():
         metrics = json.loads((root / "reports" / "eval" / f"{name}.json").read_text())
-        for key in ("rank1", "mAP", "mINP"):
-            assert 0.0 <= metrics[key] <= 1.0, (name, key, metrics[key])
+        assert metrics["test_set"] == test_sets[0] and sorted(metrics["test_sets"]) == sorted(
+            test_sets
+        )
+        for test_set in test_sets:
+            for key in ("rank1", "mAP", "mINP"):
+                value = metrics["test_sets"][test_set][key]
+                assert 0.0 <= value <= 1.0, (name, test_set, key, value)
+        report = root / "reports" / "eval" / name
+        rows = [line for line in (report / "metrics.md").read_text().splitlines()[4:] if line]
+        assert [row.split("|")[1].strip() for row in rows[: len(test_sets)]] == test_sets
+        assert (report / "report.html").is_file()
+        assert {p.stem for p in (root / "work" / "features" / name).glob("*.npz")} == set(test_sets)
     decision = json.loads((root / "reports" / "promotion.json").read_text())
     model_name = yaml.safe_load((root / "params.yaml").read_text())["promote"]["model_name"]
     assert decision["model_name"] == model_name
@@ -142,6 +157,12 @@ def test_first_repro_runs_every_stage_and_writes_its_outputs(project):
     assert (root / "work" / "manifests" / "source.parquet").is_file()
     assert (root / "work" / "manifests" / "target.parquet").is_file()
     assert (root / ".mlflow").is_dir(), "the default MLflow store lives under the project"
+
+    summary = project.run("reid", "summary").stdout
+    for name, test_sets in TEST_SETS.items():
+        for test_set in test_sets:
+            assert f"{name} @ {test_set}" in summary, summary
+    assert "reports/eval/student/report.html" in summary
 
 
 def test_second_repro_runs_nothing(project):
@@ -187,7 +208,7 @@ def test_a_corrupt_query_image_stops_the_pipeline_in_preprocess(project):
     downstream = [
         root / "work" / "models" / "teacher" / "model.safetensors",
         root / "work" / "models" / "student" / "model.safetensors",
-        root / "reports" / "eval" / "student-source.json",
+        root / "reports" / "eval" / "student.json",
         root / "reports" / "promotion.json",
     ]
     before = {p: _digest(p) for p in downstream}
@@ -197,13 +218,15 @@ def test_a_corrupt_query_image_stops_the_pipeline_in_preprocess(project):
     victim.write_bytes(b"this is not a JPEG \x00\xff" * 20)
     # The dataset changed: record the new version, as `dvc add`/`dvc commit` would for real data.
     project.run("dvc", "commit", "--force", "synth@source")
-    # Stale: every stage that reads the source dataset; the target domain's stages are not.
+    # Stale: every stage that reads the source dataset (every evaluation has it as a test set);
+    # the target domain's stages are not.
     assert set(project.status()) == {
         "preprocess@source",
         "train",
         "distill",
-        "evaluate@teacher-source",
-        "evaluate@student-source",
+        "evaluate@teacher",
+        "evaluate@student",
+        "evaluate@adapted",
         "export",
     }
 

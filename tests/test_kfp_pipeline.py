@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the project root
     sys.path.insert(0, str(ROOT))
 
-from components import IMAGE, STAGE_COMPONENTS, synth  # noqa: E402
+from components import IMAGE, MAX_TEST_SETS, STAGE_COMPONENTS, UI_OUTPUTS, synth  # noqa: E402
 from pipelines import tools  # noqa: E402
 from reid_core.config import ConfigError  # noqa: E402
-from reid_core.stages import STAGES  # noqa: E402
-from reid_core.stages.kfp_glue import parse_config_yaml  # noqa: E402
+from reid_core.stages import STAGES, PortError  # noqa: E402
+from reid_core.stages.kfp_glue import parse_config_yaml, port_paths  # noqa: E402
 
 # What each port's artifact is in KFP (the component signatures must agree).
 PORT_TYPES = {
@@ -36,6 +36,9 @@ PORT_TYPES = {
     "metrics": "system.Metrics",
     "evaluation": "system.Metrics",
     "decision": "system.Artifact",
+    "metrics_table": "system.Markdown",
+    "report_page": "system.HTML",
+    "roc": "system.ClassificationMetrics",
 }
 STAGE_PARAMETERS = {"config_yaml", "pipeline_run_id", "mlflow_tracking_uri", "config_overrides"}
 TASKS_PER_FUNCTION = {
@@ -44,7 +47,7 @@ TASKS_PER_FUNCTION = {
     "train": 1,
     "distill": 1,
     "adapt": 1,
-    "evaluate": 4,
+    "evaluate": 3,
     "export": 1,
     "promote": 1,
 }
@@ -72,6 +75,12 @@ def _producer(spec: dict[str, Any], task: dict[str, Any], port: str) -> tuple[st
     """(function, task name) of the task whose output feeds `port` of `task`."""
     name = task["inputs"]["artifacts"][port]["taskOutputArtifact"]["producerTask"]
     return _function_of(spec, spec["root"]["dag"]["tasks"][name]), name
+
+
+def _port_of(input_name: str) -> str:
+    """The stage port of a component input: `dataset_2` is the 2nd item of port `dataset`."""
+    base, _, index = input_name.rpartition("_")
+    return base if index.isdigit() else input_name
 
 
 def _io_definitions(component: dict[str, Any]) -> tuple[dict, dict, set[str]]:
@@ -109,7 +118,8 @@ def test_compiled_pipeline_runs_each_stage_with_its_artifact_types(spec: dict[st
         inputs, outputs, _ = _io_definitions(component)
         for port, definition in {**inputs, **outputs}.items():
             title = definition["artifactType"]["schemaTitle"]
-            assert title == PORT_TYPES[port], f"{_function_of(spec, task)}.{port} is {title}"
+            expected = PORT_TYPES[_port_of(port)]
+            assert title == expected, f"{_function_of(spec, task)}.{port} is {title}"
         assert task["taskInfo"]["name"], "every task has a display name"
     assert len({t["taskInfo"]["name"] for t in tasks.values()}) == len(tasks)
 
@@ -120,9 +130,29 @@ def test_component_declares_exactly_the_stage_ports(stage: str) -> None:
     pipeline_spec = json_format.MessageToDict(STAGE_COMPONENTS[stage].pipeline_spec)
     (component,) = pipeline_spec["components"].values()
     inputs, outputs, parameters = _io_definitions(component)
-    assert set(inputs) == {p.name for p in STAGES[stage].inputs}
-    assert set(outputs) == {p.name for p in STAGES[stage].outputs}
+    expected_inputs = set()
+    for port in STAGES[stage].inputs:
+        expected_inputs.add(port.name)
+        if port.multiple:  # the further items: optional inputs <port>_2 ... <port>_<MAX>
+            extra = {f"{port.name}_{i}" for i in range(2, MAX_TEST_SETS + 1)}
+            assert all(inputs[name].get("isOptional") for name in extra), port.name
+            expected_inputs |= extra
+        assert not inputs[port.name].get("isOptional"), f"{port.name}: the first is required"
+    assert set(inputs) == expected_inputs
+    assert set(outputs) == {p.name for p in STAGES[stage].outputs} | set(UI_OUTPUTS.get(stage, ()))
     assert parameters == STAGE_PARAMETERS
+
+
+class _Slot:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def test_multiple_port_slots_fill_in_order_and_unused_ones_come_last() -> None:
+    wired = {"dataset": [_Slot("a"), _Slot("b"), None], "model": _Slot("m")}
+    assert port_paths("evaluate", wired) == {"dataset": [Path("a"), Path("b")], "model": Path("m")}
+    with pytest.raises(PortError, match="'manifest' item 3 is wired but item 2 is not"):
+        port_paths("evaluate", {"manifest": [_Slot("a"), None, _Slot("c")]})
 
 
 def test_synth_component_makes_one_dataset_from_config_style_and_seed() -> None:
@@ -166,13 +196,27 @@ def test_pipeline_wires_teacher_student_adaptation_and_promotion(spec: dict[str,
     (adapt,) = by_function["adapt"]
     assert _producer(spec, adapt, "model")[0] == "train"
     assert domain_of(adapt) == "dusk"
-    evaluations = {(_producer(spec, t, "model")[0], domain_of(t)) for t in by_function["evaluate"]}
+
+    def test_sets_of(task: dict[str, Any]) -> tuple[str, ...]:
+        """The synth style of each test set an evaluate task takes, primary first."""
+        styles = []
+        for i in range(1, MAX_TEST_SETS + 1):
+            suffix = "" if i == 1 else f"_{i}"
+            if f"dataset{suffix}" not in task["inputs"]["artifacts"]:
+                break
+            style = synth_style[_producer(spec, task, f"dataset{suffix}")[1]]
+            prep = tasks[_producer(spec, task, f"manifest{suffix}")[1]]
+            assert domain_of(prep) == style, "each dataset comes with its own manifest"
+            styles.append(style)
+        return tuple(styles)
+
+    evaluations = {_producer(spec, t, "model")[0]: test_sets_of(t) for t in by_function["evaluate"]}
     assert evaluations == {
-        ("train", "day"),
-        ("distill", "day"),
-        ("train", "dusk"),
-        ("adapt", "dusk"),
+        "train": ("day", "dusk"),
+        "distill": ("day",),
+        "adapt": ("dusk", "day"),
     }
+    assert test_sets_of(evaluated) == ("day",)
 
     for task in by_function["preprocess"]:
         overrides = task["inputs"]["parameters"]["config_overrides"]["runtimeValue"]["constant"]
@@ -249,8 +293,25 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
     decision_file = Path(result["outputs"]["decision"]["uri"])
     decision = json.loads(decision_file.read_text())
     assert isinstance(decision, dict) and decision
-    for name in ("teacher_source", "student_source", "teacher_target", "adapted_target"):
-        assert result["outputs"][name]["metadata"], f"{name}: no metrics logged to KFP"
+    outputs = result["outputs"]
+    for name in ("teacher_metrics", "student_metrics", "adapted_metrics"):
+        assert outputs[name]["metadata"], f"{name}: no metrics logged to KFP"
+    teacher = outputs["teacher_metrics"]["metadata"]
+    assert teacher["rank1"] == teacher["source/rank1"] and "target/mAP" in teacher
+    evaluation = json.loads(Path(outputs["student_metrics"]["uri"]).read_text())
+    assert set(evaluation["test_sets"]) == {"source"}
+    # The evaluate task's views for the KFP UI: the table, the page, the primary ROC.
+    table = Path(outputs["student_table"]["uri"]).read_text()
+    assert "| source |" in table and "rank-1 (%)" in table
+    page = Path(outputs["student_report"]["uri"]).read_text()
+    assert page.count("data:image/png;base64,") == 4 and "<td>source</td>" in page
+    roc = outputs["student_roc"]["metadata"]["confidenceMetrics"]
+    assert 2 <= len(roc) <= 200
+    fpr = [point["falsePositiveRate"] for point in roc]
+    tpr = [point["recall"] for point in roc]
+    assert fpr == sorted(fpr) and tpr == sorted(tpr)
+    assert all(0 <= v <= 1 for v in fpr + tpr)
+    assert all(isinstance(point["confidenceThreshold"], float) for point in roc)
     assert (Path(result["outputs"]["student_onnx"]["uri"]) / "model.onnx").is_file()
     model_dir = tmp_path / "model_repository" / "reid-kfp-test"
     assert (model_dir / "config.pbtxt").is_file()

@@ -45,7 +45,7 @@ def test_streamed_evaluation_equals_the_dense_one(monkeypatch, metric):
 @settings(max_examples=200, deadline=None)
 def test_top_k_metrics_match_their_definition(problem, k):
     dist, q_pids, g_pids, q_cams, g_cams = problem
-    if not any(((g_pids == p) & (g_cams != c)).any() for p, c in zip(q_pids, q_cams)):
+    if not any(((g_pids == p) & (g_cams != c)).any() for p, c in zip(q_pids, q_cams, strict=True)):
         with pytest.raises(ValueError, match="no query has a positive"):
             evaluate_topk(np.zeros((len(q_pids), 1), int), q_pids, g_pids, q_cams, g_cams)
         return

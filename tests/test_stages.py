@@ -6,12 +6,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
+SOURCE_SET = ("--dataset", "ds", "--manifest", "m.parquet")  # domain "source"
+TARGET_SET = ("--dataset", "target", "--manifest", "t.parquet")  # domain "target"
+TWO_TEST_SETS = (*SOURCE_SET, *TARGET_SET)
+
+
+def evaluate_outputs(name: str) -> tuple[str, ...]:
+    """evaluate's output options: <name>.json, <name>_features/, <name>_report/."""
+    return (
+        "--metrics",
+        f"{name}.json",
+        "--features",
+        f"{name}_features",
+        "--report",
+        f"{name}_report",
+    )
 
 
 def reid(*args, cwd, env, check=True):
@@ -77,20 +93,22 @@ def workspace(tmp_path_factory):
         cwd=ws,
         env=env,
     )
+    reid("data", "synth", "target", "--style", "dusk", "--seed", "1", cwd=ws, env=env)
     reid(
-        "evaluate",
+        "preprocess",
         "--dataset",
-        "ds",
+        "target",
         "--manifest",
-        "m.parquet",
-        "--model",
-        "student",
-        "--metrics",
-        "eval.json",
-        "--features",
-        "f.npz",
+        "t.parquet",
+        "--report",
+        "t.json",
+        "--set",
+        "data.domain=target",
         cwd=ws,
         env=env,
+    )
+    reid(
+        "evaluate", *TWO_TEST_SETS, *evaluate_outputs("eval"), "--model", "student", cwd=ws, env=env
     )
     reid(
         "export",
@@ -113,7 +131,8 @@ def test_stages_write_their_declared_outputs(workspace):
     metrics = json.loads((ws / "eval.json").read_text())
     for key in ("rank1", "rank5", "mAP", "mINP", "tar_at_far_0.0001", "tar_at_far_0.01"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["eval_set_hash"]
+    assert metrics["eval_set_hash"] and metrics["test_set"] == "source"
+    assert set(metrics["test_sets"]) == {"source", "target"}
     assert (ws / "teacher" / "model.safetensors").is_file()
     assert (ws / "onnx" / "model.onnx").is_file()
     assert json.loads((ws / "onnx" / "parity.json").read_text())["parity_passed"] is True
@@ -173,20 +192,6 @@ def test_promote_registers_then_refuses_an_equal_model(workspace):
 
 def test_adapt_runs_a_pseudo_label_round_on_a_second_domain(workspace):
     ws, env = workspace
-    reid("data", "synth", "target", "--style", "dusk", "--seed", "1", cwd=ws, env=env)
-    reid(
-        "preprocess",
-        "--dataset",
-        "target",
-        "--manifest",
-        "t.parquet",
-        "--report",
-        "t.json",
-        "--set",
-        "data.domain=target",
-        cwd=ws,
-        env=env,
-    )
     reid(
         "adapt",
         "--dataset",
@@ -235,18 +240,112 @@ def test_a_missing_input_is_named(workspace):
     ws, env = workspace
     proc = reid(
         "evaluate",
-        "--dataset",
-        "ds",
-        "--manifest",
-        "m.parquet",
+        *SOURCE_SET,
         "--model",
         "nowhere",
-        "--metrics",
-        "x.json",
-        "--features",
-        "x.npz",
+        *evaluate_outputs("x"),
         cwd=ws,
         env=env,
         check=False,
     )
     assert proc.returncode == 2 and "nowhere" in proc.stderr
+
+
+def test_two_test_sets_give_one_table_whose_rows_equal_each_set_alone(workspace):
+    ws, env = workspace
+    reid(
+        "evaluate",
+        *SOURCE_SET,
+        *evaluate_outputs("alone_source"),
+        "--model",
+        "student",
+        cwd=ws,
+        env=env,
+    )
+    reid(
+        "evaluate",
+        *TARGET_SET,
+        *evaluate_outputs("alone_target"),
+        "--model",
+        "student",
+        cwd=ws,
+        env=env,
+    )
+    both = json.loads((ws / "eval.json").read_text())
+    for name in ("source", "target"):
+        alone = json.loads((ws / f"alone_{name}.json").read_text())
+        assert set(alone["test_sets"]) == {name} and alone["test_set"] == name
+        row = both["test_sets"][name]
+        assert row["eval_set_hash"] == alone["eval_set_hash"]
+        for key in ("rank1", "rank5", "rank10", "mAP", "mINP", "tar_at_far_0.01"):
+            assert row[key] == pytest.approx(alone[key], rel=1e-9), (name, key)
+    # The flat keys are the primary (first) test set's, as promote reads them.
+    assert both["rank1"] == both["test_sets"]["source"]["rank1"] and both["domain"] == "source"
+    assert both["test_sets"]["target"]["eval_set_hash"] != both["eval_set_hash"]
+
+
+def test_report_folder_holds_the_table_the_page_and_each_sets_pictures(workspace):
+    ws, _ = workspace
+    metrics = json.loads((ws / "eval.json").read_text())
+    report = ws / "eval_report"
+    table = (report / "metrics.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0].startswith("| test set | rank-1 (%) | rank-5 (%) | rank-10 (%) | mAP (%)")
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["source", "target"]
+    for row in rows[1:]:
+        name, rank1, *_ = (cell.strip() for cell in row.split("|")[1:-1])
+        assert rank1 == f"{100 * metrics['test_sets'][name]['rank1']:.1f}"
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 8  # four pictures per test set
+    assert "<td>source</td>" in page and "<td>target</td>" in page
+    for name in ("source", "target"):
+        for png in ("rank_list.png", "cmc.png", "roc.png", "distances.png"):
+            assert (report / name / png).stat().st_size > 1000
+        with np.load(ws / "eval_features" / f"{name}.npz") as feats:
+            assert len(feats["query_feats"]) == len(feats["query_pids"]) > 0
+    roc = json.loads((report / "roc.json").read_text())
+    assert 2 <= len(roc["fpr"]) <= 200
+
+
+def test_evaluate_logs_every_test_set_to_mlflow(workspace):
+    import mlflow
+
+    ws, env = workspace
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("reidflow").experiment_id],
+        filter_string="tags.`reid.test_sets` = 'source,target'",
+    )
+    logged = run.data.metrics
+    metrics = json.loads((ws / "eval.json").read_text())
+    assert logged["rank1"] == logged["source/rank1"] == metrics["rank1"]
+    assert logged["target/mAP"] == metrics["test_sets"]["target"]["mAP"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    assert {"reports/metrics.md", "reports/report.html", "reports/source"} <= artifacts
+    pictures = {a.path for a in client.list_artifacts(run.info.run_id, "reports/target")}
+    assert "reports/target/rank_list.png" in pictures
+
+
+@pytest.mark.parametrize(
+    ("test_sets", "message"),
+    [
+        ((*SOURCE_SET, *SOURCE_SET), "two test sets are named 'source'"),
+        (("--dataset", "ds", "--dataset", "target", "--manifest", "m.parquet"), "2 --dataset, 1"),
+    ],
+    ids=["duplicate-names", "unpaired"],
+)
+def test_bad_test_sets_fail_clearly_without_output(workspace, test_sets, message):
+    ws, env = workspace
+    proc = reid(
+        "evaluate",
+        *test_sets,
+        "--model",
+        "student",
+        *evaluate_outputs("bad"),
+        cwd=ws,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not [p.name for p in ws.iterdir() if p.name.startswith(("bad", ".bad"))]

@@ -1,7 +1,21 @@
-"""Pictures people look at: a rank list, the CMC and ROC curves, distance histograms (PNG)."""
+"""What people look at: a rank list, the CMC and ROC curves, distance histograms (PNG), and the
+evaluation report around them (a Markdown table, a self-contained HTML page, the ROC as data).
+
+A report folder, as `write_report` leaves it (evaluate's `report` output):
+
+    metrics.md    one row per test set: rank-1/5/10, mAP, mINP, TAR@FAR, in %
+    report.html   the same table and every PNG, embedded: one file to open or attach
+    roc.json      the primary test set's ROC, at most KFP_ROC_POINTS points (KFP's ROC view)
+    <test set>/   rank_list.png cmc.png roc.png distances.png
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +26,16 @@ from reid_core.evaluation.rank import RankResult
 from reid_core.evaluation.verification import VerificationResult, positive_distances
 
 CORRECT, WRONG, JUNK, QUERY = (40, 170, 60), (210, 40, 40), (150, 150, 150), (40, 90, 200)
+MARKDOWN_FILE, HTML_FILE, ROC_FILE = "metrics.md", "report.html", "roc.json"
+KFP_ROC_POINTS = 200  # enough for a smooth curve in the KFP UI, small enough for artifact metadata
+_RANK_COLUMNS = (("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"))
+_CAPTIONS = {
+    "rank_list.png": "Rank lists: query (blue), then its top matches: same id from another "
+    "camera (green), another id (red), same id and camera (grey, junk: ignored by the protocol).",
+    "cmc.png": "CMC: share of queries with a correct match within the first k.",
+    "roc.png": "ROC of verification over all query-gallery pairs.",
+    "distances.png": "Distances of same-id (positive) and different-id (negative) pairs.",
+}
 
 
 def rank_list_image(
@@ -123,3 +147,100 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True)
+class SetReport:
+    """One test set's row of the report: its name, metrics (fractions 0-1) and PNG files."""
+
+    name: str
+    metrics: Mapping[str, float]
+    images: Sequence[Path]
+
+
+def roc_points(
+    verification: VerificationResult, max_points: int = KFP_ROC_POINTS
+) -> dict[str, list[float]]:
+    """The ROC as KFP's `ClassificationMetrics.log_roc_curve` takes it: `fpr`, `tpr` and
+    `threshold` lists of at most `max_points`, FAR and TAR ascending in [0, 1]. A threshold is
+    the distance below which a pair is accepted (a distance: it grows along the curve)."""
+    far = np.clip(np.asarray(verification.roc_far, np.float64), 0.0, 1.0)
+    tar = np.clip(np.asarray(verification.roc_tar, np.float64), 0.0, 1.0)
+    thresholds = np.asarray(verification.roc_thresholds, np.float64)
+    keep = np.unique(np.linspace(0, len(far) - 1, min(max_points, len(far))).round().astype(int))
+    return {
+        "fpr": np.maximum.accumulate(far[keep]).tolist(),
+        "tpr": np.maximum.accumulate(tar[keep]).tolist(),
+        "threshold": thresholds[keep].tolist(),
+    }
+
+
+def metrics_table(sets: Sequence[SetReport], fars: Sequence[float]) -> list[list[str]]:
+    """Header row plus one row per test set: name, rank-1/5/10, mAP, mINP, TAR@FAR (in %)."""
+    columns = [*_RANK_COLUMNS, ("mAP", "mAP"), ("mINP", "mINP")]
+    columns += [(f"tar_at_far_{far:g}", f"TAR@FAR={far:.0e}") for far in sorted(fars)]
+    rows = [["test set", *(f"{label} (%)" for _, label in columns)]]
+    for ts in sets:
+        cells = [f"{100 * ts.metrics[key]:.1f}" if key in ts.metrics else "-" for key, _ in columns]
+        rows.append([ts.name, *cells])
+    return rows
+
+
+def markdown_table(sets: Sequence[SetReport], fars: Sequence[float]) -> str:
+    """`metrics_table` as a GitHub-flavoured Markdown table (numbers right-aligned)."""
+    header, *body = metrics_table(sets, fars)
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    dest: Path,
+    title: str,
+    sets: Sequence[SetReport],
+    fars: Sequence[float],
+    primary_roc: VerificationResult,
+) -> list[Path]:
+    """Write metrics.md, report.html and roc.json into `dest`, which already holds each test
+    set's PNGs (`sets[i].images`). The first test set is the primary one."""
+    note = f"Primary test set: {sets[0].name}. All values in %."
+    md = dest / MARKDOWN_FILE
+    md.write_text(f"## {title}\n\n{markdown_table(sets, fars)}\n{note}\n")
+    page = dest / HTML_FILE
+    page.write_text(_html_page(title, note, metrics_table(sets, fars), sets))
+    roc = dest / ROC_FILE
+    roc.write_text(json.dumps(roc_points(primary_roc)) + "\n")
+    return [md, page, roc]
+
+
+def _html_page(title: str, note: str, table: list[list[str]], sets: Sequence[SetReport]) -> str:
+    esc = html.escape
+    header, *body = table
+    rows = ["<tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>"]
+    rows += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.3em .6em}td+td{text-align:right}"
+        "figure{display:inline-block;margin:.5em;vertical-align:top;max-width:42em}"
+        "figcaption{font-size:.85em;color:#444}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        "<table>",
+        *rows,
+        "</table>",
+        f"<p>{esc(note)}</p>",
+    ]
+    for ts in sets:
+        parts.append(f"<h2>{esc(ts.name)}</h2>")
+        for image in ts.images:
+            data = base64.b64encode(Path(image).read_bytes()).decode("ascii")
+            caption = _CAPTIONS.get(Path(image).name, Path(image).stem)
+            parts.append(
+                f'<figure><img src="data:image/png;base64,{data}" '
+                f'alt="{esc(ts.name)} {esc(Path(image).stem)}">'
+                f"<figcaption>{esc(caption)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -3,19 +3,29 @@
 Each stage is a module here with `run(config, inputs, outputs) -> metrics`, where inputs and
 outputs map port names to paths. `STAGES` declares every stage's ports; the `reid` CLI builds
 its subcommands from it, dvc.yaml and the KFP components in `components/` pass the same ports.
+
+A port declared `multiple` takes one or more paths, in order, and reaches the stage as a tuple
+of paths. A stage's multiple inputs pair up element by element (evaluate's i-th dataset goes
+with its i-th manifest), so `run_stage` requires them to have the same count.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from reid_core.config import ReidConfig
 
-StageFn = Callable[[ReidConfig, Mapping[str, Path], Mapping[str, Path]], dict[str, float]]
+PortPaths = Mapping[str, Path | tuple[Path, ...]]
+"""Port name -> its path, or its tuple of paths for a `multiple` port."""
+StageFn = Callable[[ReidConfig, PortPaths, PortPaths], dict[str, float]]
+
+
+class PortError(ValueError):
+    """The paths given to a stage do not fit its declared ports (names, counts, pairing)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,7 @@ class Port:
     name: str
     kind: Literal["dir", "file"]
     help: str
+    multiple: bool = False  # one or more paths, in order (the CLI option is repeatable)
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,19 @@ class StageSpec:
 
 _DATASET = Port("dataset", "dir", "dataset folder (Market-1501 or another supported layout)")
 _MANIFEST = Port("manifest", "file", "manifest Parquet written by preprocess")
+_TEST_DATASET = Port(
+    "dataset",
+    "dir",
+    "test set dataset folder; repeatable, one per --manifest, in the same order "
+    "(the first test set is the primary one)",
+    multiple=True,
+)
+_TEST_MANIFEST = Port(
+    "manifest",
+    "file",
+    "test set manifest written by preprocess; repeatable, one per --dataset",
+    multiple=True,
+)
 _MODEL = Port("model", "dir", "checkpoint folder (safetensors + config + metadata)")
 _CHECKPOINT = Port("checkpoint", "dir", "checkpoint folder to write")
 _METRICS = Port("metrics", "file", "metrics JSON to write")
@@ -71,9 +95,13 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "evaluate",
-            "rank the gallery for every query: CMC, mAP, mINP",
-            (_DATASET, _MANIFEST, _MODEL),
-            (_METRICS, Port("features", "file", "query and gallery features (.npz) to write")),
+            "rank the gallery for every query of one or more test sets: CMC, mAP, mINP, ROC",
+            (_TEST_DATASET, _TEST_MANIFEST, _MODEL),
+            (
+                Port("metrics", "file", "metrics JSON to write (flat keys: the primary test set)"),
+                Port("features", "dir", "folder for each test set's features (<name>.npz)"),
+                Port("report", "dir", "folder for metrics.md, report.html and the PNG reports"),
+            ),
         ),
         StageSpec(
             "export",
@@ -98,28 +126,50 @@ STAGES: dict[str, StageSpec] = {
 def run_stage(
     name: str,
     config: ReidConfig,
-    inputs: Mapping[str, str | Path],
-    outputs: Mapping[str, str | Path],
+    inputs: Mapping[str, str | Path | Sequence[str | Path]],
+    outputs: Mapping[str, str | Path | Sequence[str | Path]],
 ) -> dict[str, float]:
-    """Check ports against the declaration, then run the stage."""
+    """Check ports against the declaration, then run the stage.
+
+    A `multiple` port takes a path or a sequence of paths (passed on as a tuple); the stage's
+    multiple inputs must come in equal numbers, since they pair up in order.
+    """
     spec = STAGES[name]
     expected_in = {p.name for p in spec.inputs}
     expected_out = {p.name for p in spec.outputs}
     if set(inputs) != expected_in or set(outputs) != expected_out:
-        raise ValueError(
+        raise PortError(
             f"stage {name} takes inputs {sorted(expected_in)} and outputs {sorted(expected_out)}"
+        )
+    ins = {p.name: _port_paths(name, p, inputs[p.name]) for p in spec.inputs}
+    outs = {p.name: _port_paths(name, p, outputs[p.name]) for p in spec.outputs}
+    counts = {p.name: len(ins[p.name]) for p in spec.inputs if p.multiple}
+    if len(set(counts.values())) > 1:
+        given = ", ".join(f"{n} --{port}" for port, n in counts.items())
+        raise PortError(
+            f"{name}: got {given}; these inputs pair up in order, so give one of each per item"
         )
     _fast_cpu_numerics()
     for port in spec.inputs:
-        path = Path(inputs[port.name])
-        ok = path.is_dir() if port.kind == "dir" else path.is_file()
-        if not ok:
-            raise FileNotFoundError(f"{name}: input '{port.name}' is not a {port.kind}: {path}")
-    return spec.load()(
-        config,
-        {k: Path(v) for k, v in inputs.items()},
-        {k: Path(v) for k, v in outputs.items()},
-    )
+        paths = ins[port.name] if port.multiple else (ins[port.name],)
+        for path in paths:
+            ok = path.is_dir() if port.kind == "dir" else path.is_file()
+            if not ok:
+                raise FileNotFoundError(f"{name}: input '{port.name}' is not a {port.kind}: {path}")
+    return spec.load()(config, ins, outs)
+
+
+def _port_paths(
+    stage: str, port: Port, value: str | Path | Sequence[str | Path]
+) -> Path | tuple[Path, ...]:
+    """One Path for a single port; a non-empty tuple of Paths for a multiple one."""
+    if isinstance(value, str | Path):
+        return (Path(value),) if port.multiple else Path(value)
+    if not port.multiple:
+        raise PortError(f"{stage}: '{port.name}' takes one path, got {len(value)}")
+    if not value:
+        raise PortError(f"{stage}: '{port.name}' needs at least one path")
+    return tuple(Path(v) for v in value)
 
 
 def _fast_cpu_numerics() -> None:

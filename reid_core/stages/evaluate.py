@@ -1,23 +1,79 @@
-"""Stage: query and gallery features → CMC, mAP, mINP (Market-1501 protocol)."""
+"""Stage: one model on one or more test sets → CMC, mAP, mINP, TAR@FAR (Market-1501 protocol).
+
+Each test set is a dataset folder with its manifest; its name is the manifest's domain (or, if
+that is empty, the dataset folder's name) and must be unique. The first test set is the primary
+one: its metrics are the flat keys of the metrics JSON (what promote judges) and are logged
+to MLflow unprefixed; every set's metrics also go in the JSON's `test_sets` table and to MLflow
+as `<set>/<metric>`. The report folder holds the table (Markdown, HTML) and each set's PNGs
+(see `reid_core.evaluation.reports`); features go to `<features>/<set>.npz`.
+"""
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
-from reid_core.atomic import atomic_output, write_json
-from reid_core.config import ReidConfig
+from reid_core.atomic import atomic_output, remove_outputs, write_json
+from reid_core.config import EvaluateConfig, ReidConfig
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.engine.device import resolve_device
 from reid_core.evaluation import evaluate_rank, extract_features, tar_at_far
 from reid_core.evaluation.protocol import evaluation_distances
-from reid_core.evaluation.reports import curves, rank_list_image
+from reid_core.evaluation.reports import SetReport, curves, rank_list_image, write_report
+from reid_core.evaluation.verification import VerificationResult
+from reid_core.stages import PortError
 from reid_core.tracking.runs import stage_run
+
+if TYPE_CHECKING:
+    from reid_core.modeling.model import ReidModel
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """One test set: a dataset folder and its manifest (path, rows, metadata), and its name."""
+
+    name: str
+    dataset: Path
+    manifest: Path
+    rows: pd.DataFrame
+    meta: dict[str, str]
+
+
+def load_test_sets(datasets: Sequence[Path], manifests: Sequence[Path]) -> list[EvaluationSet]:
+    """Pair datasets with manifests in order and name them; bad or duplicate names fail."""
+    if len(datasets) != len(manifests) or not datasets:
+        raise PortError(
+            f"evaluate: {len(datasets)} datasets and {len(manifests)} manifests: "
+            "give one manifest per dataset, in the same order"
+        )
+    sets: list[EvaluationSet] = []
+    for dataset, manifest in zip(datasets, manifests, strict=True):
+        df, meta = read_manifest(manifest)
+        name = meta.get("domain") or Path(dataset).resolve().name
+        if not _NAME.match(name):
+            raise PortError(
+                f"evaluate: test set name {name!r} (domain of {manifest}, else the dataset "
+                "folder name) may hold only letters, digits, '.', '_' and '-'"
+            )
+        for other in sets:
+            if other.name.casefold() == name.casefold():
+                raise PortError(
+                    f"evaluate: two test sets are named {name!r}: {other.dataset} "
+                    f"({other.manifest}) and {dataset} ({manifest}); a test set is named by its "
+                    "manifest's domain (preprocess --set data.domain=...): give each its own"
+                )
+        sets.append(EvaluationSet(name, Path(dataset), Path(manifest), df, meta))
+    return sets
 
 
 def run(
@@ -26,80 +82,121 @@ def run(
     import mlflow
 
     cfg = config.evaluate
+    remove_outputs(*outputs.values())  # a failed evaluation leaves no stale result behind
+    sets = load_test_sets(inputs["dataset"], inputs["manifest"])
+    primary = sets[0]
     model, model_meta = load_checkpoint(inputs["model"])
-    model.to(resolve_device(config.runtime.device))
-    df, data_meta = read_manifest(inputs["manifest"])
-    domain = data_meta.get("domain", "")
+    device = resolve_device(config.runtime.device)
+    model.to(device)
     role = model_meta.get("role", model_meta["stage"])
+    names = [s.name for s in sets]
     with stage_run("evaluate", config):
         mlflow.set_tags(
             {
                 "reid.model_stage": model_meta["stage"],
-                "reid.domain": domain,
+                "reid.domain": primary.meta.get("domain", ""),
+                "reid.test_sets": ",".join(names),
                 "reid.model_run_id": model_meta.get("mlflow_run_id", ""),
-                "reid.eval_set_hash": data_meta.get("eval_set_hash", ""),
-                "mlflow.runName": f"evaluate {role}@{domain}",
+                "reid.eval_set_hash": primary.meta.get("eval_set_hash", ""),
+                "mlflow.runName": f"evaluate {role}@{'+'.join(names)}",
             }
         )
-        h, w = model_meta["height"], model_meta["width"]
-        query = load_split(inputs["dataset"], df, "query", h, w)
-        gallery = load_split(inputs["dataset"], df, "gallery", h, w)
-        q_feats = extract_features(model, query.images, cfg.batch_size, cfg.flip)
-        g_feats = extract_features(model, gallery.images, cfg.batch_size, cfg.flip)
-        dist = evaluation_distances(q_feats, g_feats, cfg)
-        result = evaluate_rank(
-            dist, query.pids, gallery.pids, query.camids, gallery.camids, cfg.max_rank
-        )
-        verification = tar_at_far(
-            dist, query.pids, gallery.pids, query.camids, gallery.camids, cfg.fars
-        )
-        metrics = {**result.as_metrics(), **verification.as_metrics()}
-        mlflow.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            title = f"{role}@{domain}"
-            rank_list_image(
-                Path(tmp) / "rank_list.png",
-                inputs["dataset"],
-                dist,
-                (query.paths, query.pids, query.camids),
-                (gallery.paths, gallery.pids, gallery.camids),
+        with (
+            atomic_output(outputs["report"], directory=True) as report_dir,
+            atomic_output(outputs["features"], directory=True) as features_dir,
+            atomic_output(outputs["metrics"]) as metrics_file,
+        ):
+            rows: dict[str, dict[str, float]] = {}
+            reports: list[SetReport] = []
+            primary_roc: VerificationResult | None = None
+            for test_set in sets:
+                metrics, verification, images = _evaluate_set(
+                    model,
+                    model_meta,
+                    test_set,
+                    cfg,
+                    str(device),
+                    report_dir / test_set.name,
+                    features_dir / f"{test_set.name}.npz",
+                    title=f"{role}@{test_set.name}",
+                )
+                rows[test_set.name] = metrics
+                reports.append(SetReport(test_set.name, metrics, images))
+                if primary_roc is None:
+                    primary_roc = verification
+            title = f"{role} ({model_meta['stage']})"
+            write_report(report_dir, title, reports, cfg.fars, primary_roc)
+            logged = {**rows[primary.name]}
+            logged.update({f"{n}/{k}": v for n, m in rows.items() for k, v in m.items()})
+            mlflow.log_metrics(logged)
+            mlflow.log_artifacts(str(report_dir), "reports")
+            write_json(
+                metrics_file,
+                {
+                    **rows[primary.name],
+                    "model_stage": model_meta["stage"],
+                    "domain": primary.meta.get("domain", ""),
+                    "test_set": primary.name,
+                    "metric": cfg.metric,
+                    "flip": cfg.flip,
+                    "query_expansion": cfg.query_expansion,
+                    "rerank": cfg.rerank,
+                    "eval_set_hash": primary.meta.get("eval_set_hash", ""),
+                    "test_sets": {
+                        s.name: {
+                            **rows[s.name],
+                            "domain": s.meta.get("domain", ""),
+                            "eval_set_hash": s.meta.get("eval_set_hash", ""),
+                        }
+                        for s in sets
+                    },
+                },
             )
-            curves(
-                Path(tmp),
-                result,
-                verification,
-                dist,
-                query.pids,
-                gallery.pids,
-                query.camids,
-                gallery.camids,
-                title,
-            )
-            mlflow.log_artifacts(tmp, "reports")
-        with atomic_output(outputs["features"]) as tmp, open(tmp, "wb") as f:
-            np.savez(
-                f,
-                query_feats=q_feats,
-                query_pids=query.pids,
-                query_camids=query.camids,
-                query_paths=query.paths.astype(str),
-                gallery_feats=g_feats,
-                gallery_pids=gallery.pids,
-                gallery_camids=gallery.camids,
-                gallery_paths=gallery.paths.astype(str),
-                normalized=np.array(False),
-            )
-        write_json(
-            outputs["metrics"],
-            {
-                **metrics,
-                "model_stage": model_meta["stage"],
-                "domain": domain,
-                "metric": cfg.metric,
-                "flip": cfg.flip,
-                "query_expansion": cfg.query_expansion,
-                "rerank": cfg.rerank,
-                "eval_set_hash": data_meta.get("eval_set_hash", ""),
-            },
+    return logged
+
+
+def _evaluate_set(
+    model: ReidModel,
+    model_meta: Mapping[str, Any],
+    test_set: EvaluationSet,
+    cfg: EvaluateConfig,
+    device: str,
+    report_dir: Path,
+    features: Path,
+    title: str,
+) -> tuple[dict[str, float], VerificationResult, list[Path]]:
+    """Metrics of one test set; writes its PNGs into `report_dir` and its features file."""
+    h, w = model_meta["height"], model_meta["width"]
+    query = load_split(test_set.dataset, test_set.rows, "query", h, w)
+    gallery = load_split(test_set.dataset, test_set.rows, "gallery", h, w)
+    q_feats = extract_features(model, query.images, cfg.batch_size, cfg.flip)
+    g_feats = extract_features(model, gallery.images, cfg.batch_size, cfg.flip)
+    dist = evaluation_distances(q_feats, g_feats, cfg, device)
+    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+    result = evaluate_rank(dist, *labels, cfg.max_rank)
+    verification = tar_at_far(dist, *labels, cfg.fars)
+    report_dir.mkdir()
+    images = [
+        rank_list_image(
+            report_dir / "rank_list.png",
+            test_set.dataset,
+            dist,
+            (query.paths, query.pids, query.camids),
+            (gallery.paths, gallery.pids, gallery.camids),
+        ),
+        *curves(report_dir, result, verification, dist, *labels, title),
+    ]
+    with open(features, "wb") as f:
+        np.savez(
+            f,
+            query_feats=q_feats,
+            query_pids=query.pids,
+            query_camids=query.camids,
+            query_paths=query.paths.astype(str),
+            gallery_feats=g_feats,
+            gallery_pids=gallery.pids,
+            gallery_camids=gallery.camids,
+            gallery_paths=gallery.paths.astype(str),
+            normalized=np.array(False),
         )
-    return metrics
+    return {**result.as_metrics(), **verification.as_metrics()}, verification, images

@@ -7,14 +7,16 @@ in `components/`. Nothing here computes anything: the stage functions do.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from reid_core.config import ReidConfig, config_from_yaml
-from reid_core.stages import run_stage
+from reid_core.stages import STAGES, PortError, run_stage
 
 PIPELINE_RUN_ENV = "REID_PIPELINE_RUN_ID"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -29,6 +31,12 @@ class Artifact(Protocol):
     def path(self) -> str: ...
 
     metadata: dict[str, Any]
+
+
+class RocArtifact(Protocol):
+    """The part of `kfp.dsl.ClassificationMetrics` used here."""
+
+    def log_roc_curve(self, fpr: list[float], tpr: list[float], threshold: list[float]) -> None: ...
 
 
 def parse_config_yaml(text: str, overrides: Iterable[str] = ()) -> ReidConfig:
@@ -66,34 +74,71 @@ def set_run_environment(config: ReidConfig, pipeline_run_id: str, mlflow_trackin
         )
 
 
+def port_paths(
+    stage: str, artifacts: Mapping[str, Artifact | Sequence[Artifact | None]]
+) -> dict[str, Path | list[Path]]:
+    """Each port's local path; a `multiple` port's list of paths.
+
+    A KFP component cannot take a variable number of artifacts from different tasks, so a
+    multiple port arrives as a fixed number of optional inputs (`dataset`, `dataset_2`, …; an
+    input not wired is None). Unused ones must come last: the i-th items of a stage's multiple
+    ports pair up, so a gap (or, checked by `run_stage`, unequal counts) would pair them wrongly.
+    """
+    multiple = {p.name for p in STAGES[stage].inputs + STAGES[stage].outputs if p.multiple}
+    paths: dict[str, Path | list[Path]] = {}
+    for port, value in artifacts.items():
+        if port not in multiple:
+            paths[port] = Path(value.path)
+            continue
+        slots = list(value) if isinstance(value, Sequence) else [value]
+        while slots and slots[-1] is None:
+            slots.pop()
+        if None in slots:
+            raise PortError(
+                f"{stage}: '{port}' item {len(slots)} is wired but item "
+                f"{slots.index(None) + 1} is not; fill the optional inputs in order"
+            )
+        paths[port] = [Path(slot.path) for slot in slots]
+    return paths
+
+
 def run_component(
     stage: str,
     config_yaml: str,
     pipeline_run_id: str,
     mlflow_tracking_uri: str,
-    inputs: Mapping[str, Artifact],
+    inputs: Mapping[str, Artifact | Sequence[Artifact | None]],
     outputs: Mapping[str, Artifact],
     config_overrides: Iterable[str] = (),
 ) -> dict[str, float]:
     """Run `stage` with each artifact's local path as its port; log metrics on Metrics outputs.
 
     A "dir" port uses the artifact path as a folder, a "file" port as a file: the stage knows
-    which, and writes its outputs there (KFP uploads what it finds after the task).
+    which, and writes its outputs there (KFP uploads what it finds after the task). A multiple
+    port takes a sequence of optional artifacts (see `port_paths`).
     """
     config = parse_config_yaml(config_yaml, config_overrides)
     set_run_environment(config, pipeline_run_id, mlflow_tracking_uri)
-    metrics = run_stage(
-        stage,
-        config,
-        {port: Path(artifact.path) for port, artifact in inputs.items()},
-        {port: Path(artifact.path) for port, artifact in outputs.items()},
-    )
+    metrics = run_stage(stage, config, port_paths(stage, inputs), port_paths(stage, outputs))
     for artifact in outputs.values():
         log_metric = getattr(artifact, "log_metric", None)  # only kfp.dsl.Metrics has it
         if log_metric is not None:
             for key, value in sorted(metrics.items()):
                 log_metric(key, float(value))
     return metrics
+
+
+def publish_report(report: Artifact, markdown: Artifact, html: Artifact, roc: RocArtifact) -> None:
+    """Show an evaluation report folder in the KFP UI: its Markdown table, its HTML page, and
+    the primary test set's ROC on a `ClassificationMetrics` output (`log_roc_curve`)."""
+    from reid_core.evaluation.reports import HTML_FILE, MARKDOWN_FILE, ROC_FILE
+
+    folder = Path(report.path)
+    for name, artifact in ((MARKDOWN_FILE, markdown), (HTML_FILE, html)):
+        Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / name, artifact.path)
+    curve = json.loads((folder / ROC_FILE).read_text())
+    roc.log_roc_curve(curve["fpr"], curve["tpr"], curve["threshold"])
 
 
 def run_synth(config_yaml: str, style: str, seed: int, out: Artifact) -> dict[str, int]:

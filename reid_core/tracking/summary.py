@@ -13,6 +13,18 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _eval_rows(path: Path) -> list[tuple[str, dict]]:
+    """One ("<model> @ <test set>", metrics) row per test set of an evaluate metrics JSON, the
+    primary set first; a JSON without a `test_sets` table is one row named after the file."""
+    m = _load(path)
+    sets = m.get("test_sets")
+    if not isinstance(sets, dict) or not sets:
+        return [(path.stem, m)]
+    primary = m.get("test_set")
+    names = sorted(sets, key=lambda name: (name != primary, name))
+    return [(f"{path.stem} @ {name}", sets[name]) for name in names]
+
+
 def pipeline_summary(reports: Path, config: ReidConfig) -> str:
     """Render what the pipeline produced under `reports/` (as dvc.yaml lays it out)."""
     lines = ["", "reidflow pipeline summary", "=" * 25]
@@ -25,16 +37,20 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
                 for split in ("train", "query", "gallery")
             )
         )
-    evals = sorted((reports / "eval").glob("*.json"))
-    if evals:
+    rows = [row for path in sorted((reports / "eval").glob("*.json")) for row in _eval_rows(path)]
+    if rows:
+        width = max(22, *(len(label) + 2 for label, _ in rows))
         lines.append("")
-        lines.append(f"{'evaluation':<22}{'rank-1':>8}{'rank-5':>8}{'mAP':>8}{'mINP':>8}")
-        for path in evals:
-            m = _load(path)
+        lines.append(f"{'evaluation':<{width}}{'rank-1':>8}{'rank-5':>8}{'mAP':>8}{'mINP':>8}")
+        for label, m in rows:
             lines.append(
-                f"{path.stem:<22}{m['rank1']:>8.1%}{m.get('rank5', float('nan')):>8.1%}"
+                f"{label:<{width}}{m['rank1']:>8.1%}{m.get('rank5', float('nan')):>8.1%}"
                 f"{m['mAP']:>8.1%}{m['mINP']:>8.1%}"
             )
+    pages = sorted((reports / "eval").glob("*/report.html"))
+    if pages:
+        shown = ", ".join(str(page) for page in pages)
+        lines.append(f"evaluation reports (table, rank lists, CMC, ROC, distances): {shown}")
     decision = _load(reports / "promotion.json")
     if decision:
         lines.append("")
