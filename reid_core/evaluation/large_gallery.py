@@ -15,7 +15,7 @@ import torch
 
 from reid_core.evaluation.distance import distance_blocks
 from reid_core.evaluation.inputs import check_distances, check_labels, pid_index
-from reid_core.evaluation.rank import RankResult, summarise_ranks
+from reid_core.evaluation.rank import RankResult, cmc_metrics, summarise_ranks
 
 
 def evaluate_features(
@@ -78,10 +78,7 @@ class TopKResult:
             f"complete_at_{self.k}": self.complete,
             "num_valid_queries": float(self.num_valid),
         }
-        for r in (1, 5, 10):
-            if r <= len(self.cmc):
-                out[f"rank{r}"] = float(self.cmc[r - 1])
-        return out
+        return out | cmc_metrics(self.cmc)
 
 
 def evaluate_topk(

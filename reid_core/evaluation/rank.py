@@ -27,10 +27,12 @@ class RankResult:
     def as_metrics(self) -> dict[str, float]:
         """Flat metric names as the pipeline logs them (fractions 0–1)."""
         out = {"mAP": self.mAP, "mINP": self.mINP, "num_valid_queries": float(self.num_valid)}
-        for k in (1, 5, 10):
-            if k <= len(self.cmc):
-                out[f"rank{k}"] = float(self.cmc[k - 1])
-        return out
+        return out | cmc_metrics(self.cmc)
+
+
+def cmc_metrics(cmc: np.ndarray) -> dict[str, float]:
+    """rank1, rank5, rank10 (those the curve reaches) from a CMC curve."""
+    return {f"rank{k}": float(cmc[k - 1]) for k in (1, 5, 10) if k <= len(cmc)}
 
 
 def evaluate_rank(
