@@ -59,18 +59,30 @@ def positive_ranks(
             pos_g[b + 1] = g
             m += 1
         npos[i] = m
+        if m == 0:
+            continue
+        # Only items no farther than the last positive can rank before a positive: gather
+        # them once (in gallery order), so a good model's query costs about one pass.
+        near_d = np.empty(ng, dist.dtype)
+        near_g = np.empty(ng, np.int64)
+        c = 0
+        last = pos_d[m - 1]
+        for g in range(ng):
+            near_d[c] = row[g]
+            near_g[c] = g
+            c += row[g] <= last
         for j in range(m):
             t, at = pos_d[j], pos_g[j]
             # two plain counts vectorise best; ties (rare) are then ordered by gallery index
             below = 0
             at_or_below = 0
-            for g in range(ng):
-                below += row[g] < t
-                at_or_below += row[g] <= t
+            for k in range(c):
+                below += near_d[k] < t
+                at_or_below += near_d[k] <= t
             before = below
             if at_or_below - below > 1:
-                for g in range(at):
-                    before += row[g] == t
+                for k in range(c):
+                    before += near_d[k] == t and near_g[k] < at
             for k in range(r):
                 v = row[removed[k]]
                 before -= (v < t) or (v == t and removed[k] < at)
