@@ -154,7 +154,7 @@ def _scan_lanes(row: np.ndarray, start: int, width: int, tops: np.ndarray, kths:
     return below
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True, boundscheck=False)
+@numba.njit(parallel=True, cache=True)
 def fold_block(
     d: np.ndarray,
     first_row: int,
