@@ -50,7 +50,9 @@ class ModelConfig(_Section):
     base_width: int = Field(64, ge=8)
     last_stride: Literal[1, 2] = 1
     ibn: bool = False
-    pooling: Literal["avg", "gem"] = "gem"
+    pooling: Literal[
+        "avg", "max", "gem", "gem_learnable", "attention", "clipped_avg", "avg_max"
+    ] = "gem"
     gem_p: float = Field(3.0, gt=0)
     neck_feat: Literal["before", "after"] = "after"
 

@@ -10,12 +10,17 @@ from reid_core.engine.solver import lr_factor
 from reid_core.modeling import create_model
 from reid_core.modeling.backbones import create_backbone
 from reid_core.modeling.losses import batch_hard_triplet
-from reid_core.modeling.pooling import GeneralizedMeanPooling
+from reid_core.modeling.pooling import POOLINGS, GeneralizedMeanPooling, create_pooling
 
 
 @pytest.mark.parametrize(
     ("backbone", "ibn", "last_stride", "pooling"),
-    [("resnet18", False, 1, "gem"), ("resnet50", True, 2, "avg")],
+    [
+        ("resnet18", False, 1, "gem"),
+        ("resnet50", True, 2, "avg"),
+        ("resnet18", False, 2, "attention"),
+        ("resnet18", True, 1, "gem_learnable"),
+    ],
 )
 def test_model_gives_training_outputs_and_eval_embeddings(backbone, ibn, last_stride, pooling):
     config = ModelConfig(
@@ -122,3 +127,36 @@ def test_device_auto_falls_back_to_cpu_and_cuda_without_gpu_is_an_error():
         assert resolve_device("auto").type == "cpu"
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("name", sorted(POOLINGS))
+def test_every_pooling_gives_one_vector_per_image_and_trains(name):
+    pool = create_pooling(name, channels=6, p=3.0)
+    x = (torch.rand(2, 6, 4, 3) + 0.05).requires_grad_()
+    out = pool(x)
+    assert out.shape == (2, 6) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_poolings_compute_what_their_names_say():
+    x = torch.rand(2, 3, 4, 4) * 3
+    mean, peak = x.mean((2, 3)), x.amax((2, 3))
+    torch.testing.assert_close(create_pooling("avg", 3)(x), mean)
+    torch.testing.assert_close(create_pooling("max", 3)(x), peak)
+    torch.testing.assert_close(create_pooling("avg_max", 3)(x), mean + peak)
+    torch.testing.assert_close(create_pooling("clipped_avg", 3)(x), mean.clamp(0, 1))
+    torch.testing.assert_close(create_pooling("attention", 3)(x), mean)  # uniform at init
+
+
+def test_learnable_gem_learns_p_and_fixed_gem_keeps_no_state():
+    learnable = create_pooling("gem_learnable", 3, p=3.0)
+    assert [name for name, _ in learnable.named_parameters()] == ["p"]
+    learnable(torch.rand(2, 3, 4, 4) + 0.1).sum().backward()
+    assert learnable.p.grad is not None and learnable.p.grad != 0
+    assert create_pooling("gem", 3).state_dict() == {}
+
+
+def test_unknown_pooling_names_the_known_ones():
+    with pytest.raises(ValueError, match="avg_max"):
+        create_pooling("median", 3)

@@ -39,7 +39,7 @@ class ReidModel(nn.Module):
             ibn=config.ibn,
             base_width=config.base_width,
         )
-        self.pool = create_pooling(config.pooling, config.gem_p)
+        self.pool = create_pooling(config.pooling, self.backbone.out_channels, config.gem_p)
         self.head = BNNeckHead(self.backbone.out_channels, num_classes)
 
     @property
