@@ -79,10 +79,8 @@ def _faiss_neighbours(feats, k, metric, num_q, query_out, query_best):
     index.add(feats)
     _, knn = index.search(feats, k)
     sq = (feats.astype(np.float64) ** 2).sum(1)
-    if cosine:  # the largest (1 − cos)² is at the smallest cosine
-        farthest = faiss.IndexFlatIP(dim)
-        farthest.add(feats)
-        neg_min_cos, _ = farthest.search(-feats, 1)
+    if cosine:  # the largest (1 − cos)² is at the smallest cosine: search the same index
+        neg_min_cos, _ = index.search(-feats, 1)
         row_max = (1.0 + neg_min_cos[:, 0].astype(np.float64)) ** 2
     else:  # max_j |x_i − x_j|² = |x_i|² + max_j ⟨(−2x_i, 1), (x_j, |x_j|²)⟩
         farthest = faiss.IndexFlatIP(dim + 1)
