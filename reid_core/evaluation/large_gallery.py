@@ -15,7 +15,7 @@ import torch
 
 from reid_core.evaluation.distance import distance_blocks
 from reid_core.evaluation.inputs import check_distances, check_labels, pid_index
-from reid_core.evaluation.rank import RankResult, cmc_metrics, summarise_ranks
+from reid_core.evaluation.rank import RankResult, cmc_metrics, rank_blocks
 
 
 def evaluate_features(
@@ -30,27 +30,14 @@ def evaluate_features(
 ) -> RankResult:
     """`evaluate_rank(compute_distance(q_feats, g_feats, metric), ...)` without the matrix:
     memory is one block of query rows (distances on the features' device)."""
-    from reid_core.evaluation.kernels import positive_ranks
-
     num_q, num_g = len(q_feats), len(g_feats)
     if num_q == 0 or num_g == 0:
         raise ValueError(f"need queries and gallery items, got {num_q} and {num_g}")
-    q_pids, q_camids = check_labels("query", num_q, q_pids, q_camids)
-    g_pids, g_camids = check_labels("gallery", num_g, g_pids, g_camids)
-    index = pid_index(q_pids, g_pids)
-    ranks = np.full((num_q, index.max_members), -1, np.int64)
-    npos = np.zeros(num_q, np.int64)
-    for rows, block in distance_blocks(q_feats, g_feats, metric):
-        ranks[rows], npos[rows] = positive_ranks(
-            check_distances(block),
-            index.q_ids[rows],
-            q_camids[rows],
-            g_camids,
-            index.start,
-            index.members,
-            index.max_members,
-        )
-    return summarise_ranks(ranks, npos, min(max_rank, num_g))
+    blocks = (
+        (rows, check_distances(block)) for rows, block in distance_blocks(q_feats, g_feats, metric)
+    )
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    return rank_blocks(blocks, num_q, num_g, *labels, max_rank)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ matter, and `kernels.positive_ranks` finds those in one vectorised pass per posi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,16 +45,41 @@ def evaluate_rank(
     max_rank: int = 50,
 ) -> RankResult:
     """Exact CMC@1..max_rank, mAP and mINP of a query × gallery distance matrix."""
-    from reid_core.evaluation.kernels import positive_ranks
-
     dist = check_distances(distmat)
     num_q, num_g = dist.shape
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    return rank_blocks([(slice(0, num_q), dist)], num_q, num_g, *labels, max_rank)
+
+
+def rank_blocks(
+    blocks: Iterable[tuple[slice, np.ndarray]],
+    num_q: int,
+    num_g: int,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    max_rank: int,
+) -> RankResult:
+    """`evaluate_rank` of a matrix given as (query rows, their checked distances) blocks, so
+    a caller can produce the rows as it goes instead of holding the whole matrix."""
+    from reid_core.evaluation.kernels import positive_ranks
+
     q_pids, q_camids = check_labels("query", num_q, q_pids, q_camids)
     g_pids, g_camids = check_labels("gallery", num_g, g_pids, g_camids)
     index = pid_index(q_pids, g_pids)
-    ranks, npos = positive_ranks(
-        dist, index.q_ids, q_camids, g_camids, index.start, index.members, index.max_members
-    )
+    ranks = np.full((num_q, index.max_members), -1, np.int64)
+    npos = np.zeros(num_q, np.int64)
+    for rows, dist in blocks:
+        ranks[rows], npos[rows] = positive_ranks(
+            dist,
+            index.q_ids[rows],
+            q_camids[rows],
+            g_camids,
+            index.start,
+            index.members,
+            index.max_members,
+        )
     return summarise_ranks(ranks, npos, min(max_rank, num_g))
 
 
