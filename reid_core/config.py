@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Section(BaseModel):
@@ -47,40 +54,116 @@ class ModelConfig(_Section):
     """Which network to build (see `reid_core.modeling.create_model`)."""
 
     backbone: str = "resnet18"
-    base_width: int = Field(64, ge=8)
+    base_width: int = Field(64, ge=8)  # ResNet family: width of the first stage
     last_stride: Literal[1, 2] = 1
-    ibn: bool = False
+    ibn: Literal["none", "a", "b"] = "none"  # instance-batch normalisation (IBN-Net)
+    se: bool = False  # squeeze-excitation in every residual block
+    non_local: bool = False  # non-local blocks in stages 2 and 3 (AGW)
+    pretrained: str = ""  # ImageNet weights: a local file or an http(s):// or file:// URL
     pooling: Literal[
         "avg", "max", "gem", "gem_learnable", "attention", "clipped_avg", "avg_max"
     ] = "gem"
     gem_p: float = Field(3.0, gt=0)
+    head: Literal["linear", "bnneck", "reduction"] = "bnneck"
+    embedding_dim: int = Field(0, ge=0)  # reduction head's output; 0 keeps the backbone's
+    dropout: float = Field(0.0, ge=0, lt=1)  # reduction head only
     neck_feat: Literal["before", "after"] = "after"
+    classifier: Literal["linear", "arcface", "cosface", "circle"] = "linear"
+    classifier_scale: float = Field(64.0, gt=0)  # margin classifiers: logit scale s
+    classifier_margin: float = Field(0.35, ge=0)  # margin classifiers: margin m
+
+    @field_validator("ibn", mode="before")
+    @classmethod
+    def _ibn_flag(cls, value: Any) -> Any:
+        # `ibn: true` in older configs meant IBN-a
+        return {True: "a", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from reid_core.modeling.backbones import BACKBONES
+
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone '{value}'; known: {', '.join(sorted(BACKBONES))}")
+        return value
 
 
 class LossConfig(_Section):
+    """Weighted re-id losses; a weight of 0 turns a loss off."""
+
     ce_weight: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     triplet_weight: float = Field(1.0, ge=0)
-    triplet_margin: float = Field(0.3, ge=0)
+    triplet_margin: float = Field(0.3, ge=0)  # 0 means soft margin (softplus)
+    triplet_mining: Literal["hard", "weighted"] = "hard"
+    triplet_normalize: bool = False  # triplet on L2-normalised features
+    circle_weight: float = Field(0.0, ge=0)  # pairwise circle loss (Sun et al. 2020)
+    circle_margin: float = Field(0.25, ge=0)
+    circle_gamma: float = Field(128.0, gt=0)
+    cosface_weight: float = Field(0.0, ge=0)  # pairwise cosface
+    cosface_margin: float = Field(0.25, ge=0)
+    cosface_gamma: float = Field(128.0, gt=0)
+    focal_weight: float = Field(0.0, ge=0)  # focal loss on the logits
+    focal_gamma: float = Field(2.0, ge=0)
+    focal_alpha: float = Field(0.25, gt=0, le=1)
 
 
 class SolverConfig(_Section):
+    """Optimizer, schedule, sampler and numerics of a training run."""
+
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(3.5e-4, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
+    weight_decay_norm: float = Field(0.0, ge=0)  # norms and biases
+    bias_lr_factor: float = Field(1.0, gt=0)
+    heads_lr_factor: float = Field(1.0, gt=0)  # pooling, neck and classifier
     momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
     epochs: int = Field(12, ge=1)
-    warmup_epochs: float = Field(1.0, ge=0)
+    # "identities": an epoch shows every identity once (P×K batches); "images": an epoch is
+    # len(images) / batch size iterations, FastReID's definition, which its recipes count in
+    epoch_length: Literal["identities", "images"] = "identities"
+    scheduler: Literal["cosine", "multistep"] = "cosine"
+    steps: list[int] = [40, 90]  # multistep: epochs at which the LR is multiplied by gamma
+    gamma: float = Field(0.1, gt=0, le=1)
+    delay_epochs: int = Field(0, ge=0)  # cosine: constant LR for these epochs after warmup
     min_lr_factor: float = Field(0.01, ge=0, le=1)
+    warmup_method: Literal["linear", "constant", "exp"] = "linear"
+    warmup_epochs: float = Field(1.0, ge=0)
+    warmup_factor: float = Field(0.1, gt=0, le=1)  # LR factor at the first iteration
+    freeze_iters: int = Field(0, ge=0)  # train only the heads for these first iterations
+    clip_grad: float = Field(0.0, ge=0)  # 0: off
+    clip_type: Literal["norm", "value"] = "norm"
     ids_per_batch: int = Field(16, ge=2)
     images_per_id: int = Field(4, ge=1)
+    sampler: Literal["pk", "camera_balanced"] = "pk"
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    compile: bool = False
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # 0: no EMA of the weights
+    precise_bn_iters: int = Field(0, ge=0)  # recompute BN statistics on this many batches
+    checkpoint_every: int = Field(0, ge=0)  # iterations between resumable checkpoints; 0: epoch
+    eval_every: int = Field(0, ge=0)  # epochs between evaluations on the query split; 0: off
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _steps_increase(self) -> SolverConfig:
+        if self.steps != sorted(set(self.steps)):
+            raise ValueError("steps must be strictly increasing epochs")
+        return self
 
 
 class AugmentConfig(_Section):
+    """Batched training augmentation on the training device (probabilities per image)."""
+
     flip_p: float = Field(0.5, ge=0, le=1)
-    pad: int = Field(6, ge=0)
-    erasing_p: float = Field(0.5, ge=0, le=1)
+    pad: int = Field(6, ge=0)  # pad then random crop back to the input size
+    erasing_p: float = Field(0.5, ge=0, le=1)  # random erasing with the mean pixel
+    patch_p: float = Field(0.0, ge=0, le=1)  # random patch pasted from another image
+    cutout_p: float = Field(0.0, ge=0, le=1)  # a fixed-size square set to the mean pixel
+    color_jitter_p: float = Field(0.0, ge=0, le=1)
+    autoaugment_p: float = Field(0.0, ge=0, le=1)  # ImageNet AutoAugment policy
+    augmix_p: float = Field(0.0, ge=0, le=1)
 
 
 class TrainConfig(_Section):
@@ -157,6 +240,8 @@ class RuntimeConfig(_Section):
     """Where computation runs: `auto` takes the GPU when one is present."""
 
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    # resumable training state of unfinished runs (removed when a run completes)
+    state_dir: Path = Path(".reidflow/state")
 
 
 class TrackingConfig(_Section):
@@ -234,25 +319,42 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(raw) if raw.strip() else ""
 
 
-def _merge_yaml(tree: dict[str, Any], text: str, where: str) -> None:
+BASE_KEY = "_base_"
+
+
+def _merge_yaml(
+    tree: dict[str, Any], text: str, where: str, folder: Path, seen: tuple[Path, ...] = ()
+) -> None:
+    """Merge YAML `text` into `tree`; files named by its `_base_` key (a path or a list,
+    relative to `folder`) are merged first, so a preset's keys can be overridden."""
     try:
         loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{where} is not valid YAML: {err}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{where}: top level must be a mapping")
+    bases = loaded.pop(BASE_KEY, [])
+    for base in [bases] if isinstance(bases, str) else bases:
+        path = (folder / base).resolve()
+        if path in seen:
+            raise ConfigError(f"{where}: {BASE_KEY} {base} includes itself")
+        if not path.is_file():
+            raise ConfigError(f"{where}: {BASE_KEY} file not found: {path}")
+        _merge_yaml(tree, path.read_text(), str(path), path.parent, (*seen, path))
     for key, value in _flatten(loaded):
         _set_dotted(tree, key, value)
 
 
 def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> ReidConfig:
-    """Merge YAML files (later wins) and `key=value` overrides into a validated config."""
+    """Merge YAML files (later wins) and `key=value` overrides into a validated config.
+
+    A file may start from presets with `_base_: path` (see configs/recipes)."""
     tree: dict[str, Any] = {}
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        _merge_yaml(tree, path.read_text(), str(path))
+        _merge_yaml(tree, path.read_text(), str(path), path.resolve().parent, (path.resolve(),))
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
     return config_from_dict(tree)
@@ -261,9 +363,10 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
 def config_from_yaml(
     text: str, overrides: Iterable[str] = (), where: str = "config YAML"
 ) -> ReidConfig:
-    """The same as `load_config` for YAML given as text (e.g. a pipeline parameter)."""
+    """The same as `load_config` for YAML given as text (e.g. a pipeline parameter); its
+    `_base_` paths are relative to the working directory."""
     tree: dict[str, Any] = {}
-    _merge_yaml(tree, text, where)
+    _merge_yaml(tree, text, where, Path.cwd())
     for override in overrides:
         _set_dotted(tree, *parse_override(override))
     return config_from_dict(tree)
@@ -281,6 +384,14 @@ def config_from_dict(tree: Mapping[str, Any]) -> ReidConfig:
             else:
                 lines.append(f"{key}: {problem['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def with_overrides(config: ReidConfig, overrides: Iterable[str]) -> ReidConfig:
+    """A copy of `config` with `key.path=value` overrides applied and validated."""
+    tree = config.model_dump(mode="json")
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    return config_from_dict(tree)
 
 
 def config_to_yaml(config: ReidConfig) -> str:

@@ -6,7 +6,6 @@ from reid_core.config import ModelConfig
 from reid_core.data.samplers import PKSampler
 from reid_core.distill.losses import DistillLoss, kd_logits
 from reid_core.engine.checkpoint import load_checkpoint, save_checkpoint
-from reid_core.engine.solver import lr_factor
 from reid_core.modeling import create_model
 from reid_core.modeling.backbones import create_backbone
 from reid_core.modeling.losses import batch_hard_triplet
@@ -110,12 +109,6 @@ def test_pk_sampler_gives_p_identities_with_k_images_each():
         ids, counts = np.unique(labels[batch], return_counts=True)
         assert len(ids) == 4 and set(counts) == {3}
     assert [b.tolist() for b in sampler.epoch(0)] == [b.tolist() for b in batches]
-
-
-def test_lr_warms_up_then_decays_to_the_floor():
-    assert lr_factor(0, 100, 10, 0.01) == pytest.approx(0.1)
-    assert lr_factor(10, 100, 10, 0.01) == pytest.approx(1.0)
-    assert lr_factor(100, 100, 10, 0.01) == pytest.approx(0.01)
 
 
 def test_device_auto_falls_back_to_cpu_and_cuda_without_gpu_is_an_error():

@@ -26,8 +26,7 @@ def save_checkpoint(dest: str | Path, model: ReidModel, meta: dict[str, Any]) ->
     missing = {"height", "width"} - set(meta)
     if missing:
         raise ValueError(f"checkpoint metadata lacks {sorted(missing)}")
-    num_classes = model.head.classifier.out_features if model.head.classifier is not None else 0
-    spec = {"model": model.config.model_dump(mode="json"), "num_classes": num_classes}
+    spec = {"model": model.config.model_dump(mode="json"), "num_classes": model.num_classes}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_output(dest, directory=True) as tmp:
         save_file(state, str(tmp / WEIGHTS))

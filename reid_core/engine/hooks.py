@@ -1,18 +1,41 @@
-"""Trainer hooks: everything around the optimisation step lives here, not in the loop."""
+"""Trainer hooks: everything around the optimisation step lives here, not in the loop.
+
+A hook may keep state that must survive a restart (`state_dict`/`load_state_dict`); the
+trainer saves it with the rest of the training state under the hook's `name`.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from reid_core.engine.ema import ModelEMA
+from reid_core.engine.precise_bn import recompute_bn_stats
+from reid_core.engine.training_state import save_state
 
 if TYPE_CHECKING:
     from reid_core.engine.trainer import Trainer
 
 
 class Hook:
-    """Override any of these; the trainer calls them in order of registration."""
+    """Override any of these; the trainer calls them in order of registration.
+
+    `main_only` hooks run on rank 0 of a distributed job only (logging, files).
+    """
+
+    main_only = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
 
     def before_train(self, trainer: Trainer) -> None: ...
+
+    def before_step(self, trainer: Trainer) -> None: ...
 
     def after_step(self, trainer: Trainer) -> None: ...
 
@@ -20,21 +43,91 @@ class Hook:
 
     def after_train(self, trainer: Trainer) -> None: ...
 
+    def state_dict(self) -> dict[str, Any] | None:
+        return None
 
-class NaNGuard(Hook):
-    """Stop at the first non-finite loss, naming the iteration and the loss term."""
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class FreezeBackbone(Hook):
+    """Train only the heads for the first `iters` iterations: a new classifier's random
+    gradients then cannot wreck pretrained backbone features (FastReID's freeze)."""
+
+    def __init__(self, iters: int):
+        self.iters = iters
+
+    def before_step(self, trainer: Trainer) -> None:
+        if trainer.iter == 0 or trainer.iter == self.iters:
+            trainer.model.backbone.requires_grad_(trainer.iter >= self.iters)
+
+    def before_train(self, trainer: Trainer) -> None:
+        # a resumed run must see the same flags as the uninterrupted one
+        trainer.model.backbone.requires_grad_(trainer.iter >= self.iters)
+
+
+class EMAHook(Hook):
+    """Keeps an EMA of the weights; at the end the model takes the averaged weights."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.ema: ModelEMA | None = None
+        self._pending: dict[str, torch.Tensor] | None = None
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.ema = ModelEMA(trainer.model, self.decay)
+        if self._pending is not None:
+            self.ema.load_state_dict(self._pending)
+            self._pending = None
 
     def after_step(self, trainer: Trainer) -> None:
-        for name, value in trainer.last_losses.items():
+        self.ema.update(trainer.model)
+
+    def after_train(self, trainer: Trainer) -> None:
+        self.ema.copy_to(trainer.model)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.ema.state_dict() if self.ema is not None else None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = state
+
+
+class PreciseBN(Hook):
+    """After training, recompute BN statistics over `iters` augmented training batches."""
+
+    def __init__(self, iters: int):
+        self.iters = iters
+
+    def after_train(self, trainer: Trainer) -> None:
+        used = recompute_bn_stats(trainer.model, trainer.precise_bn_batches(self.iters),
+                                  trainer.forward_images)  # fmt: skip
+        trainer.info["precise_bn_batches"] = float(used)
+
+
+class NaNGuard(Hook):
+    """Stop at a non-finite loss, naming the iteration and the loss term.
+
+    Checked every `every` iterations so the device need not synchronise on every step.
+    """
+
+    def __init__(self, every: int = 1):
+        self.every = every
+
+    def after_step(self, trainer: Trainer) -> None:
+        if trainer.iter % self.every and trainer.iter != trainer.max_iter:
+            return
+        for name, value in trainer.losses().items():
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f"{name} became {value} at iteration {trainer.iter} (epoch {trainer.epoch}); "
-                    "lower the learning rate or check the data"
+                    "lower the learning rate, enable gradient clipping or check the data"
                 )
 
 
 class MetricLogger(Hook):
     """Losses and learning rate to MLflow every `every` iterations (step = iteration)."""
+
+    main_only = True
 
     def __init__(self, every: int, prefix: str = ""):
         self.every = every
@@ -45,33 +138,80 @@ class MetricLogger(Hook):
             return
         import mlflow
 
-        metrics = {f"{self.prefix}{k}": v for k, v in trainer.last_losses.items()}
+        metrics = {f"{self.prefix}{k}": v for k, v in trainer.losses().items()}
         metrics[f"{self.prefix}lr"] = trainer.optimizer.param_groups[0]["lr"]
         mlflow.log_metrics(metrics, step=trainer.iter)
 
 
 class ProgressBar(Hook):
-    """A tqdm bar over iterations with the current loss and LR."""
+    """A tqdm bar over iterations with the loss and LR refreshed every `every` iterations."""
 
-    def __init__(self, desc: str):
+    main_only = True
+
+    def __init__(self, desc: str, every: int = 10):
         self.desc = desc
+        self.every = every
         self.bar = None
 
     def before_train(self, trainer: Trainer) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=trainer.max_iter, desc=self.desc, unit="it", dynamic_ncols=True)
+        self.bar = tqdm(total=trainer.max_iter, initial=trainer.iter, desc=self.desc,
+                        unit="it", dynamic_ncols=True)  # fmt: skip
 
     def after_step(self, trainer: Trainer) -> None:
-        total = sum(trainer.last_losses.values())
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        self.bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}", epoch=trainer.epoch)
+        if trainer.iter % self.every == 0:
+            total = sum(trainer.losses().values())
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            self.bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}", epoch=trainer.epoch)
         self.bar.update(1)
 
     def after_train(self, trainer: Trainer) -> None:
         self.bar.close()
 
 
+class PeriodicCheckpointer(Hook):
+    """Save the resumable training state to `directory` every `every` iterations (0: at the
+    end of every epoch)."""
+
+    main_only = True
+
+    def __init__(self, directory: str | Path, every: int = 0):
+        self.directory = Path(directory)
+        self.every = every
+
+    def after_step(self, trainer: Trainer) -> None:
+        every = self.every or trainer.iters_per_epoch
+        if trainer.iter % every == 0 and trainer.iter < trainer.max_iter:
+            save_state(self.directory, trainer.state_dict())
+
+
+class PeriodicEvaluation(Hook):
+    """Call `evaluate(model)` every `every` epochs and log its metrics to MLflow."""
+
+    main_only = True
+
+    def __init__(
+        self, every: int, evaluate: Callable[[torch.nn.Module], dict[str, float]], prefix: str = ""
+    ):
+        self.every = every
+        self.evaluate = evaluate
+        self.prefix = prefix
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        if (trainer.epoch + 1) % self.every:
+            return
+        import mlflow
+
+        model = trainer.model
+        was_training = model.training
+        metrics = self.evaluate(model.eval())
+        model.train(was_training)
+        self.history.append((trainer.iter, metrics))
+        mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=trainer.iter)
+
+
 def default_hooks(desc: str, log_every: int, prefix: str = "") -> list[Hook]:
     """What every training stage wants: stop on NaN, log to MLflow, show progress."""
-    return [NaNGuard(), MetricLogger(log_every, prefix), ProgressBar(desc)]
+    return [NaNGuard(log_every), MetricLogger(log_every, prefix), ProgressBar(desc, log_every)]

@@ -1,4 +1,4 @@
-"""The re-id model: normalisation, backbone, pooling and BNNeck head in one module."""
+"""The re-id model: normalisation, backbone, pooling and head (neck + classifier) in one module."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 
 from reid_core.config import ModelConfig
 from reid_core.modeling.backbones import create_backbone
-from reid_core.modeling.heads import BNNeckHead
+from reid_core.modeling.heads import create_head
 from reid_core.modeling.pooling import create_pooling
 
 # ImageNet statistics on the 0–255 scale: the model takes raw RGB pixel values, so every
@@ -20,9 +20,9 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 @dataclass
 class ReidOutput:
-    features: torch.Tensor  # pooled, before the neck (triplet loss)
-    neck: torch.Tensor  # after the BNNeck
-    logits: torch.Tensor | None
+    features: torch.Tensor  # for metric losses: pooled (or reduced), before the neck
+    neck: torch.Tensor  # the embedding after the neck
+    logits: torch.Tensor | None  # None without classes
 
 
 class ReidModel(nn.Module):
@@ -38,26 +38,55 @@ class ReidModel(nn.Module):
             last_stride=config.last_stride,
             ibn=config.ibn,
             base_width=config.base_width,
+            se=config.se,
+            non_local=config.non_local,
         )
         self.pool = create_pooling(config.pooling, self.backbone.out_channels, config.gem_p)
-        self.head = BNNeckHead(self.backbone.out_channels, num_classes)
+        self.head = create_head(config, self.backbone.out_channels, num_classes)
 
     @property
     def embedding_dim(self) -> int:
-        return self.backbone.out_channels
+        """Size of the eval-mode embedding."""
+        return self.head.out_features
 
-    def outputs(self, images: torch.Tensor) -> ReidOutput:
-        """Every head output, whatever the mode (distillation needs a frozen teacher's logits)."""
+    @property
+    def num_classes(self) -> int:
+        """Number of classifier outputs (0: no classifier)."""
+        return self.head.num_classes
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a fresh one of the configured kind (e.g. pseudo labels)."""
+        self.head.reset_classifier(num_classes, device=self.pixel_mean.device)
+
+    def _pooled(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.pixel_mean) / self.pixel_std
-        return ReidOutput(*self.head(self.pool(self.backbone(x))))
+        return self.pool(self.backbone(x))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor | ReidOutput:
-        out = self.outputs(images)
+    def outputs(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ReidOutput:
+        """Every head output, whatever the mode (distillation needs a frozen teacher's logits).
+
+        With `labels`, margin classifiers apply their margin to the target class.
+        """
+        return ReidOutput(*self.head(self._pooled(images), labels))
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor | ReidOutput:
+        """Training: `ReidOutput` (margins applied when `labels` are given); eval: embeddings."""
         if self.training:
-            return out
-        return out.neck if self.config.neck_feat == "after" else out.features
+            return self.outputs(images, labels)
+        features, neck = self.head.embed(self._pooled(images))
+        return neck if self.config.neck_feat == "after" else features
 
 
 def create_model(config: ModelConfig, num_classes: int = 0) -> ReidModel:
     """Build a model from its config (like timm's create_model: one entry point, by name)."""
     return ReidModel(config, num_classes)
+
+
+def load_pretrained_backbone(model: ReidModel, source: str):
+    """Load ImageNet (or other public) weights into `model.backbone` from a file or URL,
+    mapping the checkpoint's key layout to ours; returns what was loaded and what was not."""
+    from reid_core.modeling.backbones.pretrained import load_backbone_weights
+
+    return load_backbone_weights(model.config.backbone, model.backbone, source)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from reid_core.config import ReidConfig
 from reid_core.data.manifest import read_manifest
-from reid_core.data.splits import Split, load_split
+from reid_core.data.splits import Split, contiguous_labels, load_split
 from reid_core.engine.checkpoint import save_checkpoint
+from reid_core.engine.hooks import Hook, PeriodicEvaluation
+from reid_core.engine.trainer import TrainData
+from reid_core.evaluation.protocol import evaluate_splits
 from reid_core.modeling.model import ReidModel
 from reid_core.tracking.lineage import git_commit
 
@@ -20,6 +28,51 @@ def load_train_split(
 ) -> tuple[Split, dict[str, str]]:
     df, meta = read_manifest(manifest)
     return load_split(dataset, df, "train", config.data.height, config.data.width), meta
+
+
+def train_data(split: Split, labels: np.ndarray | None = None) -> TrainData:
+    """The split as the trainer takes it; `labels` default to the split's ids made 0..C-1."""
+    labels = contiguous_labels(split.pids) if labels is None else labels
+    return TrainData(split.images, labels, split.camids)
+
+
+def evaluation_hook(
+    config: ReidConfig, dataset: Path, manifest: Path, every: int, device: str
+) -> list[Hook]:
+    """Rank-1/mAP on the manifest's query/gallery every `every` epochs ([] when 0)."""
+    if every == 0:
+        return []
+    df, _ = read_manifest(manifest)
+    h, w = config.data.height, config.data.width
+    query, gallery = (load_split(dataset, df, s, h, w) for s in ("query", "gallery"))
+
+    def evaluate(model: ReidModel) -> dict[str, float]:
+        result = evaluate_splits(model, query, gallery, config.evaluate, device)
+        return {"val_rank1": result.cmc[0], "val_mAP": result.mAP}
+
+    return [PeriodicEvaluation(every, evaluate)]
+
+
+def state_dir(config: ReidConfig, stage: str, section: BaseModel, data_meta: dict) -> Path:
+    """Where `stage` keeps its resumable state: keyed by its config section and its data, so
+    a run resumes only the very run that was interrupted."""
+    payload = json.dumps(
+        [section.model_dump(mode="json"), data_meta.get("fingerprint", "")], sort_keys=True
+    )
+    key = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return Path(config.runtime.state_dir) / f"{stage}-{key}"
+
+
+@contextlib.contextmanager
+def main_process_only(
+    is_main: bool, open_run: Callable[[], contextlib.AbstractContextManager]
+) -> Iterator[None]:
+    """Open the MLflow run on rank 0 only: other ranks of a distributed job train silently."""
+    if not is_main:
+        yield
+        return
+    with open_run():
+        yield
 
 
 def finish(

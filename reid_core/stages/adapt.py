@@ -18,7 +18,7 @@ from reid_core.data.splits import contiguous_labels
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
-from reid_core.engine.trainer import fit
+from reid_core.engine.trainer import TrainData, fit
 from reid_core.evaluation import extract_features
 from reid_core.modeling.losses import ReidLoss
 from reid_core.stages._fit import finish, load_train_split
@@ -65,15 +65,15 @@ def run(
             keep = np.ones(len(pseudo), bool) if cfg.keep_outliers else pseudo >= 0
             labels = outliers_as_singletons(pseudo) if cfg.keep_outliers else pseudo
             labels = contiguous_labels(labels[keep])
-            model.head.reset_classifier(int(labels.max()) + 1)
+            model.reset_classifier(int(labels.max()) + 1)
             solver = cfg.solver.model_copy(update={"seed": cfg.solver.seed + rnd})
+            kept = np.flatnonzero(keep)
             fit(
                 model,
-                split.images[np.flatnonzero(keep)],
-                labels,
+                TrainData(split.images[kept], labels, split.camids[kept]),
                 solver,
                 cfg.augment,
-                lambda out, y, _images: loss(out, y),
+                loss,
                 default_hooks(f"adapt round {rnd + 1}", cfg.log_every, prefix=f"round{rnd + 1}_"),
             )
             metrics["rounds_completed"] = float(rnd + 1)

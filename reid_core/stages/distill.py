@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,14 +11,13 @@ import torch
 
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
-from reid_core.data.splits import contiguous_labels
 from reid_core.distill.losses import DistillLoss
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
 from reid_core.engine.trainer import fit
 from reid_core.modeling import create_model
-from reid_core.stages._fit import count_ids, finish, load_train_split
+from reid_core.stages._fit import count_ids, finish, load_train_split, state_dir, train_data
 from reid_core.tracking.runs import stage_run
 
 
@@ -30,9 +30,9 @@ def run(
     with stage_run("distill", config):
         teacher, teacher_meta = load_checkpoint(inputs["teacher"])
         split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
-        labels = contiguous_labels(split.pids)
-        num_ids = count_ids(labels)
-        teacher_classes = teacher.head.classifier.out_features if teacher.head.classifier else 0
+        data = train_data(split)
+        num_ids = count_ids(data.labels)
+        teacher_classes = teacher.num_classes
         if teacher_classes != num_ids:
             raise ValueError(
                 f"teacher {inputs['teacher']} classifies {teacher_classes} ids but this train "
@@ -43,15 +43,9 @@ def run(
         teacher.to(device)
         student = create_model(cfg.model, num_ids).to(device)
         start = time.perf_counter()
-        fit(
-            student,
-            split.images,
-            labels,
-            cfg.solver,
-            cfg.augment,
-            DistillLoss(teacher, cfg),
-            default_hooks("distill", cfg.log_every),
-        )
+        resume_dir = state_dir(config, "distill", cfg, data_meta)
+        fit(student, data, cfg.solver, cfg.augment, DistillLoss(teacher, cfg),
+            default_hooks("distill", cfg.log_every), state_dir=resume_dir)  # fmt: skip
         params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         metrics = {
             "train_seconds": time.perf_counter() - start,
@@ -68,4 +62,5 @@ def run(
             {"role": "student", "teacher_run_id": teacher_meta.get("mlflow_run_id", "")},
         )
         write_json(outputs["metrics"], metrics)
+        shutil.rmtree(resume_dir, ignore_errors=True)  # the run is complete
     return metrics

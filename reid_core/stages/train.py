@@ -1,7 +1,13 @@
-"""Stage: supervised teacher training on the manifest's train split."""
+"""Stage: supervised teacher training on the manifest's train split.
+
+Runs as one process or under torchrun (`torchrun --nproc_per_node N -m reid_core.cli train
+...`); only rank 0 logs and writes outputs. An interrupted run resumes from its last
+training state in `runtime.state_dir`.
+"""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,13 +16,21 @@ import torch
 
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
-from reid_core.data.splits import contiguous_labels
 from reid_core.engine.device import resolve_device
+from reid_core.engine.distributed import context_from_env, local_device
 from reid_core.engine.hooks import default_hooks
 from reid_core.engine.trainer import fit
-from reid_core.modeling import create_model
+from reid_core.modeling import create_model, load_pretrained_backbone
 from reid_core.modeling.losses import ReidLoss
-from reid_core.stages._fit import count_ids, finish, load_train_split
+from reid_core.stages._fit import (
+    count_ids,
+    evaluation_hook,
+    finish,
+    load_train_split,
+    main_process_only,
+    state_dir,
+    train_data,
+)
 from reid_core.tracking.runs import stage_run
 
 
@@ -26,28 +40,36 @@ def run(
     import mlflow
 
     cfg = config.train
-    with stage_run("train", config):
+    device = resolve_device(config.runtime.device)
+    context = context_from_env(device)
+    device = local_device(device, context)
+    with main_process_only(context.is_main, lambda: stage_run("train", config)):
         split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
-        labels = contiguous_labels(split.pids)
+        data = train_data(split)
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
-        model = create_model(cfg.model, count_ids(labels)).to(resolve_device(config.runtime.device))
+        model = create_model(cfg.model, count_ids(data.labels))
+        if cfg.model.pretrained:
+            report = load_pretrained_backbone(model, cfg.model.pretrained)
+            print(f"train: pretrained backbone from {cfg.model.pretrained}: {report}")
+        model.to(device)
         loss = ReidLoss(cfg.loss)
+        hooks = default_hooks("train", cfg.log_every)
+        if context.is_main:
+            hooks += evaluation_hook(config, inputs["dataset"], inputs["manifest"],
+                                     cfg.solver.eval_every, str(device))  # fmt: skip
+        resume_dir = state_dir(config, "train", cfg, data_meta)
         start = time.perf_counter()
-        fit(
-            model,
-            split.images,
-            labels,
-            cfg.solver,
-            cfg.augment,
-            lambda out, y, _images: loss(out, y),
-            default_hooks("train", cfg.log_every),
-        )
+        fit(model, data, cfg.solver, cfg.augment, loss, hooks,
+            state_dir=resume_dir, context=context)  # fmt: skip
+        if not context.is_main:
+            return {}
         metrics = {
-            "train_images": float(len(labels)),
-            "train_ids": float(count_ids(labels)),
+            "train_images": float(len(data.labels)),
+            "train_ids": float(count_ids(data.labels)),
             "train_seconds": time.perf_counter() - start,
         }
         mlflow.log_metrics(metrics)
         finish("train", config, model, data_meta, outputs["checkpoint"], {"role": "teacher"})
         write_json(outputs["metrics"], metrics)
+        shutil.rmtree(resume_dir, ignore_errors=True)  # the run is complete
     return metrics

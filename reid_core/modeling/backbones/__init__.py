@@ -1,20 +1,33 @@
-"""Backbones by name. Each maps an image batch to a feature map and states its channels."""
+"""Backbones by name (see `registry`). Importing a backbone module registers its names."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import fields
 
 from torch import nn
 
-from reid_core.modeling.backbones.resnet import RESNET_DEPTHS, ResNet
+from reid_core.modeling.backbones import (
+    mobilenetv3,  # noqa: F401
+    osnet,  # noqa: F401
+    resnest,  # noqa: F401
+    resnet,  # noqa: F401  (registers resnet*)
+    vit,  # noqa: F401
+)
+from reid_core.modeling.backbones.pretrained import load_pretrained
+from reid_core.modeling.backbones.registry import BACKBONES, BackboneOptions
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    f"resnet{depth}": (lambda depth=depth, **kw: ResNet(depth=depth, **kw))
-    for depth in RESNET_DEPTHS
-}
 
-
-def create_backbone(name: str, **kwargs) -> nn.Module:
+def create_backbone(name: str, **options) -> nn.Module:
+    """Build backbone `name`; `options` are `BackboneOptions` fields (last_stride, ibn, ...)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; known: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](**kwargs)
+    known = {f.name for f in fields(BackboneOptions)}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown backbone option(s): {', '.join(sorted(unknown))}")
+    if isinstance(options.get("ibn"), bool):
+        options["ibn"] = "a" if options["ibn"] else "none"
+    return BACKBONES[name].build(BackboneOptions(**options))
+
+
+__all__ = ["BACKBONES", "BackboneOptions", "create_backbone", "load_pretrained"]

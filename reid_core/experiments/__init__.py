@@ -1,0 +1,1 @@
+"""Experiments built from the library's parts: ablations of the training tricks."""

@@ -1,0 +1,63 @@
+"""Recipe presets: every file validates, builds its model, and says what the recipe says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reid_core.config import ConfigError, load_config
+from reid_core.modeling import create_model
+
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
+PRESETS = sorted(p for p in RECIPES.glob("*.yaml") if not p.name.startswith("Base-"))
+
+
+def test_every_published_recipe_has_a_preset():
+    names = {p.stem for p in PRESETS}
+    for recipe in ("bagtricks", "agw", "sbs"):
+        for backbone in ("R50", "R50-ibn", "R101-ibn", "S50"):
+            assert f"{recipe}_{backbone}" in names
+    assert {"veri_sbs_R50-ibn", "veri_bagtricks_R50-ibn"} <= names
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_validates_and_builds_its_model(preset):
+    config = load_config([preset])
+    model = create_model(config.train.model, num_classes=10)
+    assert model.embedding_dim > 0
+
+
+def test_sbs_preset_carries_the_sbs_tricks_over_the_bag_of_tricks():
+    sbs = load_config([RECIPES / "sbs_R50-ibn.yaml"])
+    m, loss, solver = sbs.train.model, sbs.train.loss, sbs.train.solver
+    assert (m.backbone, m.ibn, m.non_local, m.pooling) == ("resnet50", "a", True, "gem")
+    assert (m.classifier, m.classifier_scale, m.classifier_margin) == ("circle", 64.0, 0.35)
+    assert loss.triplet_margin == 0.0 and loss.label_smoothing == 0.1
+    assert (solver.scheduler, solver.freeze_iters, solver.images_per_id) == ("cosine", 1000, 16)
+    assert (sbs.data.height, sbs.data.width) == (384, 128)
+    assert sbs.train.augment.autoaugment_p == 0.1 and sbs.train.augment.erasing_p == 0.5
+
+
+def test_a_user_file_starts_from_a_preset_and_overrides_keys(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"_base_: {RECIPES / 'bagtricks_R50.yaml'}\ntrain:\n  solver: {{lr: 0.01}}\n")
+    config = load_config([mine], ["train.solver.epochs=3"])
+    assert config.train.solver.lr == 0.01 and config.train.solver.epochs == 3
+    assert config.train.loss.triplet_margin == 0.3  # from the preset
+
+
+def test_preset_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_base_: {RECIPES / 'sbs_R50.yaml'}\ntrain:\n  solver: {{warmup_mehtod: exp}}\n")
+    with pytest.raises(ConfigError, match=r"train\.solver\.warmup_mehtod: unknown key"):
+        load_config([bad])
+    bad.write_text(f"_base_: {RECIPES / 'sbs_R50.yaml'}\ntrain:\n  model: {{backbone: resnet7}}\n")
+    with pytest.raises(ConfigError, match=r"train\.model\.backbone: .*unknown backbone 'resnet7'"):
+        load_config([bad])
+    bad.write_text("_base_: bad.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config([bad])
+    bad.write_text("_base_: missing.yaml\n")
+    with pytest.raises(ConfigError, match="_base_ file not found"):
+        load_config([bad])
