@@ -88,6 +88,20 @@ def _build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
     pipeline.set_defaults(handler=_pipeline)
 
+    ablate = sub.add_parser(
+        "ablate",
+        help="ablation of the training tricks (cumulative), one MLflow run per variant",
+        description="Train and evaluate baseline, +BNNeck, +label smoothing, +triplet, +GeM, "
+        "+IBN, +circle, +freeze, +cosine on one dataset; runs go to <experiment>-ablation.",
+    )
+    ablate.add_argument("--dataset", type=Path, required=True)
+    ablate.add_argument("--manifest", type=Path, required=True)
+    ablate.add_argument("--out", type=Path, required=True, help="Markdown table to write")
+    ablate.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ablate.add_argument("--variants", type=int, help="only the first N variants")
+    _add_config_args(ablate)
+    ablate.set_defaults(handler=_ablate)
+
     summary = sub.add_parser("summary", help="print what the last pipeline run produced")
     summary.add_argument("--reports", type=Path, default=Path("reports"))
     _add_config_args(summary)
@@ -147,6 +161,18 @@ def _config_yaml(args: argparse.Namespace) -> str:
     from reid_core.config import config_to_yaml
 
     return config_to_yaml(_config(args))
+
+
+def _ablate(args: argparse.Namespace) -> None:
+    from reid_core.atomic import atomic_output
+    from reid_core.experiments.ablation import ABLATION_STEPS, ablation_table, run_ablation
+
+    steps = ABLATION_STEPS[: args.variants] if args.variants else ABLATION_STEPS
+    rows = run_ablation(_config(args), args.dataset, args.manifest, steps, args.seeds)
+    table = ablation_table(rows)
+    with atomic_output(args.out) as tmp:
+        tmp.write_text(table)
+    print(table)
 
 
 def _summary(args: argparse.Namespace) -> None:

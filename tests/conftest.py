@@ -54,10 +54,12 @@ def start_process() -> Iterator[Callable[..., subprocess.Popen]]:
     """
     started: list[subprocess.Popen] = []
 
-    def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(
+        cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
             )
         started.append(proc)
         return proc

@@ -49,7 +49,9 @@ def test_a_user_file_starts_from_a_preset_and_overrides_keys(tmp_path):
 
 def test_preset_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"_base_: {RECIPES / 'sbs_R50.yaml'}\ntrain:\n  solver: {{warmup_mehtod: exp}}\n")
+    bad.write_text(
+        f"_base_: {RECIPES / 'sbs_R50.yaml'}\ntrain:\n  solver: {{warmup_mehtod: exp}}\n"
+    )
     with pytest.raises(ConfigError, match=r"train\.solver\.warmup_mehtod: unknown key"):
         load_config([bad])
     bad.write_text(f"_base_: {RECIPES / 'sbs_R50.yaml'}\ntrain:\n  model: {{backbone: resnet7}}\n")

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +351,79 @@ def test_bad_test_sets_fail_clearly_without_output(workspace, test_sets, message
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not [p.name for p in ws.iterdir() if p.name.startswith(("bad", ".bad"))]
+
+
+TRAIN_ARGS = (*SOURCE_SET, "--metrics", "t.json")
+
+
+def _other_pipeline(env, run_id):
+    return {**env, "REID_PIPELINE_RUN_ID": run_id, "OMP_NUM_THREADS": "1"}
+
+
+def _stage_runs(env, run_id):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("reidflow").experiment_id],
+        filter_string=f"tags.`reid.pipeline_run_id` = '{run_id}' and tags.`reid.kind` = 'stage'",
+    )
+    return client, runs
+
+
+def test_train_under_torchrun_writes_one_checkpoint_and_logs_evaluations(workspace, free_port):
+    ws, env = workspace
+    env = _other_pipeline(env, "torchrun-test")
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port),
+           "-m", "reid_core.cli", "train", *TRAIN_ARGS, "--checkpoint", "ddp_teacher",
+           "--config", str(TINY), "--set", "train.solver.epochs=2",
+           "--set", "train.solver.eval_every=1"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (ws / "ddp_teacher" / "model.safetensors").is_file()
+    client, runs = _stage_runs(env, "torchrun-test")
+    assert len(runs) == 1  # rank 1 trains silently
+    history = client.get_metric_history(runs[0].info.run_id, "val_mAP")
+    assert len(history) == 2 and all(0 <= m.value <= 1 for m in history)
+
+
+def test_a_killed_train_stage_resumes_and_cleans_its_state(workspace, start_process):
+    ws, env = workspace
+    env = _other_pipeline(env, "resume-test")
+    args = ["train", *TRAIN_ARGS, "--checkpoint", "resumed_teacher", "--config", str(TINY),
+            "--set", "train.solver.epochs=60", "--set", "train.solver.checkpoint_every=1",
+            "--set", "runtime.state_dir=resume_state"]  # fmt: skip
+    killed = start_process([sys.executable, "-m", "reid_core.cli", *args], ws / "k.log", env, ws)
+    deadline = time.monotonic() + 180
+    while not list((ws / "resume_state").glob("*/last.pt")):
+        assert killed.poll() is None and time.monotonic() < deadline, (ws / "k.log").read_text()
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert not (ws / "resumed_teacher").exists()
+    proc = subprocess.run([sys.executable, "-m", "reid_core.cli", *args], cwd=ws, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resuming from iteration" in proc.stdout
+    assert (ws / "resumed_teacher" / "model.safetensors").is_file()
+    assert not list((ws / "resume_state").glob("*/last.pt"))
+
+
+def test_ablation_writes_a_table_and_one_mlflow_run_per_variant(workspace):
+    import mlflow
+
+    ws, env = workspace
+    reid("ablate", *SOURCE_SET, "--out", "ablation.md", "--variants", "3", cwd=ws, env=env)
+    table = (ws / "ablation.md").read_text()
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    assert [r.split("|")[1].strip() for r in rows] == ["baseline", "+BNNeck", "+label smoothing"]
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("reidflow-ablation")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["reid.variant"] for r in runs) == sorted(
+        ["baseline", "+BNNeck", "+label smoothing"]
+    )
+    baseline = next(r for r in runs if r.data.tags["reid.variant"] == "baseline")
+    assert baseline.data.params["train.model.head"] == "linear"
+    assert 0 <= baseline.data.metrics["mAP"] <= 1

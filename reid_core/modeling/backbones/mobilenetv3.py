@@ -99,6 +99,8 @@ def conv_bn(
         nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM),
     ]
     if act is not None:
+        # Out of place on purpose: the ONNX exporter keeps aten.hardswish as one HardSwish op,
+        # while the in-place form is decomposed into elementwise ops (and exports 3× slower).
         layers.append(act())
     return nn.Sequential(*layers)
 
