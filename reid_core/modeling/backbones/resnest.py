@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reid_core.modeling.backbones.blocks import IBN
+from reid_core.modeling.backbones.blocks import IBN, init_residual_network
 from reid_core.modeling.backbones.registry import BackboneOptions, register_backbone, reject_options
 
 
@@ -173,18 +173,9 @@ class ResNeSt(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_channels = inplanes
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) and m.weight is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for m in self.modules():
-            if isinstance(m, ResNeStBottleneck):
-                nn.init.zeros_(m.bn3.weight)  # residual branches start as zero (Goyal et al.)
+        init_residual_network(
+            self, [m.bn3 for m in self.modules() if isinstance(m, ResNeStBottleneck)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -17,7 +17,12 @@ import re
 import torch
 from torch import nn
 
-from reid_core.modeling.backbones.blocks import IBN, NonLocal, SqueezeExcitation
+from reid_core.modeling.backbones.blocks import (
+    IBN,
+    NonLocal,
+    SqueezeExcitation,
+    init_residual_network,
+)
 from reid_core.modeling.backbones.registry import (
     BackboneOptions,
     StateDict,
@@ -210,22 +215,9 @@ class ResNet(nn.Module):
                     if n
                 }
             )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) and m.weight is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for m in self.modules():
-            if isinstance(m, BasicBlock | Bottleneck):
-                # Zero the last BN of each residual branch: blocks start as identities,
-                # training is steadier from scratch (Goyal et al. 2017).
-                nn.init.zeros_(m.last_bn.weight)
-            elif isinstance(m, NonLocal):
-                m.reset_parameters()
+        init_residual_network(
+            self, [m.last_bn for m in self.modules() if isinstance(m, BasicBlock | Bottleneck)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
