@@ -184,3 +184,13 @@ def test_training_state_holds_only_tensors_and_plain_values(tiny, tmp_path):
     state = torch.load(tmp_path / STATE_FILE, weights_only=True)  # no pickled objects
     assert state["iter"] == len(np.unique(data.labels)) // 4
     assert "EMAHook" in state["hooks"]
+
+
+def test_compiled_training_matches_eager_training(tmp_path, venv_env):
+    solver = {"optimizer": "sgd", "lr": 0.05, "epochs": 1}
+    env = venv_env(OMP_NUM_THREADS="1")
+    eager, compiled = tmp_path / "eager.safetensors", tmp_path / "compiled.safetensors"
+    subprocess.run(_script(eager, solver=solver, augment=NO_AUGMENT), env=env, check=True)
+    solver["compile"] = True
+    subprocess.run(_script(compiled, solver=solver, augment=NO_AUGMENT), env=env, check=True)
+    _assert_same_weights(eager, compiled, atol=1e-4, rtol=1e-3)
