@@ -131,8 +131,8 @@ def _box_mask(
     return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
 
 
-class RandomFlip(nn.Module):
-    """Mirror each image left-right with probability `p`."""
+class _PerImageOp(nn.Module):
+    """An augmentation applied to each image independently with probability `p`."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -140,6 +140,10 @@ class RandomFlip(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class RandomFlip(_PerImageOp):
+    """Mirror each image left-right with probability `p`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, width = x.shape[0], x.shape[-1]
@@ -170,7 +174,7 @@ class PadCrop(nn.Module):
         return padded.gather(2, index).view(n, c, height, width)
 
 
-class ColorJitter(nn.Module):
+class ColorJitter(_PerImageOp):
     """Colour jitter with torchvision's (and kornia's ColorJitter's) semantics, prob. `p` per image.
 
     Brightness, contrast and saturation factors are drawn from 1 ± strength, hue from ± JITTER_HUE
@@ -178,10 +182,6 @@ class ColorJitter(nn.Module):
     draws that order with a CPU `randperm` whatever the device, so the same kornia.enhance steps
     are composed here with every draw on the batch's device.
     """
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
 
     def extra_repr(self) -> str:
         return (
@@ -214,7 +214,7 @@ class ColorJitter(nn.Module):
         return x.clamp(0.0, 1.0)
 
 
-class AutoAugment(nn.Module):
+class AutoAugment(_PerImageOp):
     """AutoAugment's ImageNet policy (kornia's) on each image with probability `p`.
 
     kornia's AutoAugment draws one sub-policy per call for the whole batch; here every chosen image
@@ -224,13 +224,9 @@ class AutoAugment(nn.Module):
     """
 
     def __init__(self, p: float):
-        super().__init__()
-        self.p = p
+        super().__init__(p)
         self.policy = KorniaAutoAugment("imagenet")
         self._rng_device = torch.device("cpu")
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device != self._rng_device:
@@ -249,21 +245,14 @@ class AutoAugment(nn.Module):
         return out
 
 
-class AugMix(nn.Module):
+class AugMix(_PerImageOp):
     """AugMix (see reid_core.engine.augmix) on each image with probability `p`."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _on_subset(x, self.p, augmix)
 
 
-class RandomPatch(nn.Module):
+class RandomPatch(_PerImageOp):
     """Paste a random rectangle cut from another image of the batch, with probability `p`.
 
     FastReID's RandomPatch draws patches from a pool filled over past iterations; here the pool is
@@ -271,13 +260,6 @@ class RandomPatch(nn.Module):
     (from itself only in a 1-image batch), mirrored with probability PATCH_FLIP_P, and pastes it at
     a random place. FastReID's random patch rotation is left out.
     """
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, height, width = x.shape
@@ -302,15 +284,8 @@ class RandomPatch(nn.Module):
         return torch.where(mask, pasted, x)
 
 
-class RandomErasing(nn.Module):
+class RandomErasing(_PerImageOp):
     """Random erasing (Zhong et al.): set a random box to the mean pixel, with probability `p`."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, height, width = x.shape
@@ -321,13 +296,9 @@ class RandomErasing(nn.Module):
         return torch.where(mask, _mean_pixel(x), x)
 
 
-class Cutout(nn.Module):
+class Cutout(_PerImageOp):
     """Cutout (DeVries & Taylor): a square of side `cutout_side` centred at a random pixel,
     clipped at the borders, set to the mean pixel, with probability `p`."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
 
     def extra_repr(self) -> str:
         return f"p={self.p}, side_fraction={CUTOUT_SIDE_FRACTION}"

@@ -56,13 +56,13 @@ class FreezeBackbone(Hook):
     def __init__(self, iters: int):
         self.iters = iters
 
-    def before_step(self, trainer: Trainer) -> None:
-        if trainer.iter == 0 or trainer.iter == self.iters:
-            trainer.model.backbone.requires_grad_(trainer.iter >= self.iters)
-
     def before_train(self, trainer: Trainer) -> None:
-        # a resumed run must see the same flags as the uninterrupted one
+        # from the iteration training starts at, so a resumed run sees the same flags
         trainer.model.backbone.requires_grad_(trainer.iter >= self.iters)
+
+    def before_step(self, trainer: Trainer) -> None:
+        if trainer.iter == self.iters:
+            trainer.model.backbone.requires_grad_(True)
 
 
 class EMAHook(Hook):
@@ -99,9 +99,8 @@ class PreciseBN(Hook):
         self.iters = iters
 
     def after_train(self, trainer: Trainer) -> None:
-        used = recompute_bn_stats(trainer.model, trainer.precise_bn_batches(self.iters),
-                                  trainer.forward_images)  # fmt: skip
-        trainer.info["precise_bn_batches"] = float(used)
+        recompute_bn_stats(trainer.model, trainer.precise_bn_batches(self.iters),
+                           trainer.forward_images)  # fmt: skip
 
 
 class NaNGuard(Hook):

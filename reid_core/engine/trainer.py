@@ -17,6 +17,7 @@ import torch
 
 from reid_core.config import AugmentConfig, SolverConfig
 from reid_core.data.samplers import create_sampler
+from reid_core.data.splits import Split, contiguous_labels
 from reid_core.engine import distributed
 from reid_core.engine.augment import BatchAugment
 from reid_core.engine.distributed import SINGLE_PROCESS, DistributedContext
@@ -45,11 +46,15 @@ class TrainData:
         if self.camids is not None and len(self.camids) != len(self.labels):
             raise ValueError(f"{len(self.camids)} camera ids but {len(self.labels)} labels")
 
+    @classmethod
+    def from_split(cls, split: Split) -> TrainData:
+        """A decoded split, its ids made classifier labels 0..C-1."""
+        return cls(split.images, contiguous_labels(split.pids), split.camids)
+
 
 class Trainer:
     """Trains `model` on `data` as `solver` says. Hooks may read `epoch`, `iter` (steps done),
-    `max_iter`, `iters_per_epoch`, `model`, `optimizer` and `losses()`; `info` collects
-    figures for the caller (e.g. precise-BN batches)."""
+    `max_iter`, `iters_per_epoch`, `model`, `optimizer` and `losses()`."""
 
     def __init__(
         self,
@@ -98,7 +103,6 @@ class Trainer:
         self.hooks = [h for h in [*builtin, *hooks] if context.is_main or not h.main_only]
         self.epoch = 0
         self.iter = 0
-        self.info: dict[str, float] = {}
         self._losses: dict[str, torch.Tensor] = {}
 
     def _wrap(self, model: ReidModel) -> torch.nn.Module:
@@ -137,11 +141,16 @@ class Trainer:
             distributed.restore_batch_norms(self.model)
         return self.model.eval()
 
-    def step(self, index: torch.Tensor) -> None:
+    def _batch_images(self, index: torch.Tensor) -> torch.Tensor:
+        """The batch's images on the device, augmented, in the configured memory format."""
         images = self.augment(self.data.images[index].to(self.device, non_blocking=True))
-        labels = self.labels[index].to(self.device, non_blocking=True)
         if self.solver.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def step(self, index: torch.Tensor) -> None:
+        images = self._batch_images(index)
+        labels = self.labels[index].to(self.device, non_blocking=True)
         with self._autocast():
             out = self.module(images, labels)
         out = _map_output(out, torch.Tensor.float)
@@ -189,11 +198,7 @@ class Trainer:
         """`count` augmented training batches, continuing the sampler past the last step."""
         batches = self._batches(self.max_iter)
         for _ in range(count):
-            index = torch.from_numpy(next(batches))
-            images = self.augment(self.data.images[index].to(self.device))
-            if self.solver.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images
+            yield self._batch_images(torch.from_numpy(next(batches)))
 
     # ---------------------------------------------------------------- resume
 

@@ -17,7 +17,7 @@ import torch
 
 from reid_core.config import ReidConfig, with_overrides
 from reid_core.data.manifest import read_manifest
-from reid_core.data.splits import contiguous_labels, load_split
+from reid_core.data.splits import load_split
 from reid_core.engine.device import resolve_device
 from reid_core.engine.trainer import TrainData, fit
 from reid_core.evaluation.protocol import evaluate_splits
@@ -92,10 +92,12 @@ def run_ablation(
     train, query, gallery = (
         load_split(dataset, df, s, h, w) for s in ("train", "query", "gallery")
     )
-    data = TrainData(train.images, contiguous_labels(train.pids), train.camids)
+    data = TrainData.from_split(train)
     device = resolve_device(base.runtime.device)
-    experiment = setup_mlflow(base.model_copy(update={"tracking": base.tracking.model_copy(
-        update={"experiment": f"{base.tracking.experiment}-ablation"})}))  # fmt: skip
+    tracking = base.tracking.model_copy(
+        update={"experiment": f"{base.tracking.experiment}-ablation"}
+    )
+    experiment = setup_mlflow(base.model_copy(update={"tracking": tracking}))
     ablation_id = time.strftime("%Y%m%d-%H%M%S")
     overrides: list[str] = []
     rows = []

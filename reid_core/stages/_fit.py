@@ -14,10 +14,9 @@ from pydantic import BaseModel
 
 from reid_core.config import ReidConfig
 from reid_core.data.manifest import read_manifest
-from reid_core.data.splits import Split, contiguous_labels, load_split
+from reid_core.data.splits import Split, load_split
 from reid_core.engine.checkpoint import save_checkpoint
 from reid_core.engine.hooks import Hook, PeriodicEvaluation
-from reid_core.engine.trainer import TrainData
 from reid_core.evaluation.protocol import evaluate_splits
 from reid_core.modeling.model import ReidModel
 from reid_core.tracking.lineage import git_commit
@@ -28,12 +27,6 @@ def load_train_split(
 ) -> tuple[Split, dict[str, str]]:
     df, meta = read_manifest(manifest)
     return load_split(dataset, df, "train", config.data.height, config.data.width), meta
-
-
-def train_data(split: Split, labels: np.ndarray | None = None) -> TrainData:
-    """The split as the trainer takes it; `labels` default to the split's ids made 0..C-1."""
-    labels = contiguous_labels(split.pids) if labels is None else labels
-    return TrainData(split.images, labels, split.camids)
 
 
 def evaluation_hook(

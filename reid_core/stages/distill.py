@@ -15,9 +15,9 @@ from reid_core.distill.losses import DistillLoss
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
-from reid_core.engine.trainer import fit
+from reid_core.engine.trainer import TrainData, fit
 from reid_core.modeling import create_model
-from reid_core.stages._fit import count_ids, finish, load_train_split, state_dir, train_data
+from reid_core.stages._fit import count_ids, finish, load_train_split, state_dir
 from reid_core.tracking.runs import stage_run
 
 
@@ -30,7 +30,7 @@ def run(
     with stage_run("distill", config):
         teacher, teacher_meta = load_checkpoint(inputs["teacher"])
         split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
-        data = train_data(split)
+        data = TrainData.from_split(split)
         num_ids = count_ids(data.labels)
         teacher_classes = teacher.num_classes
         if teacher_classes != num_ids:

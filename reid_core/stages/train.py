@@ -19,7 +19,7 @@ from reid_core.config import ReidConfig
 from reid_core.engine.device import resolve_device
 from reid_core.engine.distributed import context_from_env, local_device
 from reid_core.engine.hooks import default_hooks
-from reid_core.engine.trainer import fit
+from reid_core.engine.trainer import TrainData, fit
 from reid_core.modeling import create_model, load_pretrained_backbone
 from reid_core.modeling.losses import ReidLoss
 from reid_core.stages._fit import (
@@ -29,7 +29,6 @@ from reid_core.stages._fit import (
     load_train_split,
     main_process_only,
     state_dir,
-    train_data,
 )
 from reid_core.tracking.runs import stage_run
 
@@ -45,7 +44,7 @@ def run(
     device = local_device(device, context)
     with main_process_only(context.is_main, lambda: stage_run("train", config)):
         split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
-        data = train_data(split)
+        data = TrainData.from_split(split)
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
         model = create_model(cfg.model, count_ids(data.labels))
         if cfg.model.pretrained:
