@@ -40,6 +40,14 @@ from kfp.dsl import (
 DEFAULT_IMAGE = "reidflow:0.1.0"
 MAX_TEST_SETS = 4
 """How many test sets one evaluate task takes (`dataset`, `dataset_2` … `dataset_4`)."""
+MULTIPLE_SLOTS = {"evaluate": MAX_TEST_SETS, "distill": 2}
+"""How many artifacts a stage's `multiple` ports take in its component (distill: teachers;
+more teachers come from the registry through `teacher_uris`)."""
+STAGE_EXTRA_PARAMETERS = {
+    "distill": {"teacher_uris"},
+    "adapt": {"round_number", "rounds", "chain_length"},
+}
+"""Component parameters beyond the common four, by stage."""
 # The project image (it contains reid_core and kfp); fixed when this module is imported.
 IMAGE = os.environ.get("REID_IMAGE") or DEFAULT_IMAGE
 
@@ -112,16 +120,20 @@ def distill(
     teacher: Input[Model],
     checkpoint: Output[Model],
     metrics: Output[Metrics],
+    teacher_2: Input[Model] = None,
+    teacher_uris: list[str] = [],  # noqa: B006 (KFP reads the literal default)
 ):
-    """Train a smaller student from the teacher's logits."""
+    """Train a smaller student from frozen teachers: the `teacher` artifact, an optional
+    `teacher_2`, and registry teachers by URI (`models:/name@alias`)."""
     from reid_core.stages.kfp_glue import run_component
 
+    artifacts = [t for t in (teacher, teacher_2) if t is not None]
     run_component(
         "distill",
         config_yaml,
         pipeline_run_id,
         mlflow_tracking_uri,
-        inputs={"dataset": dataset, "manifest": manifest, "teacher": teacher},
+        inputs={"dataset": dataset, "manifest": manifest, "teacher": artifacts + teacher_uris},
         outputs={"checkpoint": checkpoint, "metrics": metrics},
         config_overrides=config_overrides,
     )
@@ -133,17 +145,26 @@ def adapt(
     pipeline_run_id: str,
     mlflow_tracking_uri: str,
     config_overrides: list[str],
+    round_number: int,
+    rounds: int,
+    chain_length: int,
     dataset: Input[Dataset],
     manifest: Input[Dataset],
     model: Input[Model],
     checkpoint: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Pseudo-label rounds on an unlabelled target domain."""
-    from reid_core.stages.kfp_glue import run_component
+    """Pseudo-label round `round_number` (from 1) of `rounds` on an unlabelled target domain.
 
-    run_component(
-        "adapt",
+    The pipeline chains `chain_length` of these; a round past `rounds` passes its model on
+    unchanged, so the round count stays a run-time pipeline parameter.
+    """
+    from reid_core.stages.kfp_glue import run_adapt_round
+
+    run_adapt_round(
+        round_number,
+        rounds,
+        chain_length,
         config_yaml,
         pipeline_run_id,
         mlflow_tracking_uri,

@@ -2,13 +2,16 @@
 
     synth day ─ preprocess ─┬─ train (teacher) ─┬─ distill (student) ─ export ─ promote
                             │                   │
-    synth dusk ─ preprocess ┴───────────────────┴─ adapt (teacher on target)
+    synth dusk ─ preprocess ┴───────────────────┴─ adapt round 1 ─ … ─ adapt round N (target)
 
 with three evaluations, one per model, each over its test sets (the first is the primary one):
 the teacher on source and target (direct transfer), the student on source (the one promote
-judges), the adapted teacher on target and source (what adaptation forgot). Each task's inputs
-are the outputs of the tasks before it; the config travels whole as one YAML string so every
-stage sees the same `ReidConfig`.
+judges), the adapted teacher on target and source (what adaptation forgot). Adaptation is a
+chain of `ADAPT_CHAIN` one-round tasks, each taking the previous one's model; the pipeline
+parameter `adapt_rounds` says how many of them adapt (the rest pass the model on), and
+`extra_teachers` adds registry teachers (`models:/name@alias`) to the distillation. Each task's
+inputs are the outputs of the tasks before it; the config travels whole as one YAML string so
+every stage sees the same `ReidConfig`.
 
 `pipeline_run_id` is `dsl.PIPELINE_JOB_ID_PLACEHOLDER`: on a KFP backend it resolves to the run
 UUID, under `kfp.local` to one random id per pipeline call, shared by all its tasks. Caching
@@ -33,6 +36,12 @@ PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 PIPELINE_NAME = "reid-training"
 SOURCE_DOMAIN = "source"
 TARGET_DOMAIN = "target"
+ADAPT_CHAIN = 3
+"""Pseudo-label rounds the compiled pipeline chains: the most `adapt_rounds` can ask for."""
+
+
+def _params() -> ReidConfig:
+    return load_config([PARAMS_FILE]) if PARAMS_FILE.is_file() else ReidConfig()
 
 
 def default_config_yaml() -> str:
@@ -42,8 +51,7 @@ def default_config_yaml() -> str:
     header comment, so a multi-line default makes that file invalid YAML (kubeflow/pipelines
     issue 10438); one line is also what the KFP UI's parameter field edits comfortably.
     """
-    config = load_config([PARAMS_FILE]) if PARAMS_FILE.is_file() else ReidConfig()
-    tree = config.model_dump(mode="json")
+    tree = _params().model_dump(mode="json")
     return yaml.safe_dump(tree, default_flow_style=True, sort_keys=False, width=2**31).strip()
 
 
@@ -70,6 +78,8 @@ def reid_training_pipeline(
     mlflow_tracking_uri: str = "",
     source_seed: int = 0,
     target_seed: int = 1,
+    adapt_rounds: int = _params().adapt.rounds,
+    extra_teachers: list = [],  # noqa: B006 (KFP reads the literal default)
 ) -> TrainingOutputs:
     run = {
         "config_yaml": config_yaml,
@@ -96,12 +106,28 @@ def reid_training_pipeline(
     teacher = c.train(**run, dataset=src_data, manifest=src_manifest)
     teacher.set_display_name("train teacher (source)")
     teacher_ckpt = teacher.outputs["checkpoint"]
-    student = c.distill(**run, dataset=src_data, manifest=src_manifest, teacher=teacher_ckpt)
+    student = c.distill(
+        **run,
+        dataset=src_data,
+        manifest=src_manifest,
+        teacher=teacher_ckpt,
+        teacher_uris=extra_teachers,
+    )
     student.set_display_name("distill student (source)")
     student_ckpt = student.outputs["checkpoint"]
-    adapted = c.adapt(**run, dataset=tgt_data, manifest=tgt_manifest, model=teacher_ckpt)
-    adapted.set_display_name("adapt teacher (target)")
-    adapted_ckpt = adapted.outputs["checkpoint"]
+    adapted_ckpt = teacher_ckpt
+    for number in range(1, ADAPT_CHAIN + 1):
+        adapted = c.adapt(
+            **run,
+            round_number=number,
+            rounds=adapt_rounds,
+            chain_length=ADAPT_CHAIN,
+            dataset=tgt_data,
+            manifest=tgt_manifest,
+            model=adapted_ckpt,
+        )
+        adapted.set_display_name(f"adapt round {number} (target)")
+        adapted_ckpt = adapted.outputs["checkpoint"]
 
     def evaluate(name: str, model, *test_sets) -> dsl.PipelineTask:
         task = c.evaluate(**run, model=model, **c.evaluate_inputs(*test_sets))

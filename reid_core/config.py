@@ -177,27 +177,50 @@ class TrainConfig(_Section):
 
 
 class DistillConfig(_Section):
-    """A smaller student trained from the teacher's logits plus its own re-id loss."""
+    """A smaller student trained from one or more frozen teachers plus its own re-id loss.
+
+    The loss is `loss` (the student's re-id loss) + `logit_weight` × the logit term
+    (`logit_loss`: L1 on raw logits, KL or symmetric KL at `temperature`) + `pkt_weight` × PKT
+    on the pooled features + `feature_weight` × partial L2 between connected feature maps of
+    the `feature_layers` pairs [student submodule, teacher submodule]. FastReID's paper uses
+    L1 + α·PKT; its published recipe, symmetric KL at T=16.
+    """
 
     model: ModelConfig = ModelConfig(base_width=32)
     loss: LossConfig = LossConfig()
     solver: SolverConfig = SolverConfig()
     augment: AugmentConfig = AugmentConfig()
-    temperature: float = Field(4.0, gt=0)
-    kd_weight: float = Field(1.0, ge=0)
+    logit_loss: Literal["l1", "kl", "symmetric_kl"] = "symmetric_kl"
+    logit_weight: float = Field(1.0, ge=0)
+    temperature: float = Field(16.0, gt=0)
+    pkt_weight: float = Field(0.0, ge=0)
+    feature_weight: float = Field(0.0, ge=0)
+    feature_layers: list[tuple[str, str]] = [("backbone", "backbone")]
     log_every: int = Field(10, ge=1)
 
 
 class AdaptConfig(_Section):
-    """One or more pseudo-label rounds on an unlabelled target domain."""
+    """Pseudo-label rounds on an unlabelled target domain.
+
+    A round: target features → k-reciprocal Jaccard distance (`k1`, `k2`, neighbours by
+    `knn`) → DBSCAN (`eps`, `min_samples`) → outliers dropped or kept as singletons →
+    training on the pseudo ids with a cluster memory (InfoNCE at `memory_temperature`, entries
+    updated with `memory_momentum`) or a fresh classifier and cross-entropy (`objective: ce`).
+    `loss` adds re-id terms; its classification terms (CE, focal) apply with `ce` only.
+    """
 
     rounds: int = Field(1, ge=1)
+    start_round: int = Field(0, ge=0)  # index of this run's first round (KFP: one per task)
     eps: float = Field(0.6, gt=0, lt=1)  # on the Jaccard distance, which lies in [0, 1]
     min_samples: int = Field(4, ge=2)
     k1: int = Field(30, ge=2)
     k2: int = Field(6, ge=1)
-    keep_outliers: bool = False
-    loss: LossConfig = LossConfig()
+    knn: Literal["torch", "faiss"] = "torch"
+    outliers: Literal["drop", "singletons"] = "drop"
+    objective: Literal["memory", "ce"] = "memory"
+    memory_temperature: float = Field(0.05, gt=0)
+    memory_momentum: float = Field(0.2, ge=0, lt=1)
+    loss: LossConfig = LossConfig(triplet_weight=0.0)
     solver: SolverConfig = SolverConfig(epochs=4, lr=1e-4, warmup_epochs=0.0)
     augment: AugmentConfig = AugmentConfig()
     log_every: int = Field(10, ge=1)

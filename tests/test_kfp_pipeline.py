@@ -17,8 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the project root
     sys.path.insert(0, str(ROOT))
 
-from components import IMAGE, MAX_TEST_SETS, STAGE_COMPONENTS, UI_OUTPUTS, synth  # noqa: E402
+from components import (  # noqa: E402
+    IMAGE,
+    MAX_TEST_SETS,
+    MULTIPLE_SLOTS,
+    STAGE_COMPONENTS,
+    STAGE_EXTRA_PARAMETERS,
+    UI_OUTPUTS,
+    synth,
+)
 from pipelines import tools  # noqa: E402
+from pipelines.training import ADAPT_CHAIN  # noqa: E402
 from reid_core.config import ConfigError  # noqa: E402
 from reid_core.stages import STAGES, PortError  # noqa: E402
 from reid_core.stages.kfp_glue import parse_config_yaml, port_paths  # noqa: E402
@@ -46,7 +55,7 @@ TASKS_PER_FUNCTION = {
     "preprocess": 2,
     "train": 1,
     "distill": 1,
-    "adapt": 1,
+    "adapt": ADAPT_CHAIN,
     "evaluate": 3,
     "export": 1,
     "promote": 1,
@@ -75,6 +84,10 @@ def _producer(spec: dict[str, Any], task: dict[str, Any], port: str) -> tuple[st
     """(function, task name) of the task whose output feeds `port` of `task`."""
     name = task["inputs"]["artifacts"][port]["taskOutputArtifact"]["producerTask"]
     return _function_of(spec, spec["root"]["dag"]["tasks"][name]), name
+
+
+def _round_number(task: dict[str, Any]) -> int:
+    return task["inputs"]["parameters"]["round_number"]["runtimeValue"]["constant"]
 
 
 def _port_of(input_name: str) -> str:
@@ -134,13 +147,13 @@ def test_component_declares_exactly_the_stage_ports(stage: str) -> None:
     for port in STAGES[stage].inputs:
         expected_inputs.add(port.name)
         if port.multiple:  # the further items: optional inputs <port>_2 ... <port>_<MAX>
-            extra = {f"{port.name}_{i}" for i in range(2, MAX_TEST_SETS + 1)}
+            extra = {f"{port.name}_{i}" for i in range(2, MULTIPLE_SLOTS[stage] + 1)}
             assert all(inputs[name].get("isOptional") for name in extra), port.name
             expected_inputs |= extra
         assert not inputs[port.name].get("isOptional"), f"{port.name}: the first is required"
     assert set(inputs) == expected_inputs
     assert set(outputs) == {p.name for p in STAGES[stage].outputs} | set(UI_OUTPUTS.get(stage, ()))
-    assert parameters == STAGE_PARAMETERS
+    assert parameters == STAGE_PARAMETERS | STAGE_EXTRA_PARAMETERS.get(stage, set())
 
 
 class _Slot:
@@ -153,6 +166,32 @@ def test_multiple_port_slots_fill_in_order_and_unused_ones_come_last() -> None:
     assert port_paths("evaluate", wired) == {"dataset": [Path("a"), Path("b")], "model": Path("m")}
     with pytest.raises(PortError, match="'manifest' item 3 is wired but item 2 is not"):
         port_paths("evaluate", {"manifest": [_Slot("a"), None, _Slot("c")]})
+
+
+def test_an_adapt_round_count_beyond_the_compiled_chain_is_refused(tmp_path: Path) -> None:
+    from reid_core.stages.kfp_glue import run_adapt_round
+
+    with pytest.raises(ValueError, match=r"adapt rounds must lie in 1..3.*got 4"):
+        run_adapt_round(1, 4, 3, "", "", "", {"model": _Slot("m")}, {})
+
+
+def test_an_adapt_round_past_the_count_passes_its_model_on(tmp_path: Path) -> None:
+    from reid_core.stages.kfp_glue import run_adapt_round
+
+    class _Metrics(_Slot):
+        logged: dict[str, float] = {}
+
+        def log_metric(self, key: str, value: float) -> None:
+            self.logged[key] = value
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "model.safetensors").write_bytes(b"weights")
+    metrics = _Metrics(str(tmp_path / "metrics.json"))
+    outputs = {"checkpoint": _Slot(str(tmp_path / "out")), "metrics": metrics}
+    run_adapt_round(3, 2, 3, "", "", "", {"model": _Slot(str(tmp_path / "in"))}, outputs)
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"round_skipped": 1.0}
+    assert metrics.logged == {"round_skipped": 1.0}
 
 
 def test_synth_component_makes_one_dataset_from_config_style_and_seed() -> None:
@@ -193,9 +232,19 @@ def test_pipeline_wires_teacher_student_adaptation_and_promotion(spec: dict[str,
     assert _producer(spec, export, "model")[0] == "distill"
     (distill,) = by_function["distill"]
     assert _producer(spec, distill, "teacher")[0] == "train"
-    (adapt,) = by_function["adapt"]
-    assert _producer(spec, adapt, "model")[0] == "train"
-    assert domain_of(adapt) == "dusk"
+    rounds = sorted(by_function["adapt"], key=_round_number)
+    assert [_round_number(t) for t in rounds] == list(range(1, ADAPT_CHAIN + 1))
+    assert _producer(spec, rounds[0], "model")[0] == "train"
+    for before, after in zip(rounds, rounds[1:], strict=False):
+        assert tasks[_producer(spec, after, "model")[1]] is before, "rounds form one chain"
+    for task in rounds:
+        assert domain_of(task) == "dusk"
+        rounds_param = task["inputs"]["parameters"]["rounds"]["componentInputParameter"]
+        assert rounds_param == "adapt_rounds"
+    evaluated_adapted = next(
+        t for t in by_function["evaluate"] if _producer(spec, t, "model")[0] == "adapt"
+    )
+    assert tasks[_producer(spec, evaluated_adapted, "model")[1]] is rounds[-1]
 
     def test_sets_of(task: dict[str, Any]) -> tuple[str, ...]:
         """The synth style of each test set an evaluate task takes, primary first."""
@@ -284,7 +333,9 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
 
-    result = tools.run_local(_tiny_config(tmp_path), tmp_path / "work", mlflow_tracking_uri=uri)
+    result = tools.run_local(
+        _tiny_config(tmp_path), tmp_path / "work", mlflow_tracking_uri=uri, adapt_rounds=2
+    )
 
     states = {name: task["state"] for name, task in result["tasks"].items()}
     assert set(states.values()) == {"SUCCEEDED"}, states
@@ -326,5 +377,6 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
             "and r.key = 'reid.pipeline_run_id'"
         ).fetchall()
     assert {stage for stage, _ in rows} == set(STAGES)
+    assert [stage for stage, _ in rows].count("adapt") == 2, "rounds 1 and 2 adapt, 3 passes on"
     run_ids = {run_id for _, run_id in rows}
     assert len(run_ids) == 1 and JOB_ID_PLACEHOLDER not in run_ids, run_ids

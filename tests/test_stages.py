@@ -192,50 +192,101 @@ def test_promote_registers_then_refuses_an_equal_model(workspace):
         assert champion.tags[tag]
 
 
-def test_adapt_runs_a_pseudo_label_round_on_a_second_domain(workspace):
+ADAPT_ARGS = (*TARGET_SET, "--model", "teacher")
+
+
+def test_adapt_rounds_log_clustering_quality_and_target_map_per_round(workspace):
     ws, env = workspace
-    reid(
-        "adapt",
-        "--dataset",
-        "target",
-        "--manifest",
-        "t.parquet",
-        "--model",
-        "teacher",
-        "--checkpoint",
-        "adapted",
-        "--metrics",
-        "adapted.json",
-        cwd=ws,
-        env=env,
-    )
+    env = _other_pipeline(env, "adapt-test")
+    reid("adapt", *ADAPT_ARGS, "--checkpoint", "adapted", "--metrics", "adapted.json",
+         "--set", "adapt.rounds=2", cwd=ws, env=env)  # fmt: skip
     metrics = json.loads((ws / "adapted.json").read_text())
-    assert metrics["rounds_completed"] == 1 and metrics["clusters"] >= 2
-    assert 0 <= metrics["pseudo_nmi"] <= 1
+    assert metrics["rounds_completed"] == 2 and metrics["clusters"] >= 2
+    assert 0 <= metrics["pseudo_nmi"] <= 1 and 0 <= metrics["target_mAP"] <= 1
+    client, (run,) = _stage_runs(env, "adapt-test")
+    steps = {
+        key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        for key in ("target_mAP", "pseudo_ari", "pseudo_pair_precision", "clusters", "outliers")
+    }
+    assert steps.pop("target_mAP") == [0, 1, 2], "step 0 is direct transfer"
+    assert all(s == [1, 2] for s in steps.values()), steps
+    assert json.loads((ws / "adapted" / "meta.json").read_text())["rounds_completed"] == 2
+    assert not list((ws / ".reidflow" / "state").glob("adapt-*")), "state removed when done"
 
 
-def test_impossible_clustering_fails_adapt_without_output(workspace):
+def _weights(folder):
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("outliers", ("--set", "adapt.min_samples=1000"), "outlier"),
+        ("collapse", ("--set", "adapt.eps=0.999", "--set", "adapt.k1=40"), "one cluster"),
+    ],
+)
+def test_a_round_that_cannot_be_trained_on_keeps_the_previous_model(
+    workspace, case, extra, message
+):
     ws, env = workspace
-    proc = reid(
-        "adapt",
-        "--dataset",
-        "ds",
-        "--manifest",
-        "m.parquet",
-        "--model",
-        "teacher",
-        "--checkpoint",
-        "bad",
-        "--metrics",
-        "bad.json",
-        "--set",
-        "adapt.min_samples=1000",
-        cwd=ws,
-        env=env,
-        check=False,
-    )
-    assert proc.returncode == 1 and "outlier" in proc.stderr
-    assert not (ws / "bad").exists() and not (ws / "bad.json").exists()
+    env = _other_pipeline(env, f"adapt-stop-{case}")
+    proc = reid("adapt", *ADAPT_ARGS, "--checkpoint", f"kept_{case}", "--metrics",
+                f"kept_{case}.json", *extra, cwd=ws, env=env)  # fmt: skip
+    assert "round 1 stopped, keeping the input model" in proc.stderr and message in proc.stderr
+    metrics = json.loads((ws / f"kept_{case}.json").read_text())
+    assert metrics["rounds_completed"] == 0 and metrics["stopped_at_round"] == 1
+    kept, teacher = _weights(ws / f"kept_{case}"), _weights(ws / "teacher")
+    assert kept.keys() == teacher.keys()
+    assert all(np.array_equal(kept[k], teacher[k]) for k in kept)
+    _, (run,) = _stage_runs(env, f"adapt-stop-{case}")
+    assert message in run.data.tags["reid.stopped"]
+
+
+def test_an_empty_target_set_keeps_the_input_model(workspace):
+    from reid_core.data.manifest import read_manifest, write_manifest
+
+    ws, env = workspace
+    df, meta = read_manifest(ws / "t.parquet")
+    write_manifest(df[df["split"] != "train"], ws / "no_train.parquet", meta)
+    proc = reid("adapt", "--dataset", "target", "--manifest", "no_train.parquet", "--model",
+                "teacher", "--checkpoint", "kept_empty", "--metrics", "kept_empty.json",
+                cwd=ws, env=_other_pipeline(env, "adapt-empty"))  # fmt: skip
+    assert "the target set has no train images" in proc.stderr
+    assert json.loads((ws / "kept_empty.json").read_text())["rounds_completed"] == 0
+    assert (ws / "kept_empty" / "model.safetensors").is_file()
+
+
+def test_distill_takes_several_teachers_including_one_from_the_registry(workspace):
+    import mlflow
+
+    ws, env = workspace
+    env = _other_pipeline(env, "distill-registry")
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    train_run = json.loads((ws / "teacher" / "meta.json").read_text())["mlflow_run_id"]
+    client.create_registered_model("reid-teacher")
+    version = client.create_model_version(
+        "reid-teacher", f"runs:/{train_run}/checkpoint", run_id=train_run,
+        tags={"reid.train_run_id": train_run},
+    )  # fmt: skip
+    client.set_registered_model_alias("reid-teacher", "champion", version.version)
+    reid("distill", *SOURCE_SET, "--teacher", "teacher", "--teacher",
+         "models:/reid-teacher@champion", "--checkpoint", "student2", "--metrics", "student2.json",
+         "--set", "distill.pkt_weight=1", "--set", "distill.feature_weight=1",
+         cwd=ws, env=env)  # fmt: skip
+    metrics = json.loads((ws / "student2.json").read_text())
+    assert metrics["teachers"] == 2
+    meta = json.loads((ws / "student2" / "meta.json").read_text())
+    assert meta["teachers"] == ["teacher", "models:/reid-teacher@champion"]
+    _, (run,) = _stage_runs(env, "distill-registry")
+    history = client.get_metric_history(run.info.run_id, "loss_feature")
+    assert history and all(m.value > 0 for m in history)
+    proc = reid("distill", *SOURCE_SET, "--teacher", "models:/reid-teacher@nobody",
+                "--checkpoint", "s3", "--metrics", "s3.json",
+                cwd=ws, env=env, check=False)  # fmt: skip
+    assert proc.returncode == 1 and "cannot resolve models:/reid-teacher@nobody" in proc.stderr
+    assert not (ws / "s3").exists()
 
 
 def test_a_missing_input_is_named(workspace):

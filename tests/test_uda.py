@@ -1,13 +1,20 @@
 import numpy as np
 import pytest
+import torch
 
+from reid_core.config import AdaptConfig, ModelConfig
+from reid_core.data.splits import Split
 from reid_core.evaluation.rerank import jaccard_distance
+from reid_core.modeling import create_model
+from reid_core.modeling.model import ReidOutput
+from reid_core.uda.memory import ClusterMemoryLoss, cluster_centroids
 from reid_core.uda.pseudo_labels import (
     PseudoLabelError,
     cluster_features,
     label_quality,
     outliers_as_singletons,
 )
+from reid_core.uda.rounds import adapt_round, training_set
 
 
 def blobs(num_ids=5, per_id=6, dim=16, spread=0.05, seed=0):
@@ -53,3 +60,75 @@ def test_jaccard_distance_separates_identities_whatever_the_feature_scale():
         dist = jaccard_distance(feats * scale, k1=5, k2=2)
         assert dist.shape == (30, 30) and np.all(np.diag(dist) == 0)
         assert dist[same].max() < 0.1 and dist[~same].min() > 0.9
+
+
+# ---------------------------------------------------------------- cluster memory and rounds
+
+
+def test_centroids_are_unit_means_of_unit_features():
+    feats = np.array([[2.0, 0.0], [0.0, 5.0], [0.0, -1.0], [0.0, -3.0]])
+    centroids = cluster_centroids(feats, np.array([0, 0, 1, 1]))
+    half = 2**-0.5
+    torch.testing.assert_close(centroids, torch.tensor([[half, half], [0.0, -1.0]]))
+
+
+def _memory_output(embedding):
+    return ReidOutput(features=embedding, neck=embedding, logits=None)
+
+
+def test_memory_loss_is_cross_entropy_over_cosine_similarities_at_the_temperature():
+    torch.manual_seed(0)
+    memory = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    x = torch.randn(4, 8)
+    labels = torch.tensor([0, 3, 3, 1])
+    loss = ClusterMemoryLoss(memory, temperature=0.05, momentum=0.2).eval()
+    expected = torch.nn.functional.cross_entropy(
+        torch.nn.functional.normalize(x, dim=1) @ memory.T / 0.05, labels
+    )
+    terms = loss(_memory_output(x), labels)
+    assert terms["loss_memory"].item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(loss.memory, memory)  # eval mode leaves the memory alone
+
+
+def test_memory_entries_move_towards_their_samples_one_by_one():
+    memory = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = ClusterMemoryLoss(memory, temperature=0.1, momentum=0.5).train()
+    x = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], requires_grad=True)
+    loss(_memory_output(x), torch.tensor([0, 0]))["loss_memory"].backward()  # after the update
+    assert x.grad is not None
+    first = torch.tensor([0.5, 0.5]) / torch.tensor([0.5, 0.5]).norm()
+    second = 0.5 * first + 0.5 * torch.tensor([-1.0, 0.0])
+    torch.testing.assert_close(loss.memory[0], second / second.norm())
+    torch.testing.assert_close(loss.memory[1], torch.tensor([0.0, 1.0]))
+    assert "memory" in loss.state_dict(), "a resumed run continues with the memory"
+
+
+def test_outlier_policy_drops_outliers_or_gives_each_its_own_id():
+    target = Split(
+        images=torch.zeros(5, 3, 8, 4, dtype=torch.uint8),
+        pids=np.arange(5),
+        camids=np.zeros(5, np.int64),
+        paths=np.array(list("abcde")),
+    )
+    labels = np.array([3, -1, 3, 7, -1])
+    dropped, rows = training_set(target, labels, "drop")
+    assert rows.tolist() == [0, 2, 3] and dropped.labels.tolist() == [0, 0, 1]
+    kept, rows = training_set(target, labels, "singletons")
+    assert rows.tolist() == [0, 1, 2, 3, 4] and kept.labels.tolist() == [0, 2, 0, 1, 3]
+
+
+def test_a_round_that_cannot_cluster_leaves_the_model_untouched():
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(base_width=8), 4).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    target = Split(
+        images=(torch.rand(12, 3, 32, 16) * 255).to(torch.uint8),
+        pids=np.repeat(np.arange(3), 4),
+        camids=np.zeros(12, np.int64),
+        paths=np.array([str(i) for i in range(12)]),
+    )
+    config = AdaptConfig(eps=1e-6, min_samples=2, k1=3, k2=1)
+    with pytest.raises(PseudoLabelError, match="outlier"):
+        adapt_round(model, target, config, 0, batch_size=4)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key])

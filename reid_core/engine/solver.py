@@ -60,14 +60,21 @@ def param_groups(model: nn.Module, config: SolverConfig) -> list[dict[str, Any]]
     ]
 
 
-def build_optimizer(model: nn.Module, config: SolverConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, config: SolverConfig, extra: nn.Module | None = None
+) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov), Adam (L2 decay) or AdamW (decoupled decay).
+
+    `extra` holds parameters trained alongside the model but not part of it, such as a
+    distillation loss's connectors; they get groups of their own, as heads do.
 
     Adam/AdamW use torch's fused kernels where the parameters' device supports them. SGD keeps
     torch's default (foreach on accelerators): fused SGD fails once a parameter first gets a
     gradient after the first step, which is what unfreezing the backbone does.
     """
     groups = param_groups(model, config)
+    if extra is not None:
+        groups += param_groups(extra, config)
     common: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
         nesterov = config.nesterov and config.momentum > 0

@@ -26,7 +26,8 @@ from reid_core.engine.solver import build_optimizer, build_scheduler, clip_gradi
 from reid_core.engine.training_state import load_state, rng_state, set_rng_state
 from reid_core.modeling.model import ReidModel, ReidOutput
 
-# (model output, labels, augmented images) -> named, already weighted loss terms
+# (model output, labels, augmented images) -> named, already weighted loss terms. A loss that
+# is an nn.Module may hold parameters (trained with the model) and state (saved for resume).
 LossFn = Callable[[ReidOutput, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,6 +70,7 @@ class Trainer:
         self.model = model
         self.data = data
         self.loss_fn = loss_fn
+        self.loss_module = loss_fn if isinstance(loss_fn, torch.nn.Module) else None
         self.solver = solver
         self.context = context
         self.device = next(model.parameters()).device
@@ -87,7 +89,9 @@ class Trainer:
             distributed.convert_batch_norms(model, self.device)
         if solver.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(model, solver)
+        if self.loss_module is not None:
+            self.loss_module.to(self.device)
+        self.optimizer = build_optimizer(model, solver, self.loss_module)
         self.scheduler = build_scheduler(self.optimizer, solver, self.iters_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=solver.amp == "fp16")
         height, width = data.images.shape[-2:]
@@ -121,6 +125,8 @@ class Trainer:
 
     def train(self) -> ReidModel:
         self.model.train()
+        if self.loss_module is not None:
+            self.loss_module.train()
         for hook in self.hooks:
             hook.before_train(self)
         batches = self._batches(self.iter)
@@ -135,6 +141,8 @@ class Trainer:
                 for hook in self.hooks:
                     hook.after_epoch(self)
         self.model.eval()
+        if self.loss_module is not None:
+            self.loss_module.eval()
         for hook in self.hooks:
             hook.after_train(self)
         if self.context.enabled:
@@ -166,12 +174,16 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.solver.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
-            clip_gradients(self.model.parameters(), self.solver)
+            clip_gradients(self._trained_parameters(), self.solver)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.iter += 1
         self._losses = {k: v.detach() for k, v in terms.items()}
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        extra = [] if self.loss_module is None else list(self.loss_module.parameters())
+        return [*self.model.parameters(), *extra]
 
     def _autocast(self) -> torch.autocast:
         amp = self.solver.amp
@@ -213,6 +225,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(self.device),
             "hooks": {k: v for k, v in hooks.items() if v is not None},
+            "loss": {} if self.loss_module is None else self.loss_module.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -221,6 +234,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.device)
+        if self.loss_module is not None:
+            self.loss_module.load_state_dict(state["loss"])
         for hook in self.hooks:
             if hook.name in state["hooks"]:
                 hook.load_state_dict(state["hooks"][hook.name])

@@ -84,6 +84,48 @@ def expansion_weights(
     return cols, weights, counts
 
 
+@numba.njit(inline="always")
+def _jaccard(shared: float) -> float:
+    """Jaccard distance of two neighbourhoods (rows of V) from their shared weight
+    S = Σ_k min(V[i,k], V[j,k]): 1 − Σ_k min / Σ_k max, which is 1 − S/(2 − S) as rows sum to 1."""
+    return 1.0 - shared / (2.0 - shared)
+
+
+@numba.njit(inline="always")
+def _gather_shared(
+    i: int,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    col_ptr: np.ndarray,
+    col_rows: np.ndarray,
+    col_data: np.ndarray,
+    first_col: int,
+    shared: np.ndarray,
+    touched: np.ndarray,
+) -> int:
+    """shared[j] ← Σ_k min(V[i,k], V[first_col+j,k]) for each j ≥ 0 whose V row shares a k with
+    item i's, listed once in touched (by first touch); returns how many. Each shared k costs
+    one visit per pair.
+
+    shared must be all zero on entry, and the caller zeroes the touched entries when done with
+    them. V has no negative entries, so shared[j] stays zero until j gets a positive share and
+    is listed then (a j that never gets one is at distance 1, as if untouched).
+    """
+    m = 0
+    for p in range(indptr[i], indptr[i + 1]):
+        v = data[p]
+        k = indices[p]
+        for q in range(col_ptr[k], col_ptr[k + 1]):
+            j = col_rows[q] - first_col
+            if j >= 0:
+                if shared[j] == 0.0:
+                    touched[m] = j
+                    m += 1
+                shared[j] += min(v, col_data[q])
+    return m
+
+
 @numba.njit(parallel=True, cache=True)
 def blend_jaccard(
     out: np.ndarray,
@@ -114,8 +156,113 @@ def blend_jaccard(
                     shared[j] += min(v, col_data[q])
         row = out[i]
         for j in range(num_cols):
-            jaccard = 1.0 - shared[j] / (2.0 - shared[j])
-            row[j] = lambda_value * row[j] + (1.0 - lambda_value) * jaccard
+            row[j] = lambda_value * row[j] + (1.0 - lambda_value) * _jaccard(shared[j])
+
+
+@numba.njit(inline="always")
+def _row_above(
+    i: int,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    col_ptr: np.ndarray,
+    col_rows: np.ndarray,
+    col_data: np.ndarray,
+    max_distance: float,
+    shared: np.ndarray,
+    touched: np.ndarray,
+) -> int:
+    """The items j > i whose Jaccard distance to item i (float32, clipped to [0, 1]) is below
+    max_distance, as j − i − 1 in touched[:count] (unordered), their distances at the same
+    place in shared (which is zero elsewhere, and the caller zeroes there); returns count. Only
+    items sharing a neighbourhood entry with i are looked at: the others are at distance 1."""
+    m = _gather_shared(
+        i, indptr, indices, data, col_ptr, col_rows, col_data, i + 1, shared, touched
+    )
+    count = 0
+    for a in range(m):
+        j = touched[a]
+        # rounding can leave −1e-7 (clustering needs d ≥ 0) or 1 + 1e-7
+        d = np.float32(min(max(_jaccard(shared[j]), 0.0), 1.0))
+        shared[j] = 0.0
+        if d < max_distance:
+            touched[count] = j
+            count += 1
+            shared[j] = d
+    return count
+
+
+@numba.njit(parallel=True, cache=True)
+def jaccard_above(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    col_ptr: np.ndarray,
+    col_rows: np.ndarray,
+    col_data: np.ndarray,
+    max_distance: float,
+    chunks: int,
+    fill: bool,
+    out_ptr: np.ndarray,
+    out_cols: np.ndarray,
+    out_vals: np.ndarray,
+) -> None:
+    """The upper triangle of the Jaccard distances among the items of V (by rows and by
+    columns, as for `blend_jaccard`) as CSR rows: for each item i, the items j > i within
+    max_distance of it, by ascending index. Each pair is computed once.
+
+    Two passes with the same arithmetic: without `fill`, out_ptr[i + 1] ← item i's count;
+    with it, out_ptr holding the row offsets, the rows are written. Rows go in `chunks`
+    parallel runs, each with its own item-sized scratch arrays.
+    """
+    n = len(indptr) - 1
+    chunks = min(n, chunks)
+    per = (n + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        shared = np.zeros(n, np.float32)
+        touched = np.empty(n, np.int64)
+        for i in range(c * per, min(n, (c + 1) * per)):
+            count = _row_above(
+                i, indptr, indices, data, col_ptr, col_rows, col_data, max_distance, shared, touched
+            )
+            above = np.sort(touched[:count]) if fill else touched[:count]
+            for a in range(count):
+                if fill:
+                    out_cols[out_ptr[i] + a] = i + 1 + above[a]
+                    out_vals[out_ptr[i] + a] = shared[above[a]]
+                shared[above[a]] = 0.0
+            if not fill:
+                out_ptr[i + 1] = count
+
+
+@numba.njit(parallel=True, cache=True)
+def mirror_upper(
+    upper_ptr: np.ndarray,
+    upper_cols: np.ndarray,
+    upper_vals: np.ndarray,
+    out_ptr: np.ndarray,
+    out_cols: np.ndarray,
+    out_vals: np.ndarray,
+) -> None:
+    """The symmetric CSR matrix whose strict upper triangle is `upper`, with an explicit 0 on
+    the diagonal: row i is column i of upper (ascending), then i, then row i of upper. out_ptr
+    holds the row offsets already."""
+    n = len(upper_ptr) - 1
+    for i in numba.prange(n):
+        above = upper_ptr[i + 1] - upper_ptr[i]
+        start = out_ptr[i + 1] - above - 1
+        out_cols[start] = i
+        out_vals[start] = 0.0
+        for a in range(above):
+            out_cols[start + 1 + a] = upper_cols[upper_ptr[i] + a]
+            out_vals[start + 1 + a] = upper_vals[upper_ptr[i] + a]
+    free = out_ptr[:-1].copy()
+    for r in range(n):  # in order of rows: each row's part below the diagonal comes ascending
+        for p in range(upper_ptr[r], upper_ptr[r + 1]):
+            j = upper_cols[p]
+            out_cols[free[j]] = r
+            out_vals[free[j]] = upper_vals[p]
+            free[j] += 1
 
 
 @numba.njit(inline="always")
@@ -257,40 +404,38 @@ def topk_jaccard(
     per = (num_q + chunks - 1) // chunks
     for c in numba.prange(chunks):
         shared = np.zeros(num_g, np.float32)
-        seen_by = np.full(num_g, -1, np.int64)  # the query that last touched j
         listed_by = np.full(num_g, -1, np.int64)  # the query whose nearest list holds j
         touched = np.empty(num_g, np.int64)
         for i in range(c * per, min(num_q, (c + 1) * per)):
-            m = 0
-            for p in range(indptr[i], indptr[i + 1]):
-                v = data[p]
-                k = indices[p]
-                for q in range(col_ptr[k], col_ptr[k + 1]):
-                    j = col_rows[q] - num_q
-                    if j >= 0:
-                        if seen_by[j] != i:
-                            seen_by[j] = i
-                            shared[j] = 0.0
-                            touched[m] = j
-                            m += 1
-                        shared[j] += min(v, col_data[q])
+            m = _gather_shared(
+                i,
+                indptr,
+                indices,
+                data,
+                col_ptr,
+                col_rows,
+                col_data,
+                num_q,
+                shared,
+                touched,
+            )
             members = np.empty(top_k + m, np.int64)
             score = np.empty(top_k + m, np.float32)
             for a in range(top_k):
                 j = nearest[i, a]
                 listed_by[j] = i
-                s = shared[j] if seen_by[j] == i else 0.0
+                s = shared[j]  # 0 where untouched
                 members[a] = j
-                score[a] = lambda_value * nearest_sq[i, a] / row_max[i] + (1.0 - lambda_value) * (
-                    1.0 - s / (2.0 - s)
-                )
+                score[a] = lambda_value * nearest_sq[i, a] / row_max[i] + (
+                    1.0 - lambda_value
+                ) * _jaccard(s)
             kth = np.sort(score[:top_k])  # the running top-K scores, ascending
             floor = lambda_value * nearest_sq[i, top_k - 1] / row_max[i]
             jaccard = np.empty(m, np.float32)
             for a in range(m):
                 j = touched[a]
                 listed = listed_by[j] == i  # sorts last, as 2
-                jaccard[a] = 2.0 if listed else 1.0 - shared[j] / (2.0 - shared[j])
+                jaccard[a] = 2.0 if listed else _jaccard(shared[j])
             count = top_k
             for a in np.argsort(jaccard):  # most shared first: the bound only grows
                 if jaccard[a] > 1.0:
@@ -308,6 +453,8 @@ def topk_jaccard(
                         b -= 1
                     kth[b] = score[count]
                 count += 1
+            for a in range(m):
+                shared[touched[a]] = 0.0
             by_index = np.argsort(members[:count])  # gallery order first: ties keep it
             order = by_index[np.argsort(score[:count][by_index], kind="mergesort")]
             for a in range(top_k):

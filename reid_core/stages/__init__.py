@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from reid_core.config import ReidConfig
+from reid_core.tracking.registry import is_model_uri
 
 PortPaths = Mapping[str, Path | tuple[Path, ...]]
 """Port name -> its path, or its tuple of paths for a `multiple` port."""
@@ -31,7 +32,7 @@ class PortError(ValueError):
 @dataclass(frozen=True)
 class Port:
     name: str
-    kind: Literal["dir", "file"]
+    kind: Literal["dir", "file", "model"]  # model: a checkpoint folder or an MLflow model URI
     help: str
     multiple: bool = False  # one or more paths, in order (the CLI option is repeatable)
 
@@ -83,8 +84,18 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "distill",
-            "train a smaller student from a teacher's logits",
-            (_DATASET, _MANIFEST, Port("teacher", "dir", "teacher checkpoint folder")),
+            "train a smaller student from one or more frozen teachers",
+            (
+                _DATASET,
+                _MANIFEST,
+                Port(
+                    "teacher",
+                    "model",
+                    "teacher checkpoint folder or MLflow URI (models:/name@alias, "
+                    "models:/name/version, runs:/id/checkpoint); repeatable",
+                    multiple=True,
+                ),
+            ),
             (_CHECKPOINT, _METRICS),
         ),
         StageSpec(
@@ -153,7 +164,9 @@ def run_stage(
     for port in spec.inputs:
         paths = ins[port.name] if port.multiple else (ins[port.name],)
         for path in paths:
-            ok = path.is_dir() if port.kind == "dir" else path.is_file()
+            if port.kind == "model" and is_model_uri(str(path)):
+                continue  # resolved by the stage, once MLflow points at the store
+            ok = path.is_file() if port.kind == "file" else path.is_dir()
             if not ok:
                 raise FileNotFoundError(f"{name}: input '{port.name}' is not a {port.kind}: {path}")
     return spec.load()(config, ins, outs)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import BaseModel
 
 from reid_core.config import ReidConfig
@@ -97,3 +98,7 @@ def finish(
 
 def count_ids(labels: np.ndarray) -> int:
     return int(len(np.unique(labels)))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

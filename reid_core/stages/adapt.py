@@ -1,34 +1,34 @@
 """Stage: pseudo-label rounds on the target domain's train split (its ids stay hidden).
 
-A round: target features → DBSCAN pseudo labels → fine-tune with a fresh classifier. True ids
-are read only to report pseudo-label quality (NMI, ARI, pair precision/recall).
+Each round (see `reid_core.uda.rounds`) logs its clustering, the pseudo labels' quality and
+the target mAP (query/gallery of the same manifest) at step = round number; step 0 is the
+model before adaptation. A round whose clustering cannot be trained on stops the stage
+early, keeping the previous round's model as the output. Finished rounds are kept in the
+state dir, so a killed stage resumes at the round it was in.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
-from reid_core.data.splits import contiguous_labels
-from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.data.errors import DatasetError
+from reid_core.data.manifest import read_manifest
+from reid_core.data.splits import Split, load_split
+from reid_core.engine.checkpoint import load_checkpoint, save_checkpoint
 from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
-from reid_core.engine.trainer import TrainData, fit
-from reid_core.evaluation import extract_features
-from reid_core.modeling.losses import ReidLoss
-from reid_core.stages._fit import finish, load_train_split
+from reid_core.evaluation.protocol import evaluate_splits
+from reid_core.modeling.model import ReidModel
+from reid_core.stages._fit import finish, state_dir
 from reid_core.tracking.runs import stage_run
-from reid_core.uda.pseudo_labels import (
-    PseudoLabelError,
-    cluster_features,
-    label_quality,
-    outliers_as_singletons,
-)
+from reid_core.uda.pseudo_labels import PseudoLabelError
+from reid_core.uda.rounds import adapt_round
 
 
 def run(
@@ -39,44 +39,51 @@ def run(
     cfg = config.adapt
     with stage_run("adapt", config):
         model, source_meta = load_checkpoint(inputs["model"])
-        model.to(resolve_device(config.runtime.device))
-        split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
-        loss = ReidLoss(cfg.loss)
-        metrics: dict[str, float] = {}
+        device = resolve_device(config.runtime.device)
+        model.to(device)
+        df, data_meta = read_manifest(inputs["manifest"])
+        splits = _target_splits(config, inputs["dataset"], df)
+        resume_dir = state_dir(config, "adapt", cfg, data_meta)
+        metrics: dict[str, float] = {"rounds_completed": 0.0}
+        evaluate = _target_evaluation(config, splits, device)
+        first = cfg.start_round
+        if first == 0:
+            mlflow.log_metrics(evaluate(model), step=0)
         start = time.perf_counter()
-        for rnd in range(cfg.rounds):
-            feats = extract_features(model, split.images, config.evaluate.batch_size)
+        for rnd in range(first, first + cfg.rounds):
+            done = resume_dir / f"round{rnd + 1}"
+            if done.is_dir():
+                model, _ = load_checkpoint(done)
+                model.to(device)
+                print(f"adapt: round {rnd + 1} was finished before, resuming after it")
+                metrics["rounds_completed"] += 1
+                continue
             try:
-                pseudo = cluster_features(feats, cfg.eps, cfg.min_samples, cfg.k1, cfg.k2)
+                if "train" not in splits:
+                    raise PseudoLabelError("the target set has no train images to adapt on")
+                found = adapt_round(
+                    model,
+                    splits["train"],
+                    cfg,
+                    rnd,
+                    config.evaluate.batch_size,
+                    default_hooks(
+                        f"adapt round {rnd + 1}", cfg.log_every, prefix=f"round{rnd + 1}_"
+                    ),
+                    state_dir=resume_dir / f"round{rnd + 1}-training",
+                )
             except PseudoLabelError as err:
-                if rnd == 0:
-                    raise
-                mlflow.set_tag("reid.stopped", f"round {rnd + 1}: {err}")
-                print(f"adapt: stopping before round {rnd + 1}, keeping round {rnd}'s model: {err}")
+                kept = f"round {rnd}'s model" if rnd > first else "the input model"
+                message = f"adapt: round {rnd + 1} stopped, keeping {kept}: {err}"
+                print(message, file=sys.stderr)
+                mlflow.set_tag("reid.stopped", message)
+                metrics["stopped_at_round"] = float(rnd + 1)
                 break
-            quality = label_quality(pseudo, split.pids)
-            metrics = {
-                "clusters": float(len(np.unique(pseudo[pseudo >= 0]))),
-                "outliers": float((pseudo < 0).sum()),
-                "true_ids": float(len(np.unique(split.pids))),
-                **{f"pseudo_{k}": v for k, v in quality.items()},
-            }
-            mlflow.log_metrics(metrics, step=rnd)
-            keep = np.ones(len(pseudo), bool) if cfg.keep_outliers else pseudo >= 0
-            labels = outliers_as_singletons(pseudo) if cfg.keep_outliers else pseudo
-            labels = contiguous_labels(labels[keep])
-            model.reset_classifier(int(labels.max()) + 1)
-            solver = cfg.solver.model_copy(update={"seed": cfg.solver.seed + rnd})
-            kept = np.flatnonzero(keep)
-            fit(
-                model,
-                TrainData(split.images[kept], labels, split.camids[kept]),
-                solver,
-                cfg.augment,
-                loss,
-                default_hooks(f"adapt round {rnd + 1}", cfg.log_every, prefix=f"round{rnd + 1}_"),
-            )
-            metrics["rounds_completed"] = float(rnd + 1)
+            found.update(evaluate(model))
+            mlflow.log_metrics(found, step=rnd + 1)
+            save_checkpoint(done, model, {"height": config.data.height, "width": config.data.width})
+            metrics.update(found)
+            metrics["rounds_completed"] += 1
         metrics["train_seconds"] = time.perf_counter() - start
         mlflow.log_metrics({"rounds_completed": metrics["rounds_completed"]})
         finish(
@@ -85,7 +92,34 @@ def run(
             model,
             data_meta,
             outputs["checkpoint"],
-            {"role": "adapted", "source_run_id": source_meta.get("mlflow_run_id", "")},
-        )
+            {"role": "adapted", "source_run_id": source_meta.get("mlflow_run_id", ""),
+             "rounds_completed": int(metrics["rounds_completed"])},
+        )  # fmt: skip
         write_json(outputs["metrics"], metrics)
+        shutil.rmtree(resume_dir, ignore_errors=True)  # the run is complete
     return metrics
+
+
+def _target_splits(config: ReidConfig, dataset: Path, df) -> dict[str, Split]:
+    """The target's train, query and gallery splits that the manifest has."""
+    h, w = config.data.height, config.data.width
+    found = {}
+    for name in ("train", "query", "gallery"):
+        try:
+            found[name] = load_split(dataset, df, name, h, w)
+        except DatasetError:
+            continue  # no such split: adapting or evaluating is skipped with a message
+    return found
+
+
+def _target_evaluation(config: ReidConfig, splits: dict[str, Split], device):
+    """Target rank-1/mAP/mINP of a model ({} when the target has no labelled query/gallery)."""
+
+    def evaluate(model: ReidModel) -> dict[str, float]:
+        if "query" not in splits or "gallery" not in splits:
+            return {}
+        result = evaluate_splits(model, splits["query"], splits["gallery"], config.evaluate,
+                                 str(device))  # fmt: skip
+        return {"target_rank1": result.cmc[0], "target_mAP": result.mAP, "target_mINP": result.mINP}
+
+    return evaluate

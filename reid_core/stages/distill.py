@@ -1,4 +1,4 @@
-"""Stage: a smaller student trained on the teacher's soft logits plus its own re-id loss."""
+"""Stage: a smaller student trained from frozen teachers plus its own re-id loss."""
 
 from __future__ import annotations
 
@@ -17,40 +17,41 @@ from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
 from reid_core.engine.trainer import TrainData, fit
 from reid_core.modeling import create_model
-from reid_core.stages._fit import count_ids, finish, load_train_split, state_dir
+from reid_core.modeling.model import ReidModel
+from reid_core.stages._fit import count_ids, count_parameters, finish, load_train_split, state_dir
+from reid_core.tracking.registry import checkpoint_folder
 from reid_core.tracking.runs import stage_run
 
 
 def run(
-    config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]
+    config: ReidConfig, inputs: Mapping[str, Path | tuple[Path, ...]], outputs: Mapping[str, Path]
 ) -> dict[str, float]:
     import mlflow
 
     cfg = config.distill
     with stage_run("distill", config):
-        teacher, teacher_meta = load_checkpoint(inputs["teacher"])
         split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
         data = TrainData.from_split(split)
         num_ids = count_ids(data.labels)
-        teacher_classes = teacher.num_classes
-        if teacher_classes != num_ids:
-            raise ValueError(
-                f"teacher {inputs['teacher']} classifies {teacher_classes} ids but this train "
-                f"split has {num_ids}: distill on the data the teacher was trained on"
-            )
+        teachers, sources = load_teachers(inputs["teacher"], num_ids, cfg.logit_weight > 0)
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
         device = resolve_device(config.runtime.device)
-        teacher.to(device)
+        for teacher in teachers:
+            teacher.to(device)
         student = create_model(cfg.model, num_ids).to(device)
+        loss = DistillLoss(student, teachers, cfg, (config.data.height, config.data.width))
         start = time.perf_counter()
         resume_dir = state_dir(config, "distill", cfg, data_meta)
-        fit(student, data, cfg.solver, cfg.augment, DistillLoss(teacher, cfg),
-            default_hooks("distill", cfg.log_every), state_dir=resume_dir)  # fmt: skip
-        params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        try:
+            fit(student, data, cfg.solver, cfg.augment, loss,
+                default_hooks("distill", cfg.log_every), state_dir=resume_dir)  # fmt: skip
+        finally:
+            loss.close()
         metrics = {
             "train_seconds": time.perf_counter() - start,
-            "student_params": float(params(student)),
-            "teacher_params": float(params(teacher)),
+            "student_params": float(count_parameters(student)),
+            "teacher_params": float(sum(count_parameters(t) for t in teachers)),
+            "teachers": float(len(teachers)),
         }
         mlflow.log_metrics(metrics)
         finish(
@@ -59,8 +60,33 @@ def run(
             student,
             data_meta,
             outputs["checkpoint"],
-            {"role": "student", "teacher_run_id": teacher_meta.get("mlflow_run_id", "")},
-        )
+            {"role": "student", "teacher_run_id": ",".join(s["run_id"] for s in sources),
+             "teachers": [s["source"] for s in sources]},
+        )  # fmt: skip
         write_json(outputs["metrics"], metrics)
         shutil.rmtree(resume_dir, ignore_errors=True)  # the run is complete
     return metrics
+
+
+def load_teachers(
+    sources: tuple[Path, ...], num_ids: int, need_logits: bool
+) -> tuple[list[ReidModel], list[dict[str, str]]]:
+    """Each teacher (a folder or an MLflow URI) loaded, frozen, in eval mode, with its origin.
+
+    Logit distillation compares class scores, so those teachers must classify the same ids.
+    """
+    import mlflow
+
+    teachers, origins = [], []
+    for source in sources:
+        model, meta = load_checkpoint(checkpoint_folder(source))
+        if need_logits and model.num_classes != num_ids:
+            raise ValueError(
+                f"teacher {source} classifies {model.num_classes} ids but this train split has "
+                f"{num_ids}: distil on the data the teacher was trained on, or set "
+                "distill.logit_weight=0 to distil features only"
+            )
+        teachers.append(model.eval().requires_grad_(False))
+        origins.append({"source": str(source), "run_id": meta.get("mlflow_run_id", "")})
+    mlflow.log_param("teachers", ", ".join(o["source"] for o in origins))
+    return teachers, origins

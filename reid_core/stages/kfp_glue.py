@@ -75,9 +75,10 @@ def set_run_environment(config: ReidConfig, pipeline_run_id: str, mlflow_trackin
 
 
 def port_paths(
-    stage: str, artifacts: Mapping[str, Artifact | Sequence[Artifact | None]]
+    stage: str, artifacts: Mapping[str, Artifact | Sequence[Artifact | str | None]]
 ) -> dict[str, Path | list[Path]]:
-    """Each port's local path; a `multiple` port's list of paths.
+    """Each port's local path; a `multiple` port's list of paths (a string in it is an
+    MLflow model URI, for ports of kind "model").
 
     A KFP component cannot take a variable number of artifacts from different tasks, so a
     multiple port arrives as a fixed number of optional inputs (`dataset`, `dataset_2`, …; an
@@ -98,7 +99,7 @@ def port_paths(
                 f"{stage}: '{port}' item {len(slots)} is wired but item "
                 f"{slots.index(None) + 1} is not; fill the optional inputs in order"
             )
-        paths[port] = [Path(slot.path) for slot in slots]
+        paths[port] = [Path(slot if isinstance(slot, str) else slot.path) for slot in slots]
     return paths
 
 
@@ -126,6 +127,44 @@ def run_component(
             for key, value in sorted(metrics.items()):
                 log_metric(key, float(value))
     return metrics
+
+
+def run_adapt_round(
+    round_number: int,
+    rounds: int,
+    chain_length: int,
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    inputs: Mapping[str, Artifact],
+    outputs: Mapping[str, Artifact],
+    config_overrides: Iterable[str] = (),
+) -> dict[str, float]:
+    """One adapt round of a pipeline's chain: the stage with `adapt.rounds=1` from round
+    `round_number`, or, past `rounds`, the input model passed on as the output."""
+    if not 1 <= rounds <= chain_length:
+        raise ValueError(
+            f"adapt rounds must lie in 1..{chain_length}, the rounds this compiled pipeline "
+            f"chains; got {rounds} (compile with a longer chain for more)"
+        )
+    if round_number > rounds:
+        shutil.copytree(inputs["model"].path, outputs["checkpoint"].path, dirs_exist_ok=True)
+        skipped = {"round_skipped": 1.0}
+        Path(outputs["metrics"].path).parent.mkdir(parents=True, exist_ok=True)
+        Path(outputs["metrics"].path).write_text(json.dumps(skipped) + "\n")
+        outputs["metrics"].log_metric("round_skipped", 1.0)
+        print(f"adapt round {round_number}: past the {rounds} requested, passing the model on")
+        return skipped
+    overrides = [*config_overrides, "adapt.rounds=1", f"adapt.start_round={round_number - 1}"]
+    return run_component(
+        "adapt",
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        inputs,
+        outputs,
+        overrides,
+    )
 
 
 def publish_report(report: Artifact, markdown: Artifact, html: Artifact, roc: RocArtifact) -> None:

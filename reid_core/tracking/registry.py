@@ -63,3 +63,46 @@ def set_champion(model_name: str, version: int, old: Candidate | None) -> None:
     if old is not None:
         client.set_registered_model_alias(model_name, PREVIOUS, str(old.version))
     client.set_registered_model_alias(model_name, CHAMPION, str(version))
+
+
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+
+
+def is_model_uri(source: str) -> bool:
+    """True for MLflow URIs (`models:/…`, `runs:/…`), False for local paths."""
+    return str(source).startswith(MODEL_URI_SCHEMES)
+
+
+def checkpoint_folder(source: str | Path) -> Path:
+    """The local checkpoint folder behind `source`, downloading it when it is an MLflow URI.
+
+    `models:/<name>@<alias>` and `models:/<name>/<version>` resolve to the checkpoint that the
+    version's training run logged (its `reid.train_run_id` tag, set by `reid promote`);
+    `runs:/<run id>/<path>` names a logged checkpoint directly; anything else is a path.
+    MLflow must already point at the store (`setup_mlflow`).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    source = str(source)
+    if not is_model_uri(source):
+        return Path(source)
+    try:
+        if source.startswith("runs:/"):
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+        name, sep, alias = source.removeprefix("models:/").partition("@")
+        client = mlflow.MlflowClient()
+        if sep:
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = name.partition("/")
+            version = client.get_model_version(name, number)
+        run_id = version.tags.get("reid.train_run_id", "")
+        if not run_id:
+            raise ValueError(
+                f"{source}: version {version.version} has no reid.train_run_id tag, so its "
+                "checkpoint is unknown (register models with `reid promote`)"
+            )
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint"))
+    except MlflowException as err:
+        raise ValueError(f"cannot resolve {source} in the MLflow registry: {err.message}") from err

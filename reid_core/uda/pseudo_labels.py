@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from reid_core.evaluation.rerank import jaccard_distance
+from reid_core.evaluation.neighbours import KnnBackend
+from reid_core.evaluation.rerank import jaccard_neighbours
 
 
 class PseudoLabelError(RuntimeError):
@@ -12,17 +13,30 @@ class PseudoLabelError(RuntimeError):
 
 
 def cluster_features(
-    features: np.ndarray, eps: float, min_samples: int, k1: int = 30, k2: int = 6
+    features: np.ndarray,
+    eps: float,
+    min_samples: int,
+    k1: int = 30,
+    k2: int = 6,
+    knn_backend: KnnBackend = "torch",
 ) -> np.ndarray:
     """DBSCAN on the k-reciprocal Jaccard distance (of the re-ranking code); -1 marks outliers.
 
-    The N×N distance matrix is dense: 0.67 GB for a Market-sized train set.
+    The distances come as a sparse matrix of the pairs within eps (< 1) only, so memory grows
+    with N·k1² and those pairs, not N² (the dense matrix takes 0.67 GB for a Market-sized train
+    set); the clusters are those of DBSCAN on the dense matrix. `knn_backend` is the
+    nearest-neighbour search: "torch" or "faiss" (GPU with faiss-gpu).
     """
     from sklearn.cluster import DBSCAN
 
     if len(features) < 2:
         raise PseudoLabelError(f"the target set has {len(features)} images: nothing to cluster")
-    dist = jaccard_distance(features, k1, k2, metric="cosine")
+    if not (eps > 0 and np.float32(eps) < 1):
+        raise ValueError(f"need 0 < eps < 1 on the Jaccard distance, got {eps}")
+    # DBSCAN's neighbours are d ≤ eps, compared in float32 (or float64): every float32
+    # d ≤ float32(eps) is kept, so none is missing whichever way.
+    cutoff = float(np.nextafter(np.float32(eps), np.float32(1)))
+    dist = jaccard_neighbours(features, k1, k2, "cosine", knn_backend, max_distance=cutoff)
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dist)
     clusters = np.unique(labels[labels >= 0])
     if len(clusters) == 0:
