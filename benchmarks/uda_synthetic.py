@@ -1,14 +1,14 @@
 """Domain adaptation on the synthetic two-domain benchmark: day (source) → dusk (target).
 
 Direct transfer (the source model on the target), then each pseudo-label round of the
-`adapt` section (the library's `adapt_round`, as `reid adapt` runs it), against a supervised
+`adapt` section (the library's `adapt_round`, as `reid adapt` runs it; params.yaml by default), against a supervised
 oracle: the `train` recipe on the target's labelled train split. Reported per round: clusters,
 outliers, pseudo-label quality (NMI, ARI, pair precision/recall against the hidden ids) and
 target rank-1/mAP; and which fraction of the direct-transfer → oracle mAP gap the rounds
 closed (goal: at least half).
 
     make demo   # once: the data, manifests and the source model under data/ and work/
-    python benchmarks/uda_synthetic.py --rounds 3
+    python benchmarks/uda_synthetic.py --set adapt.rounds=3
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--manifest", type=Path, default=ROOT / "work/manifests/target.parquet")
     parser.add_argument("--config", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args()
@@ -66,7 +65,7 @@ def main() -> None:
     model, _ = load_checkpoint(args.source_model)
     rows = [{"stage": "direct transfer", **target_metrics(model, query, gallery, config)}]
     print(rows[-1], flush=True)
-    for rnd in range(args.rounds):
+    for rnd in range(config.adapt.rounds):
         start = time.perf_counter()
         found = adapt_round(model, train, config.adapt, rnd, config.evaluate.batch_size)
         row = {"stage": f"round {rnd + 1}", **target_metrics(model, query, gallery, config)}

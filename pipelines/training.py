@@ -36,7 +36,7 @@ PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 PIPELINE_NAME = "reid-training"
 SOURCE_DOMAIN = "source"
 TARGET_DOMAIN = "target"
-ADAPT_CHAIN = 3
+ADAPT_CHAIN = 6
 """Pseudo-label rounds the compiled pipeline chains: the most `adapt_rounds` can ask for."""
 
 

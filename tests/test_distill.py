@@ -164,3 +164,17 @@ def test_trainer_optimises_and_checkpoints_the_connectors():
     state = trainer.state_dict()["loss"]
     assert "connectors.0.0.0.weight" in state
     torch.testing.assert_close(state["connectors.0.0.0.weight"], connector.detach())
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "osnet_x0_25", "mobilenetv3_small"])
+def test_every_student_of_the_zoo_learns_from_all_three_terms(backbone):
+    torch.manual_seed(5)
+    teacher, student = tiny(classes=3), tiny(backbone, classes=3).train()
+    config = DistillConfig(pkt_weight=1.0, feature_weight=1.0, logit_loss="l1")
+    loss = DistillLoss(student, [teacher], config, IMAGE)
+    x = images()
+    terms = loss(student(x, LABELS), LABELS, x)
+    assert {"loss_logits", "loss_pkt", "loss_feature"} <= set(terms)
+    sum(terms.values()).backward()
+    first = next(p for p in student.backbone.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0

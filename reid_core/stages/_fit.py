@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +47,15 @@ def evaluation_hook(
     return [PeriodicEvaluation(every, evaluate)]
 
 
-def state_dir(config: ReidConfig, stage: str, section: BaseModel, data_meta: dict) -> Path:
-    """Where `stage` keeps its resumable state: keyed by its config section and its data, so
-    a run resumes only the very run that was interrupted."""
+def state_dir(
+    config: ReidConfig, stage: str, section: BaseModel, data_meta: dict, inputs: Sequence[str] = ()
+) -> Path:
+    """Where `stage` keeps its resumable state: keyed by its config section, its data and
+    its other `inputs` (e.g. the teachers' runs), so a run resumes only the very run that
+    was interrupted."""
     payload = json.dumps(
-        [section.model_dump(mode="json"), data_meta.get("fingerprint", "")], sort_keys=True
+        [section.model_dump(mode="json"), data_meta.get("fingerprint", ""), list(inputs)],
+        sort_keys=True,
     )
     key = hashlib.sha256(payload.encode()).hexdigest()[:16]
     return Path(config.runtime.state_dir) / f"{stage}-{key}"

@@ -43,7 +43,9 @@ def run(
         model.to(device)
         df, data_meta = read_manifest(inputs["manifest"])
         splits = _target_splits(config, inputs["dataset"], df)
-        resume_dir = state_dir(config, "adapt", cfg, data_meta)
+        resume_dir = state_dir(
+            config, "adapt", cfg, data_meta, [source_meta.get("mlflow_run_id", "")]
+        )
         metrics: dict[str, float] = {"rounds_completed": 0.0}
         evaluate = _target_evaluation(config, splits, device)
         first = cfg.start_round

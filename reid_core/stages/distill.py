@@ -41,7 +41,8 @@ def run(
         student = create_model(cfg.model, num_ids).to(device)
         loss = DistillLoss(student, teachers, cfg, (config.data.height, config.data.width))
         start = time.perf_counter()
-        resume_dir = state_dir(config, "distill", cfg, data_meta)
+        teacher_runs = [s["source"] + "@" + s["run_id"] for s in sources]
+        resume_dir = state_dir(config, "distill", cfg, data_meta, teacher_runs)
         try:
             fit(student, data, cfg.solver, cfg.augment, loss,
                 default_hooks("distill", cfg.log_every), state_dir=resume_dir)  # fmt: skip
