@@ -102,3 +102,31 @@ def report(
             saved[label] = result
         args.json.write_text(json.dumps(saved if label else result, indent=2) + "\n")
     return result
+
+
+def synthetic_domain(
+    config_path: Path, overrides: list[str], dataset: Path, manifest: Path, threads: int
+) -> tuple[Any, Any, Any, Any]:
+    """(config, train, query, gallery) of a synthetic domain, with torch set up as the stages
+    do (`threads` threads, denormals flushed): what the accuracy benchmarks start from."""
+    import torch
+
+    from reid_core.config import load_config
+    from reid_core.data.manifest import read_manifest
+    from reid_core.data.splits import load_split
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    config = load_config([config_path], overrides)
+    df, _ = read_manifest(manifest)
+    h, w = config.data.height, config.data.width
+    splits = [load_split(dataset, df, s, h, w) for s in ("train", "query", "gallery")]
+    return config, *splits
+
+
+def percent_metrics(model: Any, query: Any, gallery: Any, config: Any) -> dict[str, float]:
+    """Rank-1 and mAP (in %) of `model` on a query/gallery pair, as the evaluate stage ranks."""
+    from reid_core.evaluation.protocol import evaluate_splits
+
+    result = evaluate_splits(model, query, gallery, config.evaluate)
+    return {"rank1": 100 * float(result.cmc[0]), "mAP": 100 * result.mAP}

@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from common import percent_metrics, synthetic_domain
 
-from reid_core.config import ModelConfig, ReidConfig, load_config
-from reid_core.data.manifest import read_manifest
-from reid_core.data.splits import Split, load_split
+from reid_core.config import ModelConfig
 from reid_core.distill.losses import DistillLoss
 from reid_core.engine.checkpoint import load_checkpoint, save_checkpoint
 from reid_core.engine.trainer import TrainData, fit
-from reid_core.evaluation.protocol import evaluate_splits
 from reid_core.export.onnx import ServingModel, export_onnx
 from reid_core.modeling import ReidModel, create_model
 from reid_core.modeling.losses import ReidLoss
@@ -67,11 +65,6 @@ def train(model: ReidModel, data: TrainData, section, loss) -> float:
     return time.perf_counter() - start
 
 
-def evaluate(model: ReidModel, query: Split, gallery: Split, config: ReidConfig) -> dict:
-    result = evaluate_splits(model, query, gallery, config.evaluate)
-    return {"rank1": 100 * float(result.cmc[0]), "mAP": 100 * result.mAP}
-
-
 def onnx_latency_ms(model: ReidModel, height: int, width: int, threads: int) -> dict[str, float]:
     """Median ONNX Runtime CPU latency (ms) of the exported model at batch 1 and 32."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,14 +98,10 @@ def summary(runs: list[dict]) -> dict:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    config = load_config([args.config], args.overrides)
-    h, w = config.data.height, config.data.width
-    df, _ = read_manifest(args.manifest)
-    train_split, query, gallery = (
-        load_split(args.dataset, df, s, h, w) for s in ("train", "query", "gallery")
+    config, train_split, query, gallery = synthetic_domain(
+        args.config, args.overrides, args.dataset, args.manifest, args.threads
     )
+    h, w = config.data.height, config.data.width
     data = TrainData.from_split(train_split)
     num_ids = len(np.unique(data.labels))
 
@@ -126,7 +115,7 @@ def main() -> None:
         if args.teacher_cache:
             save_checkpoint(args.teacher_cache, teacher, {"height": h, "width": w,
                                                           "train_seconds": seconds})  # fmt: skip
-    teacher_row = {**evaluate(teacher, query, gallery, config), "seconds": seconds}
+    teacher_row = {**percent_metrics(teacher, query, gallery, config), "seconds": seconds}
     teacher_row.update(onnx_latency_ms(teacher, h, w, args.threads))
     print(f"teacher {args.teacher}: {teacher_row}", flush=True)
 
@@ -148,7 +137,7 @@ def main() -> None:
                 seconds = train(student, data, section, loss)
                 if kind == "distilled":
                     loss.close()
-                run = {**evaluate(student, query, gallery, config), "seconds": seconds}
+                run = {**percent_metrics(student, query, gallery, config), "seconds": seconds}
                 results[kind].append(run)
                 print(f"student {spec} {kind} seed {seed}: {run}", flush=True)
         latency = onnx_latency_ms(student, h, w, args.threads)

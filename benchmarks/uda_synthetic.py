@@ -1,11 +1,11 @@
 """Domain adaptation on the synthetic two-domain benchmark: day (source) → dusk (target).
 
 Direct transfer (the source model on the target), then each pseudo-label round of the
-`adapt` section (the library's `adapt_round`, as `reid adapt` runs it; params.yaml by default), against a supervised
-oracle: the `train` recipe on the target's labelled train split. Reported per round: clusters,
-outliers, pseudo-label quality (NMI, ARI, pair precision/recall against the hidden ids) and
-target rank-1/mAP; and which fraction of the direct-transfer → oracle mAP gap the rounds
-closed (goal: at least half).
+`adapt` section of params.yaml (the library's `adapt_round`, as `reid adapt` runs it), against
+a supervised oracle: the `train` recipe on the target's labelled train split. Reported per
+round: clusters, outliers, pseudo-label quality (NMI, ARI, pair precision/recall against the
+hidden ids) and target rank-1/mAP; and which fraction of the direct-transfer → oracle mAP gap
+the rounds closed (goal: at least half).
 
     make demo   # once: the data, manifests and the source model under data/ and work/
     python benchmarks/uda_synthetic.py --set adapt.rounds=3
@@ -20,14 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import percent_metrics, synthetic_domain
 
-from reid_core.config import ReidConfig, load_config
-from reid_core.data.manifest import read_manifest
-from reid_core.data.splits import Split, load_split
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.engine.trainer import TrainData, fit
-from reid_core.evaluation.protocol import evaluate_splits
-from reid_core.modeling import ReidModel, create_model
+from reid_core.modeling import create_model
 from reid_core.modeling.losses import ReidLoss
 from reid_core.uda.rounds import adapt_round
 
@@ -46,29 +43,19 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def target_metrics(model: ReidModel, query: Split, gallery: Split, config: ReidConfig) -> dict:
-    result = evaluate_splits(model, query, gallery, config.evaluate)
-    return {"rank1": 100 * float(result.cmc[0]), "mAP": 100 * result.mAP}
-
-
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    config = load_config([args.config], args.overrides)
-    h, w = config.data.height, config.data.width
-    df, _ = read_manifest(args.manifest)
-    train, query, gallery = (
-        load_split(args.target, df, s, h, w) for s in ("train", "query", "gallery")
+    config, train, query, gallery = synthetic_domain(
+        args.config, args.overrides, args.target, args.manifest, args.threads
     )
 
     model, _ = load_checkpoint(args.source_model)
-    rows = [{"stage": "direct transfer", **target_metrics(model, query, gallery, config)}]
+    rows = [{"stage": "direct transfer", **percent_metrics(model, query, gallery, config)}]
     print(rows[-1], flush=True)
     for rnd in range(config.adapt.rounds):
         start = time.perf_counter()
         found = adapt_round(model, train, config.adapt, rnd, config.evaluate.batch_size)
-        row = {"stage": f"round {rnd + 1}", **target_metrics(model, query, gallery, config)}
+        row = {"stage": f"round {rnd + 1}", **percent_metrics(model, query, gallery, config)}
         row.update(found, seconds=time.perf_counter() - start)
         rows.append(row)
         print(row, flush=True)
@@ -80,7 +67,7 @@ def main() -> None:
     fit(oracle, data, config.train.solver, config.train.augment, ReidLoss(config.train.loss))
     oracle_row = {
         "stage": "oracle (target labels)",
-        **target_metrics(oracle, query, gallery, config),
+        **percent_metrics(oracle, query, gallery, config),
     }
     oracle_row["seconds"] = time.perf_counter() - start
     rows.append(oracle_row)
