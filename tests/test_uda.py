@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid_core.config import AdaptConfig, ModelConfig
+from reid_core.config import AdaptConfig, ModelConfig, SolverConfig
 from reid_core.data.splits import Split
 from reid_core.evaluation.rerank import jaccard_distance
 from reid_core.modeling import create_model
@@ -132,3 +132,28 @@ def test_a_round_that_cannot_cluster_leaves_the_model_untouched():
         adapt_round(model, target, config, 0, batch_size=4)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key])
+
+
+@pytest.mark.parametrize("objective", ["memory", "ce"])
+def test_a_round_trains_on_the_pseudo_ids_with_either_objective(objective):
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(base_width=8), 4).eval()
+    colours = torch.tensor([[250, 10, 10], [10, 250, 10], [10, 10, 250]], dtype=torch.float)
+    images = colours.repeat_interleave(6, 0)[:, :, None, None].expand(-1, -1, 32, 16)
+    noise = torch.randint(0, 30, images.shape)
+    target = Split(
+        images=(images + noise).clamp(0, 255).to(torch.uint8),
+        pids=np.repeat(np.arange(3), 6),
+        camids=np.tile(np.arange(2), 9),
+        paths=np.array([str(i) for i in range(18)]),
+    )
+    config = AdaptConfig(
+        eps=0.6, min_samples=2, k1=5, k2=2, objective=objective,
+        solver=SolverConfig(epochs=1, ids_per_batch=2, images_per_id=2, warmup_epochs=0),
+    )  # fmt: skip
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    found = adapt_round(model, target, config, 0, batch_size=8)
+    assert found["clusters"] == 3 and found["pseudo_ari"] == pytest.approx(1.0)
+    assert model.num_classes == found["pseudo_ids_trained"] == 3
+    changed = [not torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items()]
+    assert any(changed), "the backbone was trained"
