@@ -17,7 +17,6 @@ from pathlib import Path
 
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
-from reid_core.data.errors import DatasetError
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import Split, load_split
 from reid_core.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -105,13 +104,12 @@ def run(
 def _target_splits(config: ReidConfig, dataset: Path, df) -> dict[str, Split]:
     """The target's train, query and gallery splits that the manifest has."""
     h, w = config.data.height, config.data.width
-    found = {}
-    for name in ("train", "query", "gallery"):
-        try:
-            found[name] = load_split(dataset, df, name, h, w)
-        except DatasetError:
-            continue  # no such split: adapting or evaluating is skipped with a message
-    return found
+    present = set(df["split"])  # a missing split skips adapting or evaluating, with a message
+    return {
+        name: load_split(dataset, df, name, h, w)
+        for name in ("train", "query", "gallery")
+        if name in present
+    }
 
 
 def _target_evaluation(config: ReidConfig, splits: dict[str, Split], device):

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig, config_from_yaml
 from reid_core.stages import STAGES, PortError, run_stage
 
@@ -148,10 +149,10 @@ def run_adapt_round(
             f"chains; got {rounds} (compile with a longer chain for more)"
         )
     if round_number > rounds:
-        shutil.copytree(inputs["model"].path, outputs["checkpoint"].path, dirs_exist_ok=True)
+        with atomic_output(outputs["checkpoint"].path, directory=True) as tmp:
+            shutil.copytree(inputs["model"].path, tmp, dirs_exist_ok=True)
         skipped = {"round_skipped": 1.0}
-        Path(outputs["metrics"].path).parent.mkdir(parents=True, exist_ok=True)
-        Path(outputs["metrics"].path).write_text(json.dumps(skipped) + "\n")
+        write_json(outputs["metrics"].path, skipped)
         outputs["metrics"].log_metric("round_skipped", 1.0)
         print(f"adapt round {round_number}: past the {rounds} requested, passing the model on")
         return skipped

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -77,8 +80,8 @@ def adapt_round(
     config: AdaptConfig,
     round_index: int,
     batch_size: int,
-    hooks: list[Hook] = (),
-    state_dir: str | None = None,
+    hooks: Sequence[Hook] = (),
+    state_dir: str | Path | None = None,
 ) -> dict[str, float]:
     """Cluster the target features, then train `model` in place on the pseudo ids.
 
