@@ -243,20 +243,81 @@ class EvaluateConfig(_Section):
 
 
 class ExportConfig(_Section):
+    """ONNX export and its parity gate (ONNX Runtime, and TensorRT on a GPU, vs PyTorch)."""
+
     opset: int = Field(18, ge=17)
     l2_normalize: bool = False
+    # fp16 weights and arithmetic inside the graph; the interface stays float32 in and out
+    fp16: bool = False
     parity_images: int = Field(64, ge=1)
     parity_batch_sizes: list[int] = [1, 7, 64]
     max_abs_diff: float = Field(1e-3, gt=0)
     min_cosine: float = Field(0.9999, gt=0, le=1)
+    # tolerances for reduced-precision graphs (fp16 ONNX, TensorRT fp16 engines)
+    fp16_max_abs_diff: float = Field(5e-2, gt=0)
+    fp16_min_cosine: float = Field(0.999, gt=0, le=1)
+    # build a TensorRT fp16 engine when a GPU is present (skipped, with a message, on CPU)
+    tensorrt: bool = True
 
 
 class PromoteConfig(_Section):
     model_name: str = "reid-student"
     min_map_gain: float = Field(0.0, ge=0)
-    triton_repository: Path = Path("serving/model_repository")
+
+
+class TritonConfig(_Section):
+    """The Triton model repository that promotion publishes to, and the local server.
+
+    `backend: onnxruntime` writes the production config for NVIDIA's Triton image;
+    `backend: python` writes the variant the bundled CPU tritonserver can load (its python
+    backend runs the same model.onnx with ONNX Runtime).
+    """
+
+    repository: Path = Path("serving/model_repository")
+    backend: Literal["onnxruntime", "python"] = "python"
     max_batch_size: int = Field(64, ge=1)
+    preferred_batch_sizes: list[int] = [8, 16, 32, 64]
+    max_queue_delay_us: int = Field(2000, ge=0)
+    dynamic_batching: bool = True
+    instance_kind: Literal["cpu", "gpu"] = "cpu"
+    instance_count: int = Field(1, ge=1)
+    # versions Triton serves at once (`latest: {num_versions: N}`); a new one replaces the oldest
+    serve_versions: int = Field(1, ge=1)
     keep_versions: int = Field(3, ge=1)
+    # the local server (`reid serve`)
+    server_dir: Path = Path(".reidflow/tritonserver")
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(8001, ge=1, le=65535)
+    metrics_port: int = Field(8002, ge=1, le=65535)
+    poll_seconds: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _preferred_fit(self) -> TritonConfig:
+        too_big = [s for s in self.preferred_batch_sizes if s > self.max_batch_size or s < 1]
+        if too_big:
+            raise ValueError(
+                f"preferred_batch_sizes {too_big} outside 1..max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        return self
+
+
+class IndexConfig(_Section):
+    """Gallery search index (`reid index build`): exact or approximate faiss search."""
+
+    kind: Literal["flat", "ivfpq", "hnsw"] = "flat"
+    # IVF-PQ: lists (0: about 4·sqrt(N)), sub-quantisers (0: D/8, a divisor of D), bits each
+    nlist: int = Field(0, ge=0)
+    pq_m: int = Field(0, ge=0)
+    pq_bits: int = Field(8, ge=4, le=12)
+    nprobe: int = Field(32, ge=1)
+    # HNSW: links per node, build and search beam widths
+    hnsw_m: int = Field(32, ge=4)
+    ef_construction: int = Field(80, ge=8)
+    ef_search: int = Field(128, ge=8)
+    # auto: a GPU when faiss has one (flat and IVF-PQ; HNSW is CPU only in faiss)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    top_k: int = Field(10, ge=1)
 
 
 class RuntimeConfig(_Section):
@@ -286,6 +347,8 @@ class ReidConfig(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
     promote: PromoteConfig = PromoteConfig()
+    triton: TritonConfig = TritonConfig()
+    index: IndexConfig = IndexConfig()
     tracking: TrackingConfig = TrackingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 

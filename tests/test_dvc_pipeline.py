@@ -115,7 +115,7 @@ def project(tmp_path_factory, tiny_config, venv_env) -> Project:
         yaml.safe_load((ROOT / "params.yaml").read_text()),
         yaml.safe_load(tiny_config.read_text()),
     )
-    assert not Path(params["promote"]["triton_repository"]).is_absolute()
+    assert not Path(params["triton"]["repository"]).is_absolute()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert not (root / ".dvc" / "cache").exists() and not (root / ".dvcstore").exists()
 

@@ -314,12 +314,10 @@ def test_submit_to_an_unreachable_host_fails_clearly() -> None:
 def _tiny_config(tmp_path: Path) -> str:
     """configs/tiny.yaml (seconds per stage) with this test's registry, store and repository."""
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    config["promote"] = {
-        "model_name": "reid-kfp-test",
-        # not "triton": a folder of that name in the working directory would shadow the
-        # triton package for torch in the task subprocesses (`python -m` puts cwd first).
-        "triton_repository": str(tmp_path / "model_repository"),
-    }
+    config["promote"] = {"model_name": "reid-kfp-test"}
+    # not "triton": a folder of that name in the working directory would shadow the
+    # triton package for torch in the task subprocesses (`python -m` puts cwd first).
+    config["triton"] = {"repository": str(tmp_path / "model_repository")}
     config["tracking"] = {"experiment": "kfp-local-test", "workspace": str(tmp_path / "mlflow")}
     return yaml.safe_dump(config, sort_keys=False)
 

@@ -171,7 +171,7 @@ def test_promote_registers_then_refuses_an_equal_model(workspace):
     ws, env = workspace
     common = ("--onnx", "onnx", "--model", "student", "--evaluation", "eval.json")
     repo = ws / "model_repository"
-    overrides = ("--set", f"promote.triton_repository={repo}")
+    overrides = ("--set", f"triton.repository={repo}")
     reid("promote", *common, "--decision", "d1.json", *overrides, cwd=ws, env=env)
     reid("promote", *common, "--decision", "d2.json", *overrides, cwd=ws, env=env)
     first = json.loads((ws / "d1.json").read_text())

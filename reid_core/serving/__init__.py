@@ -1,0 +1,1 @@
+"""Serving: the local Triton server, its clients, and gallery search indexes."""
