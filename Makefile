@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: demo test lint format clean-demo compile-pipeline
+.PHONY: demo test lint format clean-demo compile-pipeline triton
 
 # CPU torch first, pinned (an unpinned torch pulls the CUDA build), then everything under
 # constraints.txt, so installs are quick and the same everywhere.
@@ -27,7 +27,12 @@ demo: $(BIN)/.installed
 	dvc push -q
 	reid summary
 
-test: $(BIN)/.installed-dev
+# The bundled CPU tritonserver (python backend) under triton.server_dir, for `reid serve` and
+# the serving tests; a no-op once installed.
+triton: $(BIN)/.installed
+	$(BIN)/reid serve install
+
+test: $(BIN)/.installed-dev triton
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed-dev

@@ -296,8 +296,7 @@ class TritonConfig(_Section):
         too_big = [s for s in self.preferred_batch_sizes if s > self.max_batch_size or s < 1]
         if too_big:
             raise ValueError(
-                f"preferred_batch_sizes {too_big} outside 1..max_batch_size "
-                f"({self.max_batch_size})"
+                f"preferred_batch_sizes {too_big} outside 1..max_batch_size ({self.max_batch_size})"
             )
         return self
 

@@ -87,3 +87,15 @@ def venv_env() -> Callable[..., dict[str, str]]:
         return env
 
     return make
+
+
+@pytest.fixture(scope="session")
+def triton_installation():
+    """The tritonserver that `make test` installs (`reid serve install`); missing is a failure."""
+    from reid_core.config import ReidConfig
+    from reid_core.serving.server import Installation, ServerError
+
+    try:
+        return Installation(ROOT / ReidConfig().triton.server_dir).check()
+    except ServerError as err:
+        pytest.fail(f"{err} — the Triton tests need it", pytrace=False)

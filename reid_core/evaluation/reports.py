@@ -38,6 +38,10 @@ _CAPTIONS = {
 }
 
 
+Tile = tuple[Path, tuple[int, int, int], str]
+"""An image in a rank list: its path, its frame colour and a caption ('' for none)."""
+
+
 def rank_list_image(
     dest: Path,
     root: Path,
@@ -54,24 +58,39 @@ def rank_list_image(
     (q_paths, q_pids, q_cams), (g_paths, g_pids, g_cams) = query, gallery
     picks = np.unique(np.linspace(0, len(q_paths) - 1, min(num_queries, len(q_paths))).astype(int))
     top_k = min(top_k, dist.shape[1])
-    w, h, pad = thumb[0], thumb[1], 4
-    canvas = Image.new(
-        "RGB", ((top_k + 1) * (w + pad) + pad, len(picks) * (h + pad) + pad), "white"
-    )
-    for row, qi in enumerate(picks):
+    rows = []
+    for qi in picks:
         order = np.argsort(dist[qi], kind="stable")[:top_k]
-        tiles = [(q_paths[qi], QUERY)]
+        tiles: list[Tile] = [(root / q_paths[qi], QUERY, "")]
         for gi in order:
             same = g_pids[gi] == q_pids[qi]
             colour = (JUNK if g_cams[gi] == q_cams[qi] else CORRECT) if same else WRONG
-            tiles.append((g_paths[gi], colour))
-        for col, (path, colour) in enumerate(tiles):
-            with Image.open(root / path) as img:
+            tiles.append((root / g_paths[gi], colour, ""))
+        rows.append(tiles)
+    return tile_rows(dest, rows, thumb)
+
+
+def tile_rows(
+    dest: Path, rows: Sequence[Sequence[Tile]], thumb: tuple[int, int] = (48, 96)
+) -> Path:
+    """Draw rows of framed thumbnails (first of each row set apart), captions underneath."""
+    w, h, pad = thumb[0], thumb[1], 4
+    text_h = 12 if any(caption for row in rows for _, _, caption in row) else 0
+    columns = max((len(row) for row in rows), default=1)
+    canvas = Image.new(
+        "RGB", (columns * (w + pad) + 2 * pad, len(rows) * (h + text_h + pad) + pad), "white"
+    )
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        for col, (path, colour, caption) in enumerate(row):
+            with Image.open(path) as img:
                 tile = img.convert("RGB").resize((w - 4, h - 4))
-            x, y = pad + col * (w + pad) + (pad if col else 0), pad + row * (h + pad)
-            ImageDraw.Draw(canvas).rectangle([x, y, x + w - 1, y + h - 1], fill=colour)
+            x, y = pad + col * (w + pad) + (pad if col else 0), pad + r * (h + text_h + pad)
+            draw.rectangle([x, y, x + w - 1, y + h - 1], fill=colour)
             canvas.paste(tile, (x + 2, y + 2))
-    canvas.save(dest)
+            if caption:
+                draw.text((x + 1, y + h), caption, fill=(0, 0, 0))
+    canvas.save(dest, format="PNG")
     return dest
 
 

@@ -1,5 +1,10 @@
 """Triton model repositories: `<name>/config.pbtxt` + `<name>/<version>/model.onnx`.
 
+Two flavours of the same repository, chosen by `triton.backend`:
+- `onnxruntime`: the production config for NVIDIA's Triton image (platform onnxruntime_onnx);
+- `python`: what the bundled CPU tritonserver can load; its python backend runs the same
+  model.onnx with ONNX Runtime (`triton_python_model.py`, copied as `<version>/model.py`).
+
 A version folder appears only complete: it is staged under a hidden name and renamed into
 place, so a Triton server polling the repository never loads half a model.
 """
@@ -12,17 +17,33 @@ import tempfile
 from pathlib import Path
 
 from reid_core.atomic import atomic_output
+from reid_core.config import TritonConfig
 from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME
+
+PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 
 
 def triton_config(
-    name: str, height: int, width: int, embedding_dim: int, max_batch_size: int, gpu: bool = False
+    name: str, height: int, width: int, embedding_dim: int, config: TritonConfig
 ) -> str:
-    """config.pbtxt for NVIDIA's Triton image, ONNX Runtime backend, dynamic batching."""
-    preferred = sorted({s for s in (8, 16, 32, max_batch_size) if s <= max_batch_size})
+    """config.pbtxt for `config.backend`, with batching, instances and version policy."""
+    runtime = (
+        'platform: "onnxruntime_onnx"' if config.backend == "onnxruntime" else 'backend: "python"'
+    )
+    batching = ""
+    if config.dynamic_batching:
+        preferred = ", ".join(map(str, sorted(set(config.preferred_batch_sizes))))
+        batching = f"""dynamic_batching {{
+  preferred_batch_size: [ {preferred} ]
+  max_queue_delay_microseconds: {config.max_queue_delay_us}
+}}
+"""
+    # the python backend runs ONNX Runtime on the CPU whatever the instance kind
+    gpu = config.instance_kind == "gpu" and config.backend != "python"
+    kind = "KIND_GPU" if gpu else "KIND_CPU"
     return f"""name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: {max_batch_size}
+{runtime}
+max_batch_size: {config.max_batch_size}
 input [
   {{
     name: "{INPUT_NAME}"
@@ -37,18 +58,22 @@ output [
     dims: [ {embedding_dim} ]
   }}
 ]
-dynamic_batching {{
-  preferred_batch_size: [ {", ".join(map(str, preferred))} ]
-  max_queue_delay_microseconds: 2000
-}}
-instance_group [
+{batching}instance_group [
   {{
-    count: 1
-    kind: {"KIND_GPU" if gpu else "KIND_CPU"}
+    count: {config.instance_count}
+    kind: {kind}
   }}
 ]
-version_policy: {{ latest: {{ num_versions: 1 }} }}
+version_policy: {{ latest: {{ num_versions: {config.serve_versions} }} }}
 """
+
+
+def published_versions(repository: str | Path, name: str) -> list[int]:
+    """Version numbers present for model `name`, ascending (hidden staging folders excluded)."""
+    model_dir = Path(repository) / name
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def publish_version(
@@ -58,18 +83,27 @@ def publish_version(
     onnx_path: str | Path,
     config_text: str,
     keep: int = 3,
+    backend: str = "onnxruntime",
 ) -> Path:
-    """Place `onnx_path` as version `version` of model `name`; keep the newest `keep` versions."""
+    """Place `onnx_path` as version `version` of model `name`; keep the newest `keep` versions.
+
+    The config is rewritten only when its text changes: Triton reloads a model whose config
+    changed, which would be a needless reload of every served version.
+    """
     if version < 1:
         raise ValueError(f"Triton versions start at 1, got {version}")
     model_dir = Path(repository) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(model_dir / "config.pbtxt") as tmp:
-        tmp.write_text(config_text)
+    config_path = model_dir / "config.pbtxt"
+    if not config_path.is_file() or config_path.read_text() != config_text:
+        with atomic_output(config_path) as tmp:
+            tmp.write_text(config_text)
     final = model_dir / str(version)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     try:
         shutil.copyfile(onnx_path, staging / "model.onnx")
+        if backend == "python":
+            shutil.copyfile(PYTHON_MODEL, staging / "model.py")
         os.chmod(staging, 0o755)
         if final.exists():
             shutil.rmtree(final)
@@ -77,7 +111,6 @@ def publish_version(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    for old in versions[:-keep]:
+    for old in published_versions(repository, name)[:-keep]:
         shutil.rmtree(model_dir / str(old), ignore_errors=True)
     return final

@@ -50,15 +50,16 @@ def run(
                 parity["height"],
                 parity["width"],
                 parity["embedding_dim"],
-                cfg.max_batch_size,
+                config.triton,
             )
             path = publish_version(
-                cfg.triton_repository,
+                config.triton.repository,
                 cfg.model_name,
                 version,
                 inputs["onnx"] / "model.onnx",
                 text,
-                cfg.keep_versions,
+                config.triton.keep_versions,
+                config.triton.backend,
             )
             published = str(path)
             registry.set_champion(cfg.model_name, version, current)
@@ -76,7 +77,7 @@ def run(
             "reasons": decision.reasons,
             "previous_champion": current.version if current else None,
             "triton_version_path": published,
-            "triton_repository": str(cfg.triton_repository),
+            "triton_repository": str(config.triton.repository),
             "mAP": evaluation["mAP"],
             "rank1": evaluation["rank1"],
         }

@@ -1,0 +1,83 @@
+"""Embedding images through a Triton server, over HTTP or gRPC (tritonclient)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from reid_core.data.images import decode_resized
+from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME
+
+Protocol = Literal["http", "grpc"]
+
+
+class TritonEmbedder:
+    """Features of images from a model served by Triton, in chunks of its max batch size.
+
+    The model's config tells the input size; callers pass images already resized to it
+    (`embed`) or files (`embed_files`, which decodes and resizes them as the dataset loader
+    does). An empty `version` asks Triton for its newest ready version.
+    """
+
+    def __init__(
+        self, url: str, model: str, protocol: Protocol = "http", version: str = ""
+    ) -> None:
+        if protocol == "http":
+            import tritonclient.http as client_module
+        elif protocol == "grpc":
+            import tritonclient.grpc as client_module
+        else:
+            raise ValueError(f"protocol must be http or grpc, not {protocol!r}")
+        self._module = client_module
+        self.protocol, self.model, self.version = protocol, model, version
+        self.client = client_module.InferenceServerClient(url)
+        try:
+            if protocol == "grpc":
+                config = self.client.get_model_config(model, version, as_json=True)["config"]
+            else:
+                config = self.client.get_model_config(model, version)
+        except Exception as err:  # tritonclient raises its own, gevent's and socket errors
+            self.client.close()
+            raise ConnectionError(
+                f"cannot get model {model!r} from Triton at {url} over {protocol}: {err}"
+            ) from None
+        (dims,) = [list(map(int, i["dims"])) for i in config["input"] if i["name"] == INPUT_NAME]
+        self.height, self.width = dims[1], dims[2]
+        self.max_batch_size = int(config.get("max_batch_size", 0)) or 1
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """N×3×H×W RGB 0–255 (any real dtype) → N×D float32 features."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != (3, self.height, self.width):
+            raise ValueError(
+                f"images must be N×3×{self.height}×{self.width} for model {self.model}, "
+                f"got {images.shape}"
+            )
+        parts = []
+        for start in range(0, len(images), self.max_batch_size):
+            chunk = images[start : start + self.max_batch_size]
+            tensor = self._module.InferInput(INPUT_NAME, list(chunk.shape), "FP32")
+            tensor.set_data_from_numpy(chunk)
+            output = self._module.InferRequestedOutput(OUTPUT_NAME)
+            result = self.client.infer(
+                self.model, [tensor], model_version=self.version, outputs=[output]
+            )
+            parts.append(result.as_numpy(OUTPUT_NAME))
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def embed_files(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """Decode, resize to the model's input size and embed image files."""
+        images = np.stack([decode_resized(Path(p), self.height, self.width) for p in paths])
+        return self.embed(images.transpose(0, 3, 1, 2))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> TritonEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,78 @@
+"""Gallery search for new images: embed them (through Triton), rank the gallery, show it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reid_core.evaluation.reports import QUERY, Tile, tile_rows
+
+if TYPE_CHECKING:
+    from reid_core.serving.client import TritonEmbedder
+    from reid_core.serving.gallery import GalleryIndex
+
+MATCH = (110, 110, 110)  # no ground truth for a new image: one neutral frame colour
+
+
+@dataclass(frozen=True)
+class Match:
+    """One ranked gallery item for a query."""
+
+    rank: int
+    similarity: float
+    path: str
+    pid: int
+    camid: int
+
+
+def search_images(
+    embedder: TritonEmbedder, index: GalleryIndex, images: Sequence[Path], k: int
+) -> list[list[Match]]:
+    """The top-k gallery matches of each image, best first."""
+    sims, rows = index.search(embedder.embed_files(images), k)
+    meta = index.metadata
+    return [
+        [
+            Match(
+                rank + 1,
+                float(s),
+                str(meta["paths"][i]),
+                int(meta["pids"][i]),
+                int(meta["camids"][i]),
+            )
+            for rank, (s, i) in enumerate(zip(sims[q], rows[q], strict=True))
+            if i >= 0
+        ]
+        for q in range(len(images))
+    ]
+
+
+def format_matches(images: Sequence[Path], matches: Sequence[Sequence[Match]]) -> str:
+    """A plain-text table per query: rank, cosine similarity, gallery path, id, camera."""
+    lines = []
+    for image, ranked in zip(images, matches, strict=True):
+        lines.append(f"query {image}")
+        lines.append(f"  {'rank':>4}  {'similarity':>10}  {'pid':>6}  {'cam':>4}  path")
+        lines.extend(
+            f"  {m.rank:>4}  {m.similarity:>10.4f}  {m.pid:>6}  {m.camid:>4}  {m.path}"
+            for m in ranked
+        )
+    return "\n".join(lines)
+
+
+def rank_list(
+    dest: Path,
+    images: Sequence[Path],
+    matches: Sequence[Sequence[Match]],
+    gallery_root: Path,
+) -> Path:
+    """One row per query: the query (blue), then its matches captioned with their similarity."""
+    rows: list[list[Tile]] = []
+    for image, ranked in zip(images, matches, strict=True):
+        rows.append(
+            [(Path(image), QUERY, "query")]
+            + [(gallery_root / m.path, MATCH, f"{m.similarity:.3f}") for m in ranked]
+        )
+    return tile_rows(dest, rows)
