@@ -88,6 +88,44 @@ def _build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
     pipeline.set_defaults(handler=_pipeline)
 
+    serve = sub.add_parser("serve", help="the local Triton server: install it, run it")
+    serve_sub = serve.add_subparsers(dest="serve_command", required=True)
+    install = serve_sub.add_parser(
+        "install",
+        help="install tritonserver (python backend) and its stub environment in triton.server_dir",
+    )
+    install.add_argument("--wheel", type=Path, help="a downloaded nvidia-pytriton wheel")
+    install.add_argument("--force", action="store_true", help="reinstall over an existing one")
+    run = serve_sub.add_parser(
+        "run",
+        help="serve a model repository on 127.0.0.1 until interrupted",
+        description="Start tritonserver over the repository in poll mode (newly published "
+        "versions load by themselves), wait until it is ready, stop it on Ctrl-C or SIGTERM.",
+    )
+    run.add_argument("--repository", type=Path, help="default: triton.repository")
+    run.add_argument("--log", type=Path, help="server log file (default: this terminal)")
+    for p in (install, run):
+        _add_config_args(p)
+    serve.set_defaults(handler=_serve)
+
+    query = sub.add_parser(
+        "query",
+        help="embed images through Triton and search a gallery index",
+        description="Print each image's best gallery matches; optionally draw them (PNG).",
+    )
+    query.add_argument("images", type=Path, nargs="+", help="query image files")
+    query.add_argument("--index", type=Path, required=True, help="folder from `reid index build`")
+    query.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    query.add_argument("--url", help="host:port (default: 127.0.0.1 and the triton.*_port)")
+    query.add_argument("--model", help="served model name (default: promote.model_name)")
+    query.add_argument("--top-k", type=int, help="matches per image (default: index.top_k)")
+    query.add_argument("--rank-list", type=Path, help="PNG of the queries and their matches")
+    query.add_argument(
+        "--gallery-root", type=Path, help="folder the gallery's paths are relative to"
+    )
+    _add_config_args(query)
+    query.set_defaults(handler=_query)
+
     ablate = sub.add_parser(
         "ablate",
         help="ablation of the training tricks (cumulative), one MLflow run per variant",
@@ -101,6 +139,23 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--variants", type=int, help="only the first N variants")
     _add_config_args(ablate)
     ablate.set_defaults(handler=_ablate)
+
+    index_cmd = sub.add_parser("index", help="gallery search index (faiss)").add_subparsers(
+        dest="index_command", required=True
+    )
+    index_build = index_cmd.add_parser(
+        "build",
+        help="index the evaluate stage's gallery features for top-k search",
+        description="Build a flat (exact), IVF-PQ or HNSW index (config section `index`) over "
+        "one split of a features .npz and write it as a folder.",
+    )
+    index_build.add_argument(
+        "--features", type=Path, required=True, help="features .npz of `reid evaluate`"
+    )
+    index_build.add_argument("--out", type=Path, required=True, help="index folder to write")
+    index_build.add_argument("--split", choices=("gallery", "query"), default="gallery")
+    _add_config_args(index_build)
+    index_build.set_defaults(handler=_index)
 
     summary = sub.add_parser("summary", help="print what the last pipeline run produced")
     summary.add_argument("--reports", type=Path, default=Path("reports"))
@@ -163,6 +218,58 @@ def _config_yaml(args: argparse.Namespace) -> str:
     return config_to_yaml(_config(args))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from reid_core.serving.server import Installation, TritonServer, install
+
+    triton = _config(args).triton
+    if args.serve_command == "install":
+        done = install(triton.server_dir, args.wheel, args.force)
+        print(f"tritonserver installed in {done.root}")
+        return
+    repository = args.repository or triton.repository
+    server = TritonServer(
+        repository,
+        Installation(triton.server_dir),
+        triton.http_port,
+        triton.grpc_port,
+        triton.metrics_port,
+        triton.poll_seconds,
+        args.log,
+    )
+    with server:
+        print(
+            f"serving {repository} (polled every {triton.poll_seconds} s): "
+            f"HTTP {server.http_url}, gRPC {server.grpc_url}; Ctrl-C stops",
+            flush=True,
+        )
+        server.serve_until_signalled()
+    print("tritonserver stopped")
+
+
+def _query(args: argparse.Namespace) -> None:
+    from reid_core.atomic import atomic_output
+    from reid_core.serving.client import TritonEmbedder
+    from reid_core.serving.gallery import GalleryIndex
+    from reid_core.serving.query import format_matches, rank_list, search_images
+
+    config = _config(args)
+    if args.rank_list and not args.gallery_root:
+        raise FileNotFoundError("--rank-list needs --gallery-root (where the gallery images are)")
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such query image: {', '.join(missing)}")
+    port = config.triton.http_port if args.protocol == "http" else config.triton.grpc_port
+    index = GalleryIndex.load(args.index)
+    model = args.model or config.promote.model_name
+    with TritonEmbedder(args.url or f"127.0.0.1:{port}", model, args.protocol) as embedder:
+        matches = search_images(embedder, index, args.images, args.top_k or config.index.top_k)
+    print(format_matches(args.images, matches))
+    if args.rank_list:
+        with atomic_output(args.rank_list) as tmp:
+            rank_list(tmp, args.images, matches, args.gallery_root)
+        print(f"rank list: {args.rank_list}")
+
+
 def _ablate(args: argparse.Namespace) -> None:
     from reid_core.atomic import atomic_output
     from reid_core.experiments.ablation import ABLATION_STEPS, ablation_table, run_ablation
@@ -175,6 +282,16 @@ def _ablate(args: argparse.Namespace) -> None:
     print(table)
 
 
+def _index(args: argparse.Namespace) -> None:
+    from reid_core.serving.gallery import GalleryIndex, load_gallery_features
+
+    features, metadata = load_gallery_features(args.features, args.split)
+    source = f"{args.features} ({args.split})"
+    index = GalleryIndex.build(features, metadata, _config(args).index, source=source)
+    index.save(args.out)
+    print(f"index {index.kind}: {index.count} items × {index.dim} dims -> {args.out}")
+
+
 def _summary(args: argparse.Namespace) -> None:
     from reid_core.tracking.summary import pipeline_summary
 
@@ -185,11 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     from reid_core.config import ConfigError
     from reid_core.data.errors import DatasetError
+    from reid_core.serving.gallery import GalleryIndexError
     from reid_core.stages import PortError
 
     try:
         args.handler(args)
-    except (ConfigError, DatasetError, PortError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, PortError, GalleryIndexError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (RuntimeError, ConnectionError) as err:  # parity, pseudo labels, unreachable hosts

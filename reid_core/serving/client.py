@@ -47,6 +47,7 @@ class TritonEmbedder:
         (dims,) = [list(map(int, i["dims"])) for i in config["input"] if i["name"] == INPUT_NAME]
         self.height, self.width = dims[1], dims[2]
         self.max_batch_size = int(config.get("max_batch_size", 0)) or 1
+        self.served_version = ""  # the version that answered the last request
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """N×3×H×W RGB 0–255 (any real dtype) → N×D float32 features."""
@@ -66,6 +67,8 @@ class TritonEmbedder:
                 self.model, [tensor], model_version=self.version, outputs=[output]
             )
             parts.append(result.as_numpy(OUTPUT_NAME))
+            response = result.get_response(as_json=True) if self.protocol == "grpc" else None
+            self.served_version = (response or result.get_response())["model_version"]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     def embed_files(self, paths: Sequence[str | Path]) -> np.ndarray:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -163,6 +164,18 @@ def _make_stub_env(path: Path, onnxruntime: str) -> None:
     result = subprocess.run([*pip, "numpy<2", onnxruntime], capture_output=True, text=True)
     if result.returncode != 0:
         raise ServerError(f"cannot install the stub's packages: {result.stderr[-2000:]}")
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports that nothing listens on at 127.0.0.1 right now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class TritonServer:

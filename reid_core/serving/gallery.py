@@ -1,0 +1,439 @@
+"""Gallery search index: nearest gallery items of a query embedding, exact or approximate (faiss).
+
+A dense query × gallery matrix stops fitting somewhere past 10⁵–10⁶ gallery items; a faiss index
+answers top-k queries without one. Three kinds, chosen by the `index` config section:
+
+- `flat`: exact inner product search (the reference; brute force, BLAS).
+- `ivfpq`: an inverted file of `nlist` lists with product-quantised codes (`pq_m` bytes-ish per
+  item): small and fast, approximate; `nprobe` lists are scanned per query.
+- `hnsw`: a navigable small-world graph over the full vectors: fast and accurate, larger than
+  flat, slow to build; CPU only in faiss.
+
+Features are L2-normalised before they are added and queries before they are searched, so the
+inner product is the cosine similarity and similarities come back in descending order. Rows of
+the index are rows of `metadata` (paths, pids, camids), so a search result names gallery images.
+
+On disk an index is a folder, written atomically: `index.faiss` (faiss.write_index of the CPU
+index), `metadata.npz` (plain arrays, readable with `allow_pickle=False`) and `index.json` (kind,
+dimension, count, the config used, the feature source, when it was built).
+
+faiss is imported where it is used, so importing this module (the CLI does, for its errors)
+stays light and loads no second OpenMP runtime into processes that never build an index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from reid_core.atomic import atomic_output
+from reid_core.config import IndexConfig
+
+if TYPE_CHECKING:
+    import faiss
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+METADATA_FILE = "metadata.npz"
+INFO_FILE = "index.json"
+REQUIRED_METADATA = ("paths", "pids", "camids")
+# k-means (IVF lists, PQ codebooks) wants at least this many training points per centroid:
+# faiss warns below it. We refuse below it rather than train a poor index.
+MIN_POINTS_PER_CENTROID = 39
+# ... and gains little past this many, so training uses a seeded sample of at most this many.
+MAX_POINTS_PER_CENTROID = 256
+# Rows normalised and added at a time: memory stays at the index plus one block.
+ADD_BLOCK = 65_536
+GPU_MAX_K = 2048  # faiss GPU indexes return at most this many neighbours per query
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class GalleryIndexError(ValueError):
+    """Gallery features, metadata, queries or settings that an index cannot be built or searched
+    with. The message says what is wrong and, where there is one, what to do instead."""
+
+
+class IndexFileError(GalleryIndexError):
+    """A saved index folder or a features file that is missing, unreadable or inconsistent.
+    The message names the file."""
+
+
+class GalleryIndex:
+    """A faiss index over L2-normalised gallery features (inner product = cosine) + metadata.
+
+    Make one with `build` or `load`. `metadata` maps names to arrays row-aligned with the index:
+    at least "paths" (str), "pids" (int64) and "camids" (int64).
+    """
+
+    kind: str
+    dim: int
+    metadata: dict[str, np.ndarray]
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        metadata: dict[str, np.ndarray],
+        config: IndexConfig,
+        info: dict[str, Any],
+        device: str = "cpu",
+        resources: Any = None,
+    ) -> None:
+        self.index = index
+        self.kind = config.kind
+        self.dim = int(index.d)
+        self.metadata = metadata
+        self.config = config
+        self.info = info
+        self.device = device
+        self._resources = resources  # the GPU resources must live as long as a GPU index
+
+    @property
+    def count(self) -> int:
+        """Number of gallery items in the index."""
+        return int(self.index.ntotal)
+
+    def __repr__(self) -> str:
+        return (
+            f"GalleryIndex(kind={self.kind!r}, count={self.count}, dim={self.dim}, "
+            f"device={self.device!r})"
+        )
+
+    @classmethod
+    def build(
+        cls,
+        features: np.ndarray,
+        metadata: Mapping[str, np.ndarray],
+        config: IndexConfig,
+        *,
+        source: str | None = None,
+    ) -> GalleryIndex:
+        """Index `features` (N×D, any float dtype; normalised here) with their `metadata`.
+
+        `source` (e.g. the features file) is recorded in the saved index's JSON. IVF-PQ trains
+        on a seeded sample of the gallery and refuses galleries too small to train on.
+        """
+        import faiss
+
+        features = _as_matrix(features, "gallery features")
+        n, d = features.shape
+        if n == 0:
+            raise GalleryIndexError("the gallery is empty: there is nothing to index")
+        meta = _check_metadata(metadata, n)
+        device = _resolve_device(config.kind, config.device)
+        settings: dict[str, int] = {}
+        if config.kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif config.kind == "ivfpq":
+            nlist, pq_m = _ivfpq_shape(n, d, config)
+            settings = {"nlist": nlist, "pq_m": pq_m}
+            index = faiss.index_factory(
+                d, f"IVF{nlist},PQ{pq_m}x{config.pq_bits}", faiss.METRIC_INNER_PRODUCT
+            )
+            index.do_polysemous_training = False  # seconds to minutes, for a search we never use
+        else:
+            index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = config.ef_construction
+        index, resources = _place(index, config.kind, device)
+        if config.kind == "ivfpq":
+            sample_size = min(n, MAX_POINTS_PER_CENTROID * settings["nlist"])
+            rows = np.sort(np.random.default_rng(0).choice(n, sample_size, replace=False))
+            index.train(_normalised(features[rows], "gallery features"))
+        for start in range(0, n, ADD_BLOCK):
+            block = features[start : start + ADD_BLOCK]
+            index.add(_normalised(block, "gallery features", offset=start))
+        _set_search_params(index, config)
+        info = {
+            "source": source,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "settings": settings,
+        }
+        return cls(index, meta, config, info, device, resources)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k gallery items of each query (N×D, or one D-vector; normalised here).
+
+        Returns (similarities N×k float32, descending; gallery row indices N×k int64), with
+        similarity -inf and index -1 where the index has fewer than k results.
+        """
+        queries = _as_matrix(np.atleast_2d(queries), "queries")
+        if queries.shape[1] != self.dim:
+            raise GalleryIndexError(
+                f"queries have {queries.shape[1]} dimensions, the index {self.dim}: "
+                "they must come from the model that produced the gallery features"
+            )
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise GalleryIndexError(f"k must be a positive integer, not {k!r}")
+        nq = queries.shape[0]
+        sims = np.full((nq, k), -np.inf, dtype=np.float32)
+        rows = np.full((nq, k), -1, dtype=np.int64)
+        found = min(int(k), self.count)
+        if self.device == "cuda" and found > GPU_MAX_K:
+            raise GalleryIndexError(f"k={k}: faiss on a GPU returns at most {GPU_MAX_K}")
+        if nq and found:
+            d, i = self.index.search(_normalised(queries, "queries"), found)
+            missing = i < 0
+            d[missing] = -np.inf
+            sims[:, :found], rows[:, :found] = d, i
+        return sims, rows
+
+    def save(self, folder: Path) -> None:
+        """Write the index folder atomically: readers see the old folder or the whole new one."""
+        import faiss
+
+        folder = Path(folder)
+        cpu_index = faiss.index_gpu_to_cpu(self.index) if self.device == "cuda" else self.index
+        info = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "dim": self.dim,
+            "count": self.count,
+            "metric": "inner_product",
+            "normalized": True,
+            "metadata": sorted(self.metadata),
+            "config": self.config.model_dump(mode="json"),
+            "faiss_version": faiss.__version__,
+            **self.info,
+        }
+        with atomic_output(folder, directory=True) as tmp:
+            faiss.write_index(cpu_index, str(tmp / INDEX_FILE))
+            meta = _check_metadata(self.metadata, self.count)
+            with open(tmp / METADATA_FILE, "wb") as f:
+                np.savez(f, allow_pickle=False, **meta)
+            (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path, device: str = "auto") -> GalleryIndex:
+        """Read an index folder written by `save`; `device` auto|cpu|cuda as in the config."""
+        import faiss
+
+        if device not in DEVICES:
+            raise GalleryIndexError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise IndexFileError(f"{folder}: no such index folder (make one: reid index build)")
+        absent = [n for n in (INFO_FILE, INDEX_FILE, METADATA_FILE) if not (folder / n).is_file()]
+        if absent:
+            raise IndexFileError(f"{folder}: incomplete index folder, missing {', '.join(absent)}")
+        info = _read_info(folder / INFO_FILE)
+        try:
+            config = IndexConfig.model_validate({**info["config"], "device": device})
+        except ValidationError as err:
+            raise IndexFileError(f"{folder / INFO_FILE}: bad index config: {err}") from None
+        try:
+            index = faiss.read_index(str(folder / INDEX_FILE))
+        except RuntimeError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
+            raise IndexFileError(f"{folder / INDEX_FILE}: not a faiss index ({reason})") from None
+        expected = {"flat": faiss.IndexFlat, "ivfpq": faiss.IndexIVFPQ, "hnsw": faiss.IndexHNSW}
+        if not isinstance(index, expected[config.kind]):
+            raise IndexFileError(
+                f"{folder / INDEX_FILE}: holds a {type(index).__name__}, "
+                f"but {INFO_FILE} says kind {config.kind}"
+            )
+        if index.d != info.get("dim") or index.ntotal != info.get("count"):
+            raise IndexFileError(
+                f"{folder / INDEX_FILE}: {index.ntotal} × {index.d}, but {INFO_FILE} says "
+                f"{info.get('count')} × {info.get('dim')}"
+            )
+        metadata = _read_metadata(folder / METADATA_FILE, index.ntotal)
+        resolved = _resolve_device(config.kind, config.device)
+        index, resources = _place(index, config.kind, resolved)
+        _set_search_params(index, config)
+        extra = {k: info.get(k) for k in ("source", "created", "settings")}
+        return cls(index, metadata, config, extra, resolved, resources)
+
+
+def load_gallery_features(
+    npz: Path, split: str = "gallery"
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(features, metadata) of one split of the evaluate stage's features file.
+
+    The file holds `<split>_feats`, `_pids`, `_camids`, `_paths` for the query and gallery
+    splits (and a `normalized` flag, which does not matter here: the index normalises).
+    """
+    if split not in ("gallery", "query"):
+        raise GalleryIndexError(f"split must be gallery or query, not {split!r}")
+    npz = Path(npz)
+    if not npz.is_file():
+        raise IndexFileError(f"{npz}: no such features file (the evaluate stage writes one)")
+    names = {"feats": f"{split}_feats"} | {k: f"{split}_{k}" for k in REQUIRED_METADATA}
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            absent = [key for key in names.values() if key not in data.files]
+            if absent:
+                raise IndexFileError(
+                    f"{npz}: not an evaluate features file: missing {', '.join(absent)} "
+                    f"(it has {', '.join(data.files) or 'nothing'})"
+                )
+            arrays = {name: data[key] for name, key in names.items()}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        if isinstance(err, IndexFileError):
+            raise
+        raise IndexFileError(f"{npz}: unreadable features file ({err})") from None
+    features = arrays.pop("feats")
+    if not np.issubdtype(features.dtype, np.floating):
+        raise IndexFileError(f"{npz}: {split}_feats has dtype {features.dtype}, not float")
+    return features.astype(np.float32, copy=False), arrays
+
+
+def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise GalleryIndexError(f"{what} must be a 2-D array (rows × dimensions), got {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise GalleryIndexError(f"{what} must be numbers, got dtype {x.dtype}")
+    if x.shape[1] == 0:
+        raise GalleryIndexError(f"{what} have no dimensions")
+    return x
+
+
+def _normalised(block: np.ndarray, what: str, offset: int = 0) -> np.ndarray:
+    """A float32, C-contiguous, L2-normalised copy; NaN, inf and zero rows are refused."""
+    out = np.ascontiguousarray(block, dtype=np.float32)
+    if np.may_share_memory(out, block):
+        out = out.copy()
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        row = offset + int(np.argmin(finite))
+        raise GalleryIndexError(f"{what}: row {row} holds NaN or inf (broken features)")
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    if not (norms > 0).all():
+        row = offset + int(np.argmin(norms[:, 0] > 0))
+        raise GalleryIndexError(f"{what}: row {row} is all zeros; it has no direction to compare")
+    out /= norms
+    return out
+
+
+def _check_metadata(metadata: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """Plain (pickle-free) 1-D arrays of length n; paths as str, pids and camids as int64."""
+    absent = [key for key in REQUIRED_METADATA if key not in metadata]
+    if absent:
+        raise GalleryIndexError(f"metadata lacks {', '.join(absent)} (needed: paths, pids, camids)")
+    out: dict[str, np.ndarray] = {}
+    for key, value in metadata.items():
+        arr = np.asarray(value)
+        if arr.ndim != 1 or len(arr) != n:
+            raise GalleryIndexError(
+                f"metadata {key!r} has shape {arr.shape}; it must have one entry per gallery "
+                f"row ({n})"
+            )
+        if key == "paths" or (arr.dtype == object and all(isinstance(v, str) for v in arr)):
+            arr = arr.astype(str)
+        elif key in ("pids", "camids"):
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise GalleryIndexError(f"metadata {key!r} must be integers, got {arr.dtype}")
+            arr = arr.astype(np.int64)
+        elif arr.dtype == object:
+            raise GalleryIndexError(
+                f"metadata {key!r} holds Python objects; give numbers or strings "
+                "(the index saves without pickles)"
+            )
+        out[key] = arr
+    return out
+
+
+def _ivfpq_shape(n: int, d: int, config: IndexConfig) -> tuple[int, int]:
+    """(nlist, pq_m) for n items of d dimensions; refuses galleries too small to train on."""
+    auto_nlist = max(1, min(round(4 * math.sqrt(n)), n // MIN_POINTS_PER_CENTROID))
+    nlist = config.nlist or auto_nlist
+    divisors = [m for m in range(1, d + 1) if d % m == 0]
+    if config.pq_m:
+        pq_m = config.pq_m
+        if d % pq_m:
+            near = sorted(divisors, key=lambda m: (abs(m - pq_m), -m))[:2]
+            raise GalleryIndexError(
+                f"index.pq_m={pq_m} does not divide the feature dimension {d}; "
+                f"try {' or '.join(map(str, sorted(near)))} (or 0 for about D/8)"
+            )
+    else:  # the divisor nearest D/8 (the larger one on a tie: finer codes)
+        pq_m = min(divisors, key=lambda m: (abs(m - d / 8), -m))
+    centroids = max(nlist, 2**config.pq_bits)
+    needed = MIN_POINTS_PER_CENTROID * centroids
+    if n < needed:
+        raise GalleryIndexError(
+            f"IVF-PQ cannot be trained on {n} gallery items: {nlist} lists and "
+            f"{2**config.pq_bits}-entry PQ codebooks (pq_bits={config.pq_bits}) need at least "
+            f"{needed} ({MIN_POINTS_PER_CENTROID} per centroid). Use index.kind=flat (exact, "
+            "and fast at this size), or lower index.nlist / index.pq_bits"
+        )
+    return nlist, pq_m
+
+
+def _resolve_device(kind: str, device: str) -> str:
+    import faiss
+
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+    if device == "cuda":
+        if not gpus:
+            raise GalleryIndexError(
+                "index.device=cuda, but faiss sees no GPU (faiss-cpu, or no CUDA device)"
+            )
+        if kind == "hnsw":
+            raise GalleryIndexError("HNSW runs on the CPU only in faiss: use index.device=cpu")
+        return "cuda"
+    if device == "auto" and gpus and kind != "hnsw":
+        return "cuda"
+    return "cpu"
+
+
+def _place(index: faiss.Index, kind: str, device: str) -> tuple[faiss.Index, Any]:
+    """The index on `device` (GPU 0 for cuda) and the GPU resources it needs (or None)."""
+    if device != "cuda":
+        return index, None
+    import faiss
+
+    resources = faiss.StandardGpuResources()
+    options = faiss.GpuClonerOptions()
+    # float16 PQ lookup tables: 64 sub-quantisers × 256 floats do not fit shared memory
+    options.useFloat16 = kind == "ivfpq"
+    return faiss.index_cpu_to_gpu(resources, 0, index, options), resources
+
+
+def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
+    if config.kind == "ivfpq":
+        index.nprobe = min(config.nprobe, index.nlist)
+    elif config.kind == "hnsw":
+        index.hnsw.efSearch = config.ef_search  # faiss searches with max(efSearch, k)
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise IndexFileError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(info, dict):
+        raise IndexFileError(f"{path}: not an index description (a JSON object expected)")
+    version = info.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFileError(
+            f"{path}: index format version {version!r}, this reidflow reads version "
+            f"{FORMAT_VERSION}: rebuild the index with `reid index build`"
+        )
+    if not isinstance(info.get("config"), dict):
+        raise IndexFileError(f"{path}: has no index config")
+    return info
+
+
+def _read_metadata(path: Path, count: int) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            metadata = {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise IndexFileError(f"{path}: unreadable metadata ({err})") from None
+    lengths = {key: len(value) for key, value in metadata.items() if value.ndim == 1}
+    if any(n != count for n in lengths.values()) or len(lengths) != len(metadata):
+        raise IndexFileError(
+            f"{path}: metadata rows {lengths} do not match the index's {count} items"
+        )
+    try:
+        return _check_metadata(metadata, count)
+    except GalleryIndexError as err:
+        raise IndexFileError(f"{path}: {err}") from None
