@@ -1,9 +1,12 @@
-"""What the benchmarks share: the Market-1501-sized problem and how one side is measured."""
+"""What the benchmarks share: the Market-1501-sized problem, how one side is measured, and
+ONNX Runtime CPU latency of an exported model."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -130,3 +133,68 @@ def percent_metrics(model: Any, query: Any, gallery: Any, config: Any) -> dict[s
 
     result = evaluate_splits(model, query, gallery, config.evaluate)
     return {"rank1": 100 * float(result.cmc[0]), "mAP": 100 * result.mAP}
+
+
+def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of `fn` in milliseconds over `repeats` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def interleaved_median_ms(
+    fns: dict[str, Callable[[], Any]], repeats: int, rounds: int = 5
+) -> dict[str, float]:
+    """Median wall time (ms) of each callable over `repeats` calls, made in `rounds` blocks
+    taken in turns, so that all sides see the same drift of a shared machine's load (blocks,
+    not single calls: a side's idle worker threads spin a little after it returns)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    per_block = -(-repeats // rounds)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_block):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
+def ort_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session on `path` with `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def random_images(batch: int, height: int, width: int) -> np.ndarray:
+    """A float32 N×3×H×W batch of uniform 0–255 pixels (the models' input; latency does not
+    depend on the values)."""
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (batch, 3, height, width)).astype(np.float32)
+
+
+def onnx_latency_ms(
+    model: Any, height: int, width: int, threads: int, batches: dict[int, int] | None = None
+) -> dict[str, float]:
+    """Median ONNX Runtime CPU latency (ms) of the exported fp32 `model` per batch size
+    (`batches`: batch size -> timed runs; default batch 1 ×50 and batch 32 ×10)."""
+    from reid_core.export.onnx import ServingModel, export_onnx
+
+    batches = batches or {1: 50, 32: 10}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(ServingModel(model.cpu().eval(), False), path, height, width, 18)
+        session = ort_session(path, threads)
+    latency = {}
+    for batch, repeats in batches.items():
+        run = functools.partial(session.run, None, {"images": random_images(batch, height, width)})
+        latency[f"batch{batch}_ms"] = median_ms(run, repeats)
+    return latency

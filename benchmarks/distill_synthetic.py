@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from common import percent_metrics, synthetic_domain
+from common import onnx_latency_ms, percent_metrics, synthetic_domain
 
 from reid_core.config import ModelConfig
 from reid_core.distill.losses import DistillLoss
 from reid_core.engine.checkpoint import load_checkpoint, save_checkpoint
 from reid_core.engine.trainer import TrainData, fit
-from reid_core.export.onnx import ServingModel, export_onnx
 from reid_core.modeling import ReidModel, create_model
 from reid_core.modeling.losses import ReidLoss
 
@@ -63,29 +60,6 @@ def train(model: ReidModel, data: TrainData, section, loss) -> float:
     start = time.perf_counter()
     fit(model, data, section.solver, section.augment, loss)
     return time.perf_counter() - start
-
-
-def onnx_latency_ms(model: ReidModel, height: int, width: int, threads: int) -> dict[str, float]:
-    """Median ONNX Runtime CPU latency (ms) of the exported model at batch 1 and 32."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(ServingModel(model.cpu().eval(), False), path, height, width, 18)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    latency = {}
-    for batch, repeats in ((1, 50), (32, 10)):
-        images = np.random.default_rng(0).uniform(0, 255, (batch, 3, height, width))
-        feed = {"images": images.astype(np.float32)}
-        for _ in range(3):
-            session.run(None, feed)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - start)
-        latency[f"batch{batch}_ms"] = 1000 * float(np.median(times))
-    return latency
 
 
 def summary(runs: list[dict]) -> dict:

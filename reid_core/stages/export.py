@@ -1,21 +1,71 @@
-"""Stage: checkpoint → ONNX, gated by ONNX Runtime parity with PyTorch on real images."""
+"""Stage: checkpoint → ONNX (fp32, or fp16 inside), gated by ONNX Runtime parity with the fp32
+PyTorch model on real images; on a GPU also a TensorRT engine, gated the same way."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from reid_core.atomic import atomic_output, remove_outputs
-from reid_core.config import ReidConfig
+from reid_core.config import ExportConfig, ReidConfig
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
 from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.export import tensorrt
 from reid_core.export.onnx import ServingModel, export_onnx, parity_report
 from reid_core.tracking.runs import stage_run
 
 
 class ParityError(RuntimeError):
     """The exported graph does not compute what the PyTorch model computes."""
+
+
+def check_parity(
+    what: str, report: Mapping[str, float], max_abs_diff: float, min_cosine: float
+) -> None:
+    """Raise `ParityError` when `report` is outside the tolerances."""
+    if report["max_abs_diff"] <= max_abs_diff and report["min_cosine"] >= min_cosine:
+        return
+    raise ParityError(
+        f"{what} differs from PyTorch: max abs diff {report['max_abs_diff']:.3g} "
+        f"(allowed {max_abs_diff}), min cosine {report['min_cosine']:.6f} "
+        f"(required {min_cosine})"
+    )
+
+
+def _tensorrt_engine(
+    config: ReidConfig, folder: Path, reference: ServingModel, images: torch.Tensor
+) -> tuple[str, dict[str, float]]:
+    """Build and gate `model.plan` next to `model.onnx` when TensorRT can run here:
+    (status for parity.json, figures prefixed `tensorrt_`, also logged to MLflow)."""
+    import mlflow
+
+    cfg = config.export
+    if not cfg.tensorrt:
+        return "disabled", {}
+    reason = tensorrt.available()
+    if reason is not None:
+        print(f"TensorRT engine skipped: {reason}", file=sys.stderr)
+        return f"skipped: {reason}", {}
+    max_batch = max(config.triton.max_batch_size, *cfg.parity_batch_sizes)
+    opt_batch = min(max(config.triton.preferred_batch_sizes, default=max_batch), max_batch)
+    plan = folder / tensorrt.PLAN_NAME
+    tensorrt.build_engine(
+        folder / "model.onnx", plan, min_batch=1, opt_batch=opt_batch, max_batch=max_batch
+    )
+    report = tensorrt.engine_parity_report(plan, reference, images, cfg.parity_batch_sizes)
+    mlflow.log_metrics({f"tensorrt_{k}": v for k, v in report.items()})
+    check_parity("TensorRT (fp16)", report, cfg.fp16_max_abs_diff, cfg.fp16_min_cosine)
+    return f"built: {tensorrt.PLAN_NAME}", {f"tensorrt_{k}": v for k, v in report.items()}
+
+
+def _tolerances(cfg: ExportConfig) -> tuple[float, float]:
+    if cfg.fp16:
+        return cfg.fp16_max_abs_diff, cfg.fp16_min_cosine
+    return cfg.max_abs_diff, cfg.min_cosine
 
 
 def run(
@@ -29,28 +79,31 @@ def run(
     remove_outputs(outputs["onnx"])
     model, meta = load_checkpoint(inputs["model"])
     h, w = meta["height"], meta["width"]
+    max_abs_diff, min_cosine = _tolerances(cfg)
     with stage_run("export", config):
         df, _ = read_manifest(inputs["manifest"])
         sample = df[df["split"] == "query"].head(cfg.parity_images)
         images = load_split(inputs["dataset"], sample, "query", h, w).images
-        serving = ServingModel(model, cfg.l2_normalize)
+        reference = ServingModel(model, cfg.l2_normalize)  # fp32: what every graph must match
+        exported = ServingModel(model, cfg.l2_normalize, fp16=True) if cfg.fp16 else reference
         with atomic_output(outputs["onnx"], directory=True) as tmp:
-            export_onnx(serving, tmp / "model.onnx", h, w, cfg.opset)
-            report = parity_report(serving, tmp / "model.onnx", images, cfg.parity_batch_sizes)
+            export_onnx(exported, tmp / "model.onnx", h, w, cfg.opset)
+            report = parity_report(reference, tmp / "model.onnx", images, cfg.parity_batch_sizes)
             mlflow.log_metrics(report)
-            passed = (
-                report["max_abs_diff"] <= cfg.max_abs_diff
-                and report["min_cosine"] >= cfg.min_cosine
-            )
-            if not passed:
-                raise ParityError(
-                    f"ONNX Runtime differs from PyTorch: max abs diff {report['max_abs_diff']:.3g} "
-                    f"(allowed {cfg.max_abs_diff}), min cosine {report['min_cosine']:.6f} "
-                    f"(required {cfg.min_cosine})"
-                )
+            precision = "ONNX Runtime (fp16 graph)" if cfg.fp16 else "ONNX Runtime"
+            check_parity(precision, report, max_abs_diff, min_cosine)
+            status, engine_report = _tensorrt_engine(config, tmp, reference, images)
+            mlflow.set_tag("reid.tensorrt", status)
             info = {
                 **report,
-                "parity_passed": passed,
+                **engine_report,
+                "parity_passed": True,
+                "fp16": cfg.fp16,
+                "tolerance_max_abs_diff": max_abs_diff,
+                "tolerance_min_cosine": min_cosine,
+                "parity_batch_sizes": list(cfg.parity_batch_sizes),
+                "onnx_bytes": (tmp / "model.onnx").stat().st_size,
+                "tensorrt": status,
                 "height": h,
                 "width": w,
                 "embedding_dim": meta["embedding_dim"],
@@ -60,4 +113,4 @@ def run(
             }
             (tmp / "parity.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         mlflow.log_artifacts(str(outputs["onnx"]), "onnx")
-    return {k: report[k] for k in ("max_abs_diff", "min_cosine")}
+    return {k: v for k, v in {**report, **engine_report}.items() if "_batch" not in k}
