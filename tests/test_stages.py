@@ -165,6 +165,22 @@ def test_stages_are_child_runs_of_one_pipeline_run(workspace):
     assert len(client.get_metric_history(train.info.run_id, "loss_ce")) >= 2
 
 
+def test_promote_to_the_tensorrt_flavour_without_an_engine_fails_before_registering(workspace):
+    import mlflow
+
+    ws, env = workspace
+    before = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_model_versions()
+    proc = reid(
+        "promote", "--onnx", "onnx", "--model", "student", "--evaluation", "eval.json",
+        "--decision", "trt.json", "--set", "triton.backend=tensorrt",
+        "--set", f"triton.repository={ws / 'trt_repository'}", cwd=ws, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "model.plan does not exist" in proc.stderr
+    after = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_model_versions()
+    assert len(after) == len(before)
+    assert not (ws / "trt.json").exists() and not (ws / "trt_repository").exists()
+
+
 def test_promote_registers_then_refuses_an_equal_model(workspace):
     import mlflow
 

@@ -96,3 +96,12 @@ def test_a_failed_publish_leaves_no_version_behind(tmp_path):
 def test_versions_start_at_one(tmp_path, onnx_file):
     with pytest.raises(ValueError, match="start at 1"):
         publish_version(tmp_path, "reid", 0, onnx_file, "cfg")
+
+
+def test_the_tensorrt_flavour_serves_the_engine_file(tmp_path, onnx_file):
+    parsed = parse(triton_config("reid", 64, 32, 64, TritonConfig(backend="tensorrt")))
+    assert parsed.platform == "tensorrt_plan"
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"engine")
+    publish_version(tmp_path / "repo", "reid", 1, plan, "cfg", backend="tensorrt")
+    assert [p.name for p in (tmp_path / "repo" / "reid" / "1").iterdir()] == ["model.plan"]

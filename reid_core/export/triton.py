@@ -1,7 +1,9 @@
 """Triton model repositories: `<name>/config.pbtxt` + `<name>/<version>/model.onnx`.
 
-Two flavours of the same repository, chosen by `triton.backend`:
+Three flavours of the same repository, chosen by `triton.backend`:
 - `onnxruntime`: the production config for NVIDIA's Triton image (platform onnxruntime_onnx);
+- `tensorrt`: the export's fp16 TensorRT engine (`model.plan`, platform tensorrt_plan), for
+  NVIDIA's image on the GPU model the engine was built on;
 - `python`: what the bundled CPU tritonserver can load; its python backend runs the same
   model.onnx with ONNX Runtime (`triton_python_model.py`, copied as `<version>/model.py`).
 
@@ -21,15 +23,20 @@ from reid_core.config import TritonConfig
 from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+# the file each flavour serves, as the export stage names it and Triton's default expects it
+MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.onnx"}
+_RUNTIMES = {
+    "onnxruntime": 'platform: "onnxruntime_onnx"',
+    "tensorrt": 'platform: "tensorrt_plan"',
+    "python": 'backend: "python"',
+}
 
 
 def triton_config(
     name: str, height: int, width: int, embedding_dim: int, config: TritonConfig
 ) -> str:
     """config.pbtxt for `config.backend`, with batching, instances and version policy."""
-    runtime = (
-        'platform: "onnxruntime_onnx"' if config.backend == "onnxruntime" else 'backend: "python"'
-    )
+    runtime = _RUNTIMES[config.backend]
     batching = ""
     if config.dynamic_batching:
         preferred = ", ".join(map(str, sorted(set(config.preferred_batch_sizes))))
@@ -80,12 +87,13 @@ def publish_version(
     repository: str | Path,
     name: str,
     version: int,
-    onnx_path: str | Path,
+    model_file: str | Path,
     config_text: str,
     keep: int = 3,
     backend: str = "onnxruntime",
 ) -> Path:
-    """Place `onnx_path` as version `version` of model `name`; keep the newest `keep` versions.
+    """Place `model_file` (model.onnx, or model.plan for `tensorrt`) as version `version` of
+    model `name`; keep the newest `keep` versions.
 
     The config is rewritten only when its text changes: Triton reloads a model whose config
     changed, which would be a needless reload of every served version.
@@ -101,7 +109,7 @@ def publish_version(
     final = model_dir / str(version)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     try:
-        shutil.copyfile(onnx_path, staging / "model.onnx")
+        shutil.copyfile(model_file, staging / MODEL_FILES[backend])
         if backend == "python":
             shutil.copyfile(PYTHON_MODEL, staging / "model.py")
         os.chmod(staging, 0o755)

@@ -9,10 +9,21 @@ from pathlib import Path
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import META
-from reid_core.export.triton import publish_version, triton_config
+from reid_core.export.triton import MODEL_FILES, publish_version, triton_config
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import stage_run
+
+
+def _served_file(export: Path, backend: str) -> Path:
+    """The exported file the repository flavour serves; a missing TensorRT engine is an error."""
+    path = export / MODEL_FILES[backend]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: triton.backend={backend} needs an export that built a "
+            "TensorRT engine (export.tensorrt on a machine with a GPU)"
+        )
+    return path
 
 
 def run(
@@ -22,6 +33,7 @@ def run(
 
     cfg = config.promote
     parity = json.loads((inputs["onnx"] / "parity.json").read_text())
+    served = _served_file(inputs["onnx"], config.triton.backend)
     meta = json.loads((inputs["model"] / META).read_text())
     evaluation = json.loads(inputs["evaluation"].read_text())
     with stage_run("promote", config) as run:
@@ -56,7 +68,7 @@ def run(
                 config.triton.repository,
                 cfg.model_name,
                 version,
-                inputs["onnx"] / "model.onnx",
+                served,
                 text,
                 config.triton.keep_versions,
                 config.triton.backend,
