@@ -269,12 +269,13 @@ class TritonConfig(_Section):
     """The Triton model repository that promotion publishes to, and the local server.
 
     `backend: onnxruntime` writes the production config for NVIDIA's Triton image;
-    `backend: python` writes the variant the bundled CPU tritonserver can load (its python
-    backend runs the same model.onnx with ONNX Runtime).
+    `backend: tensorrt` serves the export's TensorRT engine there instead (GPU, built on the
+    GPU model it will run on); `backend: python` writes the variant the bundled CPU
+    tritonserver can load (its python backend runs the same model.onnx with ONNX Runtime).
     """
 
     repository: Path = Path("serving/model_repository")
-    backend: Literal["onnxruntime", "python"] = "python"
+    backend: Literal["onnxruntime", "tensorrt", "python"] = "python"
     max_batch_size: int = Field(64, ge=1)
     preferred_batch_sizes: list[int] = [8, 16, 32, 64]
     max_queue_delay_us: int = Field(2000, ge=0)
