@@ -39,6 +39,20 @@ def _config(args: argparse.Namespace):
     return load_config(paths, args.overrides)
 
 
+def _add_triton_client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    parser.add_argument("--url", help="host:port (default: 127.0.0.1 and the triton.*_port)")
+    parser.add_argument("--model", help="served model name (default: promote.model_name)")
+
+
+def _embedder(args: argparse.Namespace, config):
+    from reid_core.serving.client import TritonEmbedder
+
+    port = config.triton.http_port if args.protocol == "http" else config.triton.grpc_port
+    model = args.model or config.promote.model_name
+    return TritonEmbedder(args.url or f"127.0.0.1:{port}", model, args.protocol)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,9 +129,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("images", type=Path, nargs="+", help="query image files")
     query.add_argument("--index", type=Path, required=True, help="folder from `reid index build`")
-    query.add_argument("--protocol", choices=("http", "grpc"), default="http")
-    query.add_argument("--url", help="host:port (default: 127.0.0.1 and the triton.*_port)")
-    query.add_argument("--model", help="served model name (default: promote.model_name)")
+    _add_triton_client_args(query)
     query.add_argument("--top-k", type=int, help="matches per image (default: index.top_k)")
     query.add_argument("--rank-list", type=Path, help="PNG of the queries and their matches")
     query.add_argument(
@@ -145,15 +157,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     index_build = index_cmd.add_parser(
         "build",
-        help="index the evaluate stage's gallery features for top-k search",
-        description="Build a flat (exact), IVF-PQ or HNSW index (config section `index`) over "
-        "one split of a features .npz and write it as a folder.",
+        help="index gallery features for top-k search",
+        description="Build a flat (exact), IVF-PQ or HNSW index (config section `index`) and "
+        "write it as a folder, from one split of a features .npz (`reid evaluate`), or from a "
+        "dataset's split embedded through the served model (so it matches what `reid query` "
+        "embeds).",
     )
-    index_build.add_argument(
-        "--features", type=Path, required=True, help="features .npz of `reid evaluate`"
-    )
+    source = index_build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", type=Path, help="features .npz of `reid evaluate`")
+    source.add_argument("--dataset", type=Path, help="dataset folder, embedded through Triton")
+    index_build.add_argument("--manifest", type=Path, help="the dataset's manifest (--dataset)")
     index_build.add_argument("--out", type=Path, required=True, help="index folder to write")
     index_build.add_argument("--split", choices=("gallery", "query"), default="gallery")
+    _add_triton_client_args(index_build)
     _add_config_args(index_build)
     index_build.set_defaults(handler=_index)
 
@@ -248,7 +264,6 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _query(args: argparse.Namespace) -> None:
     from reid_core.atomic import atomic_output
-    from reid_core.serving.client import TritonEmbedder
     from reid_core.serving.gallery import GalleryIndex
     from reid_core.serving.query import format_matches, rank_list, search_images
 
@@ -258,10 +273,8 @@ def _query(args: argparse.Namespace) -> None:
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such query image: {', '.join(missing)}")
-    port = config.triton.http_port if args.protocol == "http" else config.triton.grpc_port
     index = GalleryIndex.load(args.index)
-    model = args.model or config.promote.model_name
-    with TritonEmbedder(args.url or f"127.0.0.1:{port}", model, args.protocol) as embedder:
+    with _embedder(args, config) as embedder:
         matches = search_images(embedder, index, args.images, args.top_k or config.index.top_k)
     print(format_matches(args.images, matches))
     if args.rank_list:
@@ -285,9 +298,24 @@ def _ablate(args: argparse.Namespace) -> None:
 def _index(args: argparse.Namespace) -> None:
     from reid_core.serving.gallery import GalleryIndex, load_gallery_features
 
-    features, metadata = load_gallery_features(args.features, args.split)
-    source = f"{args.features} ({args.split})"
-    index = GalleryIndex.build(features, metadata, _config(args).index, source=source)
+    config = _config(args)
+    if args.features:
+        features, metadata = load_gallery_features(args.features, args.split)
+        source = f"{args.features} ({args.split})"
+    else:
+        from reid_core.data.manifest import read_manifest
+        from reid_core.serving.query import embed_split
+
+        if not args.manifest:
+            raise FileNotFoundError("--dataset needs --manifest (from `reid preprocess`)")
+        manifest, _ = read_manifest(args.manifest)
+        with _embedder(args, config) as embedder:
+            features, metadata = embed_split(embedder, args.dataset, manifest, args.split)
+            source = (
+                f"{args.dataset} ({args.split}) through Triton model "
+                f"{embedder.model} v{embedder.served_version}"
+            )
+    index = GalleryIndex.build(features, metadata, config.index, source=source)
     index.save(args.out)
     print(f"index {index.kind}: {index.count} items × {index.dim} dims -> {args.out}")
 

@@ -18,6 +18,7 @@ import torch
 from reid_core.cli import main
 from reid_core.config import ModelConfig, TritonConfig
 from reid_core.data.images import load_images
+from reid_core.data.manifest import build_manifest, write_manifest
 from reid_core.data.synth import SynthSpec, generate
 from reid_core.export.onnx import ServingModel, export_onnx
 from reid_core.export.triton import publish_version, triton_config
@@ -282,3 +283,22 @@ def test_reid_query_prints_ranked_matches_and_writes_a_rank_list(
 
     with Image.open(png) as img:
         assert img.width > 6 * 48 and img.height >= 96
+
+
+def test_reid_index_build_embeds_the_gallery_through_the_served_model(server, versions, tmp_path):
+    dataset = tmp_path / "synth"
+    generate(dataset, SynthSpec(num_ids=8, num_cams=2, images_per_id=4, height=H, width=W))
+    manifest = build_manifest(dataset, "market1501")
+    write_manifest(manifest, tmp_path / "m.parquet", {})
+    args = ["index", "build", "--dataset", str(dataset), "--manifest", str(tmp_path / "m.parquet")]
+    args += ["--out", str(tmp_path / "index"), "--url", server.http_url, "--model", NAME]
+    assert main(args) == 0
+    index = GalleryIndex.load(tmp_path / "index")
+    gallery = manifest[manifest["split"] == "gallery"]
+    assert list(index.metadata["paths"]) == list(gallery["path"])
+    assert f"Triton model {NAME} v1" in index.info["source"]
+    with torch.inference_mode():
+        own = versions[1][0](load_images(dataset, list(gallery["path"]), H, W).float()).numpy()
+    sims, rows = index.search(own, 1)  # PyTorch's features find the Triton-embedded rows
+    np.testing.assert_array_equal(rows[:, 0], np.arange(len(gallery)))
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-4)

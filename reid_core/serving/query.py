@@ -1,4 +1,5 @@
-"""Gallery search for new images: embed them (through Triton), rank the gallery, show it."""
+"""Gallery search through a served model: embed a gallery or new images (through Triton),
+rank the gallery for each image, show the result."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from reid_core.data.errors import DatasetError
+from reid_core.data.images import load_images
 from reid_core.evaluation.reports import QUERY, Tile, tile_rows
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from reid_core.serving.client import TritonEmbedder
     from reid_core.serving.gallery import GalleryIndex
 
@@ -25,6 +32,31 @@ class Match:
     path: str
     pid: int
     camid: int
+
+
+def embed_split(
+    embedder: TritonEmbedder, root: Path, manifest: pd.DataFrame, split: str, chunk: int = 1024
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Features of a manifest split through the served model, with its paths/pids/camids.
+
+    Images are decoded `chunk` at a time, so a large gallery never sits in memory decoded.
+    """
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise DatasetError(f"the manifest has no '{split}' images")
+    paths = rows["path"].to_numpy().astype(str)
+    features = [
+        embedder.embed(
+            load_images(root, list(paths[i : i + chunk]), embedder.height, embedder.width).numpy()
+        )
+        for i in range(0, len(paths), chunk)
+    ]
+    metadata = {
+        "paths": paths,
+        "pids": rows["pid"].to_numpy(np.int64),
+        "camids": rows["camid"].to_numpy(np.int64),
+    }
+    return np.concatenate(features), metadata
 
 
 def search_images(
