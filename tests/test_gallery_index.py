@@ -18,8 +18,15 @@ from reid_core.serving.gallery import (
 
 N, D, IDS = 2000, 64, 200
 # IVF-PQ small enough to train on 2,000 items: 8 lists, 32 sub-quantisers of 32 codes each
+# (re-ranked with 8-bit scalar-quantised vectors: the config's default refine)
 SMALL_IVFPQ = {"kind": "ivfpq", "nlist": 8, "pq_m": 32, "pq_bits": 5, "nprobe": 4}
-KINDS = {"flat": {"kind": "flat"}, "ivfpq": SMALL_IVFPQ, "hnsw": {"kind": "hnsw"}}
+KINDS = {
+    "flat": {"kind": "flat"},
+    "ivfpq": SMALL_IVFPQ,
+    "ivfpq-plain": {**SMALL_IVFPQ, "refine": "none"},
+    "ivfpq-flat": {**SMALL_IVFPQ, "refine": "flat"},
+    "hnsw": {"kind": "hnsw"},
+}
 
 
 def clustered(n: int, d: int = D, ids: int = IDS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +89,9 @@ def test_flat_search_ranks_exactly_as_numpy_cosine_similarity(gallery, exact_top
     assert sims.dtype == np.float32 and rows.dtype == np.int64
 
 
-@pytest.mark.parametrize(("kind", "threshold"), [("hnsw", 0.95), ("ivfpq", 0.7)])
+@pytest.mark.parametrize(
+    ("kind", "threshold"), [("hnsw", 0.95), ("ivfpq", 0.85), ("ivfpq-plain", 0.7)]
+)
 def test_approximate_indexes_find_most_of_the_exact_top10(gallery, exact_top10, kind, threshold):
     feats, meta, queries = gallery
     index = GalleryIndex.build(feats, meta, IndexConfig(**KINDS[kind]))
@@ -114,10 +123,18 @@ def test_save_then_load_gives_identical_results_and_metadata(gallery, tmp_path, 
     assert loaded.metadata.keys() == index.metadata.keys()
     for key, value in index.metadata.items():
         np.testing.assert_array_equal(loaded.metadata[key], value)
-    assert (loaded.kind, loaded.dim, loaded.count) == (kind, D, N)
+    config = IndexConfig(**KINDS[kind])
+    assert (loaded.kind, loaded.dim, loaded.count) == (config.kind, D, N)
+    assert loaded.config.refine == config.refine
     info = json.loads((tmp_path / "index" / "index.json").read_text())
-    assert info["kind"] == kind and info["count"] == N and info["dim"] == D
-    assert info["source"] == "feats.npz" and info["created"] and info["config"]["kind"] == kind
+    assert info["kind"] == config.kind and info["count"] == N and info["dim"] == D
+    assert info["source"] == "feats.npz" and info["created"]
+    assert info["config"]["kind"] == config.kind
+    if config.kind == "ivfpq":
+        refine = {"refine": config.refine}
+        if config.refine != "none":
+            refine["refine_factor"] = config.refine_factor
+        assert info["settings"] == {"nlist": 8, "pq_m": 32, **refine}
     with np.load(tmp_path / "index" / "metadata.npz", allow_pickle=False) as saved:
         assert saved["pids"].dtype == np.int64 and saved["paths"].dtype.kind == "U"
 
@@ -169,6 +186,55 @@ def test_queries_of_another_dimension_or_with_nan_are_refused(gallery):
         index.search(queries, 0)
 
 
+def test_refining_ivfpq_recovers_the_top10_that_pq_codes_alone_miss(gallery, exact_top10):
+    """Coarse codes (16 sub-quantisers of 32 entries), every list scanned: what plain IVF-PQ
+    misses is quantisation error, which re-scoring a k·factor shortlist repairs."""
+    feats, meta, queries = gallery
+    coarse = {"kind": "ivfpq", "nlist": 8, "pq_m": 16, "pq_bits": 5, "nprobe": 8}
+    found = {}
+    for refine, factor in [("none", 1), ("sq8", 4), ("sq8", 8), ("flat", 4)]:
+        config = IndexConfig(**coarse, refine=refine, refine_factor=factor)
+        sims, rows = GalleryIndex.build(feats, meta, config).search(queries, 10)
+        found[refine, factor] = np.mean(
+            [len(set(a) & set(b)) / 10 for a, b in zip(rows, exact_top10, strict=True)]
+        )
+        assert (np.diff(sims, axis=1) <= 1e-6).all()
+    plain = found["none", 1]
+    assert plain < 0.8, f"the test problem should be hard for plain IVF-PQ: {found}"
+    assert found["sq8", 4] >= max(0.9, plain + 0.15), found
+    assert found["sq8", 8] >= found["sq8", 4], found
+    assert found["flat", 4] >= max(0.9, plain + 0.15), found
+
+
+def test_a_loaded_refined_index_searches_as_its_index_json_says(gallery, tmp_path):
+    import faiss
+
+    feats, meta, queries = gallery
+    GalleryIndex.build(feats, meta, IndexConfig(**SMALL_IVFPQ)).save(tmp_path / "index")
+    path = tmp_path / "index" / "index.json"
+    info = json.loads(path.read_text())
+    changed = {**info["config"], "refine_factor": 8, "nprobe": 2}
+    path.write_text(json.dumps({**info, "config": changed}))
+    loaded = GalleryIndex.load(tmp_path / "index", device="cpu")
+    base = faiss.downcast_index(loaded.index.base_index)
+    assert loaded.index.k_factor == 8 and base.nprobe == 2
+    deeper = GalleryIndex.build(feats, meta, IndexConfig(**{**SMALL_IVFPQ, **changed}))
+    for ours, theirs in zip(loaded.search(queries, 10), deeper.search(queries, 10), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+    # an index.json that disagrees with the file is refused, naming both
+    path.write_text(json.dumps({**info, "config": {**info["config"], "refine": "none"}}))
+    with pytest.raises(IndexFileError, match="IndexIVFPQ refined by IndexScalarQuantizer.*none"):
+        GalleryIndex.load(tmp_path / "index")
+    # one written before IVF-PQ could be refined has no refine key: plain IVF-PQ
+    GalleryIndex.build(feats, meta, IndexConfig(**KINDS["ivfpq-plain"])).save(tmp_path / "old")
+    path = tmp_path / "old" / "index.json"
+    info = json.loads(path.read_text())
+    del info["config"]["refine"], info["config"]["refine_factor"]
+    path.write_text(json.dumps(info))
+    assert GalleryIndex.load(tmp_path / "old").config.refine == "none"
+
+
 def test_ivfpq_refuses_a_gallery_too_small_to_train_and_suggests_flat(gallery):
     feats, meta, _ = gallery
     few = {key: value[:500] for key, value in meta.items()}
@@ -184,7 +250,12 @@ def test_pq_sub_quantisers_must_divide_the_dimension(gallery):
     wide, pids = clustered(1000, d=100, ids=50)
     small = IndexConfig(kind="ivfpq", nlist=4, pq_bits=4)
     index = GalleryIndex.build(wide, metadata(pids), small)
-    assert index.info["settings"] == {"nlist": 4, "pq_m": 10}
+    assert index.info["settings"] == {
+        "nlist": 4,
+        "pq_m": 10,
+        "refine": "sq8",
+        "refine_factor": 16,
+    }
 
 
 def test_loading_a_missing_or_damaged_index_names_the_problem(gallery, tmp_path):

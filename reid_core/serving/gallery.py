@@ -5,7 +5,10 @@ answers top-k queries without one. Three kinds, chosen by the `index` config sec
 
 - `flat`: exact inner product search (the reference; brute force, BLAS).
 - `ivfpq`: an inverted file of `nlist` lists with product-quantised codes (`pq_m` bytes-ish per
-  item): small and fast, approximate; `nprobe` lists are scanned per query.
+  item): small and fast, approximate; `nprobe` lists are scanned per query. PQ codes alone miss
+  much of the true top-k, so by default (`refine`) the best k·`refine_factor` by code are
+  re-scored with 8-bit scalar-quantised vectors (D bytes an item) or the float ones (faiss
+  IndexRefine); on a GPU only the IVF-PQ part goes there, the re-scoring stays on the CPU.
 - `hnsw`: a navigable small-world graph over the full vectors: fast and accurate, larger than
   flat, slow to build; CPU only in faiss.
 
@@ -128,12 +131,14 @@ class GalleryIndex:
             raise GalleryIndexError("the gallery is empty: there is nothing to index")
         meta = _check_metadata(metadata, n)
         device = _resolve_device(config.kind, config.device)
-        settings: dict[str, int] = {}
+        settings: dict[str, int | str] = {}
         if config.kind == "flat":
             index = faiss.IndexFlatIP(d)
         elif config.kind == "ivfpq":
             nlist, pq_m = _ivfpq_shape(n, d, config)
-            settings = {"nlist": nlist, "pq_m": pq_m}
+            settings = {"nlist": nlist, "pq_m": pq_m, "refine": config.refine}
+            if config.refine != "none":
+                settings["refine_factor"] = config.refine_factor
             index = faiss.index_factory(
                 d, f"IVF{nlist},PQ{pq_m}x{config.pq_bits}", faiss.METRIC_INNER_PRODUCT
             )
@@ -142,14 +147,16 @@ class GalleryIndex:
             index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = config.ef_construction
         index, resources = _place(index, config.kind, device)
+        _set_search_params(index, config)
         if config.kind == "ivfpq":
-            sample_size = min(n, MAX_POINTS_PER_CENTROID * settings["nlist"])
+            # training and adding through the refine wrapper train and fill both parts
+            index = _refined(index, config)
+            sample_size = min(n, MAX_POINTS_PER_CENTROID * nlist)
             rows = np.sort(np.random.default_rng(0).choice(n, sample_size, replace=False))
             index.train(_normalised(features[rows], "gallery features"))
         for start in range(0, n, ADD_BLOCK):
             block = features[start : start + ADD_BLOCK]
             index.add(_normalised(block, "gallery features", offset=start))
-        _set_search_params(index, config)
         info = {
             "source": source,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -175,8 +182,13 @@ class GalleryIndex:
         sims = np.full((nq, k), -np.inf, dtype=np.float32)
         rows = np.full((nq, k), -1, dtype=np.int64)
         found = min(int(k), self.count)
-        if self.device == "cuda" and found > GPU_MAX_K:
-            raise GalleryIndexError(f"k={k}: faiss on a GPU returns at most {GPU_MAX_K}")
+        factor = self.config.refine_factor if _is_refined(self.index) else 1
+        if self.device == "cuda" and found * factor > GPU_MAX_K:
+            raise GalleryIndexError(
+                f"k={k}"
+                + (f" × refine_factor {factor}" if factor > 1 else "")
+                + f": faiss on a GPU returns at most {GPU_MAX_K}"
+            )
         if nq and found:
             d, i = self.index.search(_normalised(queries, "queries"), found)
             missing = i < 0
@@ -189,6 +201,7 @@ class GalleryIndex:
         import faiss
 
         folder = Path(folder)
+        # a refined index on a GPU: faiss copies its base back and the (CPU) refine part with it
         cpu_index = faiss.index_gpu_to_cpu(self.index) if self.device == "cuda" else self.index
         info = {
             "format_version": FORMAT_VERSION,
@@ -223,8 +236,11 @@ class GalleryIndex:
         if absent:
             raise IndexFileError(f"{folder}: incomplete index folder, missing {', '.join(absent)}")
         info = _read_info(folder / INFO_FILE)
+        saved = dict(info["config"])
+        if saved.get("kind") == "ivfpq":
+            saved.setdefault("refine", "none")  # written before IVF-PQ had a refine step
         try:
-            config = IndexConfig.model_validate({**info["config"], "device": device})
+            config = IndexConfig.model_validate({**saved, "device": device})
         except ValidationError as err:
             raise IndexFileError(f"{folder / INFO_FILE}: bad index config: {err}") from None
         try:
@@ -232,11 +248,12 @@ class GalleryIndex:
         except RuntimeError as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
             raise IndexFileError(f"{folder / INDEX_FILE}: not a faiss index ({reason})") from None
-        expected = {"flat": faiss.IndexFlat, "ivfpq": faiss.IndexIVFPQ, "hnsw": faiss.IndexHNSW}
-        if not isinstance(index, expected[config.kind]):
+        if _structure(index) != _expected_structure(config):
+            said = f"kind {config.kind}" + (
+                f", refine {config.refine}" if config.kind == "ivfpq" else ""
+            )
             raise IndexFileError(
-                f"{folder / INDEX_FILE}: holds a {type(index).__name__}, "
-                f"but {INFO_FILE} says kind {config.kind}"
+                f"{folder / INDEX_FILE}: holds {_structure(index)}, but {INFO_FILE} says {said}"
             )
         if index.d != info.get("dim") or index.ntotal != info.get("count"):
             raise IndexFileError(
@@ -245,8 +262,14 @@ class GalleryIndex:
             )
         metadata = _read_metadata(folder / METADATA_FILE, index.ntotal)
         resolved = _resolve_device(config.kind, config.device)
+        refine = None
+        if _is_refined(index):  # taken apart, so that the base alone can go to a GPU (its
+            # CPU copy then stays in memory with the refine part: PQ codes, small beside it)
+            index, refine = _parts(index)
         index, resources = _place(index, config.kind, resolved)
         _set_search_params(index, config)
+        if refine is not None:
+            index = _refined(index, config, refine)
         extra = {k: info.get(k) for k in ("source", "created", "settings")}
         return cls(index, metadata, config, extra, resolved, resources)
 
@@ -398,10 +421,74 @@ def _place(index: faiss.Index, kind: str, device: str) -> tuple[faiss.Index, Any
 
 
 def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
+    """Search-time settings of an unwrapped index (the base of a refined one): they are read
+    from the config on build and load, so a loaded index searches as its config says."""
     if config.kind == "ivfpq":
         index.nprobe = min(config.nprobe, index.nlist)
     elif config.kind == "hnsw":
         index.hnsw.efSearch = config.ef_search  # faiss searches with max(efSearch, k)
+
+
+def _refined(
+    base: faiss.Index, config: IndexConfig, refine: faiss.Index | None = None
+) -> faiss.Index:
+    """`base` (IVF-PQ, on the CPU or a GPU) with its shortlist of k·refine_factor re-scored by
+    `refine` (a new, empty one of the config's kind when None) on the CPU; `base` itself when
+    the config says refine none. The faiss wrapper keeps both Python objects alive."""
+    import faiss
+
+    if config.refine == "none":
+        return base
+    if refine is None:
+        d = base.d
+        if config.refine == "flat":
+            refine = faiss.IndexFlatIP(d)
+        else:
+            qtype = faiss.ScalarQuantizer.QT_8bit
+            refine = faiss.IndexScalarQuantizer(d, qtype, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexRefine(base, refine)
+    index.k_factor = float(config.refine_factor)
+    return index
+
+
+def _is_refined(index: faiss.Index) -> bool:
+    import faiss
+
+    return isinstance(index, faiss.IndexRefine)
+
+
+def _parts(index: faiss.Index) -> tuple[faiss.Index, faiss.Index]:
+    """(base, refine) of a refined index that owns both, as faiss.read_index makes it. The
+    wrapper stays their owner (handing ownership to the Python objects instead crashed with
+    faiss 1.15): each part keeps a reference to it."""
+    import faiss
+
+    base = faiss.downcast_index(index.base_index)
+    refine = faiss.downcast_index(index.refine_index)
+    base.referenced_objects = [index]  # faiss's own keep-alive attribute
+    refine.referenced_objects = [index]
+    return base, refine
+
+
+def _structure(index: faiss.Index) -> str:
+    """What a (CPU) faiss index is, in the terms the config uses: 'IndexIVFPQ', or
+    'IndexIVFPQ refined by IndexScalarQuantizer', ..."""
+    import faiss
+
+    if not _is_refined(index):
+        return type(index).__name__
+    base = faiss.downcast_index(index.base_index)
+    refine = faiss.downcast_index(index.refine_index)
+    return f"{type(base).__name__} refined by {type(refine).__name__}"
+
+
+def _expected_structure(config: IndexConfig) -> str:
+    """The `_structure` that an index of `config` has once saved."""
+    plain = {"flat": "IndexFlatIP", "ivfpq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}[config.kind]
+    if config.kind != "ivfpq" or config.refine == "none":
+        return plain
+    refine = {"sq8": "IndexScalarQuantizer", "flat": "IndexFlatIP"}[config.refine]
+    return f"{plain} refined by {refine}"
 
 
 def _read_info(path: Path) -> dict[str, Any]:

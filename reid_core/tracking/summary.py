@@ -61,7 +61,8 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
         )
         where = decision["triton_version_path"] or "unchanged"
         lines.append(
-            f"Triton model repository: {decision['triton_repository']} (new version: {where})"
+            f"Triton model repository: {decision['triton_repository']} (new version: {where}); "
+            "serve it with `make triton && .venv/bin/reid serve run`"
         )
     lines.append(f"MLflow UI: {ui_command(config)}")
     return "\n".join(lines)
