@@ -265,7 +265,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _query(args: argparse.Namespace) -> None:
     from reid_core.atomic import atomic_output
     from reid_core.serving.gallery import GalleryIndex
-    from reid_core.serving.query import format_matches, rank_list, search_images
+    from reid_core.serving.query import format_matches, index_mismatch, rank_list, search_images
 
     config = _config(args)
     if args.rank_list and not args.gallery_root:
@@ -276,6 +276,9 @@ def _query(args: argparse.Namespace) -> None:
     index = GalleryIndex.load(args.index)
     with _embedder(args, config) as embedder:
         matches = search_images(embedder, index, args.images, args.top_k or config.index.top_k)
+        mismatch = index_mismatch(index, embedder)
+    if mismatch:
+        print(f"warning: {mismatch}", file=sys.stderr)
     print(format_matches(args.images, matches))
     if args.rank_list:
         with atomic_output(args.rank_list) as tmp:
@@ -299,6 +302,7 @@ def _index(args: argparse.Namespace) -> None:
     from reid_core.serving.gallery import GalleryIndex, load_gallery_features
 
     config = _config(args)
+    model = None
     if args.features:
         features, metadata = load_gallery_features(args.features, args.split)
         source = f"{args.features} ({args.split})"
@@ -311,11 +315,9 @@ def _index(args: argparse.Namespace) -> None:
         manifest, _ = read_manifest(args.manifest)
         with _embedder(args, config) as embedder:
             features, metadata = embed_split(embedder, args.dataset, manifest, args.split)
-            source = (
-                f"{args.dataset} ({args.split}) through Triton model "
-                f"{embedder.model} v{embedder.served_version}"
-            )
-    index = GalleryIndex.build(features, metadata, config.index, source=source)
+            model = {"name": embedder.model, "version": embedder.served_version}
+            source = f"{args.dataset} ({args.split}) through Triton"
+    index = GalleryIndex.build(features, metadata, config.index, source=source, model=model)
     index.save(args.out)
     print(f"index {index.kind}: {index.count} items × {index.dim} dims -> {args.out}")
 

@@ -25,6 +25,7 @@ from reid_core.export.triton import publish_version, triton_config
 from reid_core.modeling import create_model
 from reid_core.serving.client import TritonEmbedder
 from reid_core.serving.gallery import GalleryIndex
+from reid_core.serving.query import index_mismatch
 from reid_core.serving.server import Installation, ServerError, TritonServer, free_ports
 
 pytestmark = pytest.mark.integration
@@ -296,9 +297,14 @@ def test_reid_index_build_embeds_the_gallery_through_the_served_model(server, ve
     index = GalleryIndex.load(tmp_path / "index")
     gallery = manifest[manifest["split"] == "gallery"]
     assert list(index.metadata["paths"]) == list(gallery["path"])
-    assert f"Triton model {NAME} v1" in index.info["source"]
+    assert index.info["model"] == {"name": NAME, "version": "1"}
     with torch.inference_mode():
         own = versions[1][0](load_images(dataset, list(gallery["path"]), H, W).float()).numpy()
     sims, rows = index.search(own, 1)  # PyTorch's features find the Triton-embedded rows
     np.testing.assert_array_equal(rows[:, 0], np.arange(len(gallery)))
     np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-4)
+    with TritonEmbedder(server.http_url, NAME) as embedder:
+        embedder.embed(np.zeros((1, 3, H, W)))
+        assert index_mismatch(index, embedder) == ""
+        index.info["model"] = {"name": NAME, "version": "7"}  # as if v1 replaced v7 since
+        assert "embedded by reid v7, the queries by reid v1" in index_mismatch(index, embedder)

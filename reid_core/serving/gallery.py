@@ -117,10 +117,12 @@ class GalleryIndex:
         config: IndexConfig,
         *,
         source: str | None = None,
+        model: Mapping[str, str] | None = None,
     ) -> GalleryIndex:
         """Index `features` (N×D, any float dtype; normalised here) with their `metadata`.
 
-        `source` (e.g. the features file) is recorded in the saved index's JSON. IVF-PQ trains
+        `source` (e.g. the features file) and `model` (the served model that embedded them:
+        name, version) are recorded in the saved index's JSON. IVF-PQ trains
         on a seeded sample of the gallery and refuses galleries too small to train on.
         """
         import faiss
@@ -159,6 +161,7 @@ class GalleryIndex:
             index.add(_normalised(block, "gallery features", offset=start))
         info = {
             "source": source,
+            "model": dict(model) if model else None,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "settings": settings,
         }
@@ -270,7 +273,7 @@ class GalleryIndex:
         _set_search_params(index, config)
         if refine is not None:
             index = _refined(index, config, refine)
-        extra = {k: info.get(k) for k in ("source", "created", "settings")}
+        extra = {k: info.get(k) for k in ("source", "model", "created", "settings")}
         return cls(index, metadata, config, extra, resolved, resources)
 
 

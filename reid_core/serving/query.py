@@ -81,6 +81,21 @@ def search_images(
     ]
 
 
+def index_mismatch(index: GalleryIndex, embedder: TritonEmbedder) -> str:
+    """Why the index's features may not be comparable with what the server embeds now ('' if
+    they are): it was built through another model or version (e.g. one promoted since)."""
+    built = index.info.get("model")
+    if not built:
+        return ""
+    now = {"name": embedder.model, "version": embedder.served_version}
+    if built == now:
+        return ""
+    return (
+        f"the index was embedded by {built['name']} v{built['version']}, the queries by "
+        f"{now['name']} v{now['version']}: rebuild it (`reid index build --dataset ...`)"
+    )
+
+
 def format_matches(images: Sequence[Path], matches: Sequence[Sequence[Match]]) -> str:
     """A plain-text table per query: rank, cosine similarity, gallery path, id, camera."""
     lines = []
