@@ -1,6 +1,7 @@
 import contextlib
 import io
 import json
+import os
 import sys
 
 import numpy as np
@@ -112,9 +113,19 @@ def stage_inputs(tmp_path_factory):
     save_checkpoint(root / "model", model, {"height": 64, "width": 32})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        # registered so that undoing restores it: mlflow.set_registry_uri writes it
+        mp.setenv("MLFLOW_REGISTRY_URI", os.environ.get("MLFLOW_REGISTRY_URI", ""))
+        mp.delenv("MLFLOW_REGISTRY_URI")
         mp.setenv("REID_PIPELINE_RUN_ID", "export-test")
         mp.setenv("GX_ANALYTICS_ENABLED", "false")
-        yield root, {"dataset": dataset, "manifest": root / "m.parquet", "model": root / "model"}
+        inputs = {"dataset": dataset, "manifest": root / "m.parquet", "model": root / "model"}
+        try:
+            yield root, inputs
+        finally:  # the stage ran in this process and set mlflow's global URIs: later tests
+            import mlflow  # would otherwise reach this module's store
+
+            mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
 
 
 def run_export(stage_inputs, dest: str, *overrides: str) -> dict:
