@@ -251,6 +251,7 @@ def promote(
     model: Input[Model],
     evaluation: Input[Metrics],
     decision: Output[Artifact],
+    markdown: Output[Markdown],
 ):
     """Register the model, move the champion alias, publish to Triton."""
     from reid_core.stages.kfp_glue import run_component
@@ -261,7 +262,7 @@ def promote(
         pipeline_run_id,
         mlflow_tracking_uri,
         inputs={"onnx": onnx, "model": model, "evaluation": evaluation},
-        outputs={"decision": decision},
+        outputs={"decision": decision, "markdown": markdown},
         config_overrides=config_overrides,
     )
 

@@ -261,8 +261,20 @@ class ExportConfig(_Section):
 
 
 class PromoteConfig(_Section):
+    """The promotion policy (`reid_core.tracking.promotion`); metrics are fractions."""
+
     model_name: str = "reid-student"
+    # mAP must beat the champion's by more than this (by anything at 0)
     min_map_gain: float = Field(0.0, ge=0)
+    # rank-1 may fall below the champion's by at most this
+    max_rank1_drop: float = Field(0.01, ge=0)
+    # ONNX Runtime CPU latency at batch 1 measured by export, in ms (0: no budget)
+    max_latency_ms: float = Field(0.0, ge=0)
+
+    def policy(self):
+        from reid_core.tracking.promotion import Policy
+
+        return Policy(self.min_map_gain, self.max_rank1_drop, self.max_latency_ms)
 
 
 class TritonConfig(_Section):

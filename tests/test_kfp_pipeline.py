@@ -45,6 +45,7 @@ PORT_TYPES = {
     "metrics": "system.Metrics",
     "evaluation": "system.Metrics",
     "decision": "system.Artifact",
+    "markdown": "system.Markdown",
     "metrics_table": "system.Markdown",
     "report_page": "system.HTML",
     "roc": "system.ClassificationMetrics",

@@ -172,7 +172,7 @@ def test_promote_to_the_tensorrt_flavour_without_an_engine_fails_before_register
     before = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_model_versions()
     proc = reid(
         "promote", "--onnx", "onnx", "--model", "student", "--evaluation", "eval.json",
-        "--decision", "trt.json", "--set", "triton.backend=tensorrt",
+        "--decision", "trt.json", "--markdown", "trt.md", "--set", "triton.backend=tensorrt",
         "--set", f"triton.repository={ws / 'trt_repository'}", cwd=ws, env=env, check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and "model.plan does not exist" in proc.stderr
@@ -188,12 +188,36 @@ def test_promote_registers_then_refuses_an_equal_model(workspace):
     common = ("--onnx", "onnx", "--model", "student", "--evaluation", "eval.json")
     repo = ws / "model_repository"
     overrides = ("--set", f"triton.repository={repo}")
-    reid("promote", *common, "--decision", "d1.json", *overrides, cwd=ws, env=env)
-    reid("promote", *common, "--decision", "d2.json", *overrides, cwd=ws, env=env)
+    reid(
+        "promote",
+        *common,
+        "--decision",
+        "d1.json",
+        "--markdown",
+        "r1.md",
+        *overrides,
+        cwd=ws,
+        env=env,
+    )
+    reid(
+        "promote",
+        *common,
+        "--decision",
+        "d2.json",
+        "--markdown",
+        "r2.md",
+        *overrides,
+        cwd=ws,
+        env=env,
+    )
     first = json.loads((ws / "d1.json").read_text())
     second = json.loads((ws / "d2.json").read_text())
     assert first["promoted"] and first["version"] == 1
-    assert not second["promoted"] and "does not beat" in second["reasons"][0]
+    assert not second["promoted"] and second["reasons"][0].startswith("FAIL mAP gain")
+    assert first["triton_version"] == 1 and second["triton_version"] is None
+    report = (ws / "r2.md").read_text()
+    assert "**refused**" in report and "| mAP gain | FAIL |" in report
+    assert "| rank-1 drop | pass |" in report and "champion v1" in report
     assert (repo / "reid-student" / "1" / "model.onnx").is_file()
     assert not (repo / "reid-student" / "2").exists()
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])

@@ -132,3 +132,21 @@ def parity_figures(
     report["max_abs_diff"] = worst_diff
     report["min_cosine"] = worst_cos
     return report
+
+
+def latency_ms(onnx_path: Path, images: torch.Tensor, repeats: int = 30) -> float:
+    """Median ONNX Runtime CPU latency of one batch of `images`, in ms (the promotion policy's
+    latency figure; after 3 warm-up runs)."""
+    import time
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feed = {INPUT_NAME: images.float().numpy()}
+    times = []
+    for i in range(repeats + 3):
+        start = time.perf_counter()
+        session.run([OUTPUT_NAME], feed)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))

@@ -128,7 +128,12 @@ STAGES: dict[str, StageSpec] = {
                 _MODEL,
                 Port("evaluation", "file", "metrics JSON of evaluate on this model"),
             ),
-            (Port("decision", "file", "promotion decision JSON to write"),),
+            (
+                Port("decision", "file", "promotion decision JSON to write"),
+                Port(
+                    "markdown", "file", "promotion report to write (Markdown: figures, every check)"
+                ),
+            ),
         ),
     )
 }

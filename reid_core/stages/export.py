@@ -15,7 +15,7 @@ from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.export import tensorrt
-from reid_core.export.onnx import ServingModel, export_onnx, parity_report
+from reid_core.export.onnx import ServingModel, export_onnx, latency_ms, parity_report
 from reid_core.tracking.runs import stage_run
 
 
@@ -94,6 +94,8 @@ def run(
             check_parity(precision, report, max_abs_diff, min_cosine)
             status, engine_report = _tensorrt_engine(config, tmp, reference, images)
             mlflow.set_tag("reid.tensorrt", status)
+            report["latency_ms_batch1"] = latency_ms(tmp / "model.onnx", images[:1])
+            mlflow.log_metric("latency_ms_batch1", report["latency_ms_batch1"])
             info = {
                 **report,
                 **engine_report,

@@ -6,10 +6,15 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from reid_core.atomic import write_json
+from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import META
-from reid_core.export.triton import MODEL_FILES, publish_version, triton_config
+from reid_core.export.triton import (
+    MODEL_FILES,
+    publish_version,
+    published_versions,
+    triton_config,
+)
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import stage_run
@@ -50,12 +55,15 @@ def run(
             "reid.mINP": evaluation["mINP"],
             "reid.parity_max_abs_diff": parity["max_abs_diff"],
             "reid.parity_passed": "true" if parity["parity_passed"] else "false",
+            "reid.parity_min_cosine": parity["min_cosine"],
+            "reid.latency_ms": parity.get("latency_ms_batch1", ""),
             "reid.promote_run_id": run.info.run_id,
         }
         version = registry.register_onnx(inputs["onnx"] / "model.onnx", cfg.model_name, tags)
         current = registry.champion(cfg.model_name)
-        decision = decide(registry.candidate(cfg.model_name, version), current, cfg.min_map_gain)
-        published = ""
+        challenger = registry.candidate(cfg.model_name, version)
+        decision = decide(challenger, current, cfg.policy())
+        published, triton_version = "", None
         if decision.promote:
             text = triton_config(
                 cfg.model_name,
@@ -64,10 +72,14 @@ def run(
                 parity["embedding_dim"],
                 config.triton,
             )
+            # Triton's own sequence: the next number after what the repository holds
+            triton_version = (published_versions(config.triton.repository, cfg.model_name) or [0])[
+                -1
+            ] + 1
             path = publish_version(
                 config.triton.repository,
                 cfg.model_name,
-                version,
+                triton_version,
                 served,
                 text,
                 config.triton.keep_versions,
@@ -77,22 +89,28 @@ def run(
             registry.set_champion(cfg.model_name, version, current)
         client = mlflow.MlflowClient()
         client.set_model_version_tag(
-            cfg.model_name,
-            str(version),
-            "reid.promotion",
-            ("promoted: " if decision.promote else "refused: ") + "; ".join(decision.reasons),
+            cfg.model_name, str(version), "reid.promotion", decision.summary()
         )
+        if triton_version is not None:
+            client.set_model_version_tag(
+                cfg.model_name, str(version), "reid.triton_version", str(triton_version)
+            )
+        report = decision.markdown(cfg.model_name, challenger, current)
         result = {
             "model_name": cfg.model_name,
             "version": version,
             "promoted": decision.promote,
             "reasons": decision.reasons,
             "previous_champion": current.version if current else None,
+            "triton_version": triton_version,
             "triton_version_path": published,
             "triton_repository": str(config.triton.repository),
             "mAP": evaluation["mAP"],
             "rank1": evaluation["rank1"],
         }
         mlflow.log_dict(result, "promotion.json")
+        mlflow.log_text(report, "promotion.md")
         write_json(outputs["decision"], result)
+        with atomic_output(outputs["markdown"]) as tmp:
+            tmp.write_text(report)
     return {"version": float(version), "promoted": float(decision.promote)}

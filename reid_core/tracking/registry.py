@@ -41,6 +41,7 @@ def candidate(model_name: str, version: int) -> Candidate:
         rank1=float(t["reid.rank1"]),
         eval_set_hash=t["reid.eval_set_hash"],
         parity_passed=t.get("reid.parity_passed") == "true",
+        latency_ms=float(t["reid.latency_ms"]) if t.get("reid.latency_ms") else None,
     )
 
 
