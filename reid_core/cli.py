@@ -173,6 +173,15 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_args(index_build)
     index_build.set_defaults(handler=_index)
 
+    rollback = sub.add_parser(
+        "rollback",
+        help="make the champion's predecessor champion again and serve it",
+        description="Move the `champion` alias of promote.model_name back to the version it "
+        "replaced and publish that version as the Triton repository's next version.",
+    )
+    _add_config_args(rollback)
+    rollback.set_defaults(handler=_rollback)
+
     summary = sub.add_parser("summary", help="print what the last pipeline run produced")
     summary.add_argument("--reports", type=Path, default=Path("reports"))
     _add_config_args(summary)
@@ -320,6 +329,19 @@ def _index(args: argparse.Namespace) -> None:
     index = GalleryIndex.build(features, metadata, config.index, source=source, model=model)
     index.save(args.out)
     print(f"index {index.kind}: {index.count} items × {index.dim} dims -> {args.out}")
+
+
+def _rollback(args: argparse.Namespace) -> None:
+    from reid_core.tracking.rollback import rollback
+    from reid_core.tracking.runs import setup_mlflow
+
+    config = _config(args)
+    setup_mlflow(config)
+    done = rollback(config)
+    print(
+        f"{done.model_name}: champion is v{done.restored} again (was v{done.replaced}); "
+        f"served as Triton version {done.triton_version} ({done.triton_path})"
+    )
 
 
 def _summary(args: argparse.Namespace) -> None:

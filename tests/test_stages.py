@@ -181,6 +181,37 @@ def test_promote_to_the_tensorrt_flavour_without_an_engine_fails_before_register
     assert not (ws / "trt.json").exists() and not (ws / "trt_repository").exists()
 
 
+def test_a_better_model_replaces_the_champion_and_rollback_restores_it(workspace):
+    import mlflow
+
+    ws, env = workspace
+    evaluation = json.loads((ws / "eval.json").read_text())
+    (ws / "eval_better.json").write_text(json.dumps({**evaluation, "mAP": evaluation["mAP"] + 0.1}))
+    repo = ws / "rollback_repository"
+    sets = ("--set", "promote.model_name=reid-rollback", "--set", f"triton.repository={repo}")
+    for i, ev in enumerate(("eval.json", "eval_better.json")):
+        outputs = ("--decision", f"rb{i}.json", "--markdown", f"rb{i}.md")
+        reid("promote", "--onnx", "onnx", "--model", "student", "--evaluation", ev, *outputs,
+             *sets, cwd=ws, env=env)  # fmt: skip
+    second = json.loads((ws / "rb1.json").read_text())
+    assert second["promoted"] and second["triton_version"] == 2
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    assert str(client.get_model_version_by_alias("reid-rollback", "previous").version) == "1"
+
+    proc = reid("rollback", *sets, cwd=ws, env=env)
+    assert "champion is v1 again (was v2); served as Triton version 3" in proc.stdout
+    assert str(client.get_model_version_by_alias("reid-rollback", "champion").version) == "1"
+    assert "previous" not in client.get_registered_model("reid-rollback").aliases
+    assert "rollback" in client.get_model_version("reid-rollback", "2").tags["reid.rolled_back"]
+    assert sorted(p.name for p in (repo / "reid-rollback").iterdir()) == [
+        "1", "2", "3", "config.pbtxt"
+    ]  # fmt: skip
+    assert (repo / "reid-rollback" / "3" / "model.py").is_file()  # the python flavour
+
+    again = reid("rollback", *sets, cwd=ws, env=env, check=False)
+    assert again.returncode == 1 and "nothing to roll back to" in again.stderr
+
+
 def test_promote_registers_then_refuses_an_equal_model(workspace):
     import mlflow
 

@@ -150,3 +150,14 @@ def latency_ms(onnx_path: Path, images: torch.Tensor, repeats: int = 30) -> floa
         if i >= 3:
             times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
+
+
+def onnx_interface(onnx_path: Path) -> tuple[int, int, int]:
+    """(height, width, embedding dim) of an exported model, read from its graph."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    (image,) = [i for i in graph.input if i.name == INPUT_NAME]
+    (features,) = [o for o in graph.output if o.name == OUTPUT_NAME]
+    _, _, height, width = (d.dim_value for d in image.type.tensor_type.shape.dim)
+    return height, width, features.type.tensor_type.shape.dim[1].dim_value

@@ -122,3 +122,16 @@ def publish_version(
     for old in published_versions(repository, name)[:-keep]:
         shutil.rmtree(model_dir / str(old), ignore_errors=True)
     return final
+
+
+def publish_next_version(
+    config: TritonConfig, name: str, model_file: str | Path, height: int, width: int, dim: int
+) -> tuple[int, Path]:
+    """Publish `model_file` as the repository's next version of `name` (Triton serves the
+    newest): (version number, its folder)."""
+    version = (published_versions(config.repository, name) or [0])[-1] + 1
+    text = triton_config(name, height, width, dim, config)
+    folder = publish_version(
+        config.repository, name, version, model_file, text, config.keep_versions, config.backend
+    )
+    return version, folder

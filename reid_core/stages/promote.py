@@ -9,12 +9,7 @@ from pathlib import Path
 from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import META
-from reid_core.export.triton import (
-    MODEL_FILES,
-    publish_version,
-    published_versions,
-    triton_config,
-)
+from reid_core.export.triton import MODEL_FILES, publish_next_version
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import stage_run
@@ -65,25 +60,13 @@ def run(
         decision = decide(challenger, current, cfg.policy())
         published, triton_version = "", None
         if decision.promote:
-            text = triton_config(
+            triton_version, path = publish_next_version(
+                config.triton,
                 cfg.model_name,
+                served,
                 parity["height"],
                 parity["width"],
                 parity["embedding_dim"],
-                config.triton,
-            )
-            # Triton's own sequence: the next number after what the repository holds
-            triton_version = (published_versions(config.triton.repository, cfg.model_name) or [0])[
-                -1
-            ] + 1
-            path = publish_version(
-                config.triton.repository,
-                cfg.model_name,
-                triton_version,
-                served,
-                text,
-                config.triton.keep_versions,
-                config.triton.backend,
             )
             published = str(path)
             registry.set_champion(cfg.model_name, version, current)

@@ -56,12 +56,20 @@ def champion(model_name: str) -> Candidate | None:
     return candidate(model_name, int(mv.version))
 
 
+PREVIOUS_TAG = "reid.previous_champion"
+
+
 def set_champion(model_name: str, version: int, old: Candidate | None) -> None:
-    """Move `champion` to `version`; the replaced one keeps the `previous` alias."""
+    """Move `champion` to `version`; the replaced one keeps the `previous` alias.
+
+    The new champion's `reid.previous_champion` tag remembers the one it replaced, so
+    rollbacks can walk back more than one step.
+    """
     import mlflow
 
     client = mlflow.MlflowClient()
     if old is not None:
+        client.set_model_version_tag(model_name, str(version), PREVIOUS_TAG, str(old.version))
         client.set_registered_model_alias(model_name, PREVIOUS, str(old.version))
     client.set_registered_model_alias(model_name, CHAMPION, str(version))
 
