@@ -212,6 +212,45 @@ def test_a_better_model_replaces_the_champion_and_rollback_restores_it(workspace
     assert again.returncode == 1 and "nothing to roll back to" in again.stderr
 
 
+def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(workspace):
+    import mlflow
+
+    ws, env = workspace
+    evaluation = json.loads((ws / "eval.json").read_text())
+    repo = ws / "race_repository"
+    sets = ("--set", "promote.model_name=reid-race", "--set", f"triton.repository={repo}")
+    procs = []
+    for i, gain in enumerate((0.0, 0.1)):
+        (ws / f"race{i}.json").write_text(
+            json.dumps({**evaluation, "mAP": evaluation["mAP"] + gain})
+        )
+        cmd = ["promote", "--onnx", "onnx", "--model", "student", "--evaluation", f"race{i}.json",
+               "--decision", f"rd{i}.json", "--markdown", f"rd{i}.md", *sets]  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "reid_core.cli", *map(str, cmd)],
+                cwd=ws,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        )
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    decisions = [json.loads((ws / f"rd{i}.json").read_text()) for i in range(2)]
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("reid-race", "champion")
+    assert int(champion.version) == decisions[1]["version"]  # the better one, whatever the order
+    published = sorted(int(p.name) for p in (repo / "reid-race").iterdir() if p.name.isdigit())
+    promoted = [d for d in decisions if d["promoted"]]
+    assert published == list(range(1, len(promoted) + 1))
+    assert champion.tags["reid.triton_version"] == str(published[-1])  # newest = champion
+    if len(promoted) == 2:  # the worse one went first; the better one then replaced it
+        assert champion.tags["reid.previous_champion"] == str(decisions[0]["version"])
+
+
 def test_promote_registers_then_refuses_an_equal_model(workspace):
     import mlflow
 

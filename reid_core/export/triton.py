@@ -13,9 +13,13 @@ place, so a Triton server polling the repository never loads half a model.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from reid_core.atomic import atomic_output
@@ -122,6 +126,32 @@ def publish_version(
     for old in published_versions(repository, name)[:-keep]:
         shutil.rmtree(model_dir / str(old), ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def repository_lock(repository: str | Path, name: str, timeout: float = 600.0) -> Iterator[None]:
+    """Hold the exclusive lock of model `name` in a local repository: promotions and rollbacks
+    decide, publish and move aliases inside it, so two racing ones are serialised.
+
+    The lock file sits beside the repository, where Triton does not look for models.
+    """
+    repository = Path(repository).resolve()
+    repository.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = repository.with_name(f".{repository.name}.{name}.lock")
+    deadline = time.monotonic() + timeout
+    with open(lock_path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{lock_path} held for over {timeout:.0f} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def publish_next_version(

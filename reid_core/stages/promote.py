@@ -9,7 +9,7 @@ from pathlib import Path
 from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import META
-from reid_core.export.triton import MODEL_FILES, publish_next_version
+from reid_core.export.triton import MODEL_FILES, publish_next_version, repository_lock
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import stage_run
@@ -55,21 +55,22 @@ def run(
             "reid.promote_run_id": run.info.run_id,
         }
         version = registry.register_onnx(inputs["onnx"] / "model.onnx", cfg.model_name, tags)
-        current = registry.champion(cfg.model_name)
-        challenger = registry.candidate(cfg.model_name, version)
-        decision = decide(challenger, current, cfg.policy())
-        published, triton_version = "", None
-        if decision.promote:
-            triton_version, path = publish_next_version(
-                config.triton,
-                cfg.model_name,
-                served,
-                parity["height"],
-                parity["width"],
-                parity["embedding_dim"],
-            )
-            published = str(path)
-            registry.set_champion(cfg.model_name, version, current)
+        with repository_lock(config.triton.repository, cfg.model_name):
+            current = registry.champion(cfg.model_name)
+            challenger = registry.candidate(cfg.model_name, version)
+            decision = decide(challenger, current, cfg.policy())
+            published, triton_version = "", None
+            if decision.promote:
+                triton_version, path = publish_next_version(
+                    config.triton,
+                    cfg.model_name,
+                    served,
+                    parity["height"],
+                    parity["width"],
+                    parity["embedding_dim"],
+                )
+                published = str(path)
+                registry.set_champion(cfg.model_name, version, current)
         client = mlflow.MlflowClient()
         client.set_model_version_tag(
             cfg.model_name, str(version), "reid.promotion", decision.summary()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reid_core.config import ReidConfig
 from reid_core.export.onnx import onnx_interface
-from reid_core.export.triton import publish_next_version
+from reid_core.export.triton import publish_next_version, repository_lock
 from reid_core.tracking.registry import CHAMPION, PREVIOUS, PREVIOUS_TAG
 
 
@@ -42,36 +42,37 @@ def rollback(config: ReidConfig) -> Rollback:
             "triton.backend=tensorrt: the registry holds the ONNX model, not an engine; "
             "roll back with the onnxruntime or python flavour"
         )
-    client = mlflow.MlflowClient()
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        raise RollbackError(f"{name} has no champion: nothing to roll back") from None
-    target = champion.tags.get(PREVIOUS_TAG, "")
-    if not target:
-        raise RollbackError(
-            f"{name} v{champion.version} replaced no earlier champion: nothing to roll back to"
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{target}", dst_path=tmp
+    with repository_lock(config.triton.repository, name):
+        client = mlflow.MlflowClient()
+        try:
+            champion = client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            raise RollbackError(f"{name} has no champion: nothing to roll back") from None
+        target = champion.tags.get(PREVIOUS_TAG, "")
+        if not target:
+            raise RollbackError(
+                f"{name} v{champion.version} replaced no earlier champion: nothing to roll back to"
             )
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{name}/{target}", dst_path=tmp
+                )
+            )
+            onnx_path = folder / "model.onnx"
+            height, width, dim = onnx_interface(onnx_path)
+            triton_version, path = publish_next_version(
+                config.triton, name, onnx_path, height, width, dim
+            )
+        restored = client.get_model_version(name, target)
+        client.set_registered_model_alias(name, CHAMPION, target)
+        earlier = restored.tags.get(PREVIOUS_TAG, "")
+        if earlier:
+            client.set_registered_model_alias(name, PREVIOUS, earlier)
+        else:
+            client.delete_registered_model_alias(name, PREVIOUS)
+        client.set_model_version_tag(
+            name, champion.version, "reid.rolled_back", f"replaced by v{target} (rollback)"
         )
-        onnx_path = folder / "model.onnx"
-        height, width, dim = onnx_interface(onnx_path)
-        triton_version, path = publish_next_version(
-            config.triton, name, onnx_path, height, width, dim
-        )
-    restored = client.get_model_version(name, target)
-    client.set_registered_model_alias(name, CHAMPION, target)
-    earlier = restored.tags.get(PREVIOUS_TAG, "")
-    if earlier:
-        client.set_registered_model_alias(name, PREVIOUS, earlier)
-    else:
-        client.delete_registered_model_alias(name, PREVIOUS)
-    client.set_model_version_tag(
-        name, champion.version, "reid.rolled_back", f"replaced by v{target} (rollback)"
-    )
-    client.set_model_version_tag(name, target, "reid.triton_version", str(triton_version))
+        client.set_model_version_tag(name, target, "reid.triton_version", str(triton_version))
     return Rollback(name, int(target), int(champion.version), triton_version, path)
