@@ -173,6 +173,18 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_args(index_build)
     index_build.set_defaults(handler=_index)
 
+    models = sub.add_parser("models", help="the model registry").add_subparsers(
+        dest="models_command", required=True
+    )
+    compare = models.add_parser(
+        "compare",
+        help="registered versions side by side: metrics, lineage, aliases, verdicts",
+    )
+    compare.add_argument("versions", type=int, nargs="*", help="versions (default: all)")
+    compare.add_argument("--model", help="registered model (default: promote.model_name)")
+    _add_config_args(compare)
+    compare.set_defaults(handler=_models)
+
     rollback = sub.add_parser(
         "rollback",
         help="make the champion's predecessor champion again and serve it",
@@ -331,6 +343,15 @@ def _index(args: argparse.Namespace) -> None:
     print(f"index {index.kind}: {index.count} items × {index.dim} dims -> {args.out}")
 
 
+def _models(args: argparse.Namespace) -> None:
+    from reid_core.tracking.compare import compare_versions
+    from reid_core.tracking.runs import setup_mlflow
+
+    config = _config(args)
+    setup_mlflow(config)
+    print(compare_versions(args.model or config.promote.model_name, args.versions or None))
+
+
 def _rollback(args: argparse.Namespace) -> None:
     from reid_core.tracking.rollback import rollback
     from reid_core.tracking.runs import setup_mlflow
@@ -356,10 +377,18 @@ def main(argv: list[str] | None = None) -> int:
     from reid_core.data.errors import DatasetError
     from reid_core.serving.gallery import GalleryIndexError
     from reid_core.stages import PortError
+    from reid_core.tracking.compare import UnknownVersionError
 
     try:
         args.handler(args)
-    except (ConfigError, DatasetError, PortError, GalleryIndexError, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        DatasetError,
+        PortError,
+        GalleryIndexError,
+        UnknownVersionError,
+        FileNotFoundError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (RuntimeError, ConnectionError) as err:  # parity, pseudo labels, unreachable hosts

@@ -211,6 +211,15 @@ def test_a_better_model_replaces_the_champion_and_rollback_restores_it(workspace
     again = reid("rollback", *sets, cwd=ws, env=env, check=False)
     assert again.returncode == 1 and "nothing to roll back to" in again.stderr
 
+    table = reid("models", "compare", *sets, cwd=ws, env=env).stdout.splitlines()
+    assert table[0] == "|  | v2 | v1 |" and table[2] == "| aliases | — | champion |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table}
+    assert rows["Triton version"].endswith("| 2 | 3 |")  # v1 served again as version 3
+    assert rows["replaced"].endswith("| 1 | — |")
+    assert "pass mAP gain" in rows["promotion"] and rows["evaluation set"].count("|") == 4
+    missing = reid("models", "compare", "9", *sets, cwd=ws, env=env, check=False)
+    assert missing.returncode == 2 and "has no version 9" in missing.stderr
+
 
 def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(workspace):
     import mlflow
