@@ -301,6 +301,19 @@ def test_promote_registers_then_refuses_an_equal_model(workspace):
     assert not (repo / "reid-student" / "2").exists()
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias("reid-student", "champion")
+    # the registered model embeds through MLflow's pyfunc, as ONNX Runtime does (own process:
+    # loading sets mlflow's global URIs)
+    script = (
+        "import mlflow, numpy as np, onnxruntime as ort\n"
+        "x = np.random.default_rng(1).uniform(0, 255, (3, 3, 64, 32)).astype(np.float32)\n"
+        "got = mlflow.pyfunc.load_model('models:/reid-student@champion').predict({'images': x})\n"
+        "s = ort.InferenceSession('onnx/model.onnx', providers=['CPUExecutionProvider'])\n"
+        "print(float(np.abs(got['features'] - s.run(None, {'images': x})[0]).max()))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ws, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and float(proc.stdout.split()[-1]) < 1e-5, proc.stderr
     assert int(champion.version) == 1
     for tag in (
         "reid.git_commit",

@@ -11,16 +11,30 @@ PREVIOUS = "previous"
 
 
 def register_onnx(onnx_path: Path, model_name: str, tags: dict[str, str]) -> int:
-    """Log the ONNX model in the active run, register it, tag the version; return its number."""
+    """Log the ONNX model in the active run (with its signature and an input example, so
+    `mlflow.pyfunc.load_model("models:/<name>@champion").predict({"images": x})` embeds),
+    register it, tag the version; return its number."""
     import mlflow
+    import numpy as np
     import onnx
+    import onnxruntime as ort
+    from mlflow.models import infer_signature
 
+    from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME, onnx_interface
+
+    height, width, _ = onnx_interface(onnx_path)
+    example = np.random.default_rng(0).uniform(0, 255, (1, 3, height, width)).astype(np.float32)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (features,) = session.run([OUTPUT_NAME], {INPUT_NAME: example})
     info = mlflow.onnx.log_model(
         onnx.load(str(onnx_path)),
         name="model",
         registered_model_name=model_name,
         pip_requirements=["onnxruntime", "numpy"],
         save_as_external_data=False,
+        signature=infer_signature({INPUT_NAME: example}, {OUTPUT_NAME: features}),
+        input_example={INPUT_NAME: example},
+        onnx_execution_providers=["CPUExecutionProvider"],
     )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
