@@ -353,6 +353,10 @@ class TrackingConfig(_Section):
     tracking_uri: str = ""
     experiment: str = "reidflow"
     workspace: Path = Path(".mlflow")
+    # a tracking server that does not answer is tried this many times, waiting
+    # connect_backoff_s, then twice as long each time, before the stage fails
+    connect_attempts: int = Field(6, ge=1)
+    connect_backoff_s: float = Field(1.0, ge=0)
 
 
 class ReidConfig(_Section):

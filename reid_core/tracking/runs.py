@@ -46,11 +46,38 @@ def pipeline_run_id(config: ReidConfig) -> str:
     return os.environ.get("REID_PIPELINE_RUN_ID") or f"{git_commit()[:12]}-{config.digest()}"
 
 
+def wait_for_server(uri: str, attempts: int, backoff_s: float) -> None:
+    """Return once an HTTP tracking server answers its health check; after `attempts` tries
+    (waits of backoff_s, 2·backoff_s, …) raise ConnectionError naming the server."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    wait, error = backoff_s, ""
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+                error = f"HTTP {reply.status}"
+        except (urllib.error.URLError, OSError) as err:
+            error = str(getattr(err, "reason", err))
+        if attempt < attempts:
+            time.sleep(wait)
+            wait *= 2
+    raise ConnectionError(
+        f"MLflow tracking server {uri} unreachable after {attempts} attempts ({error}); "
+        "outputs already written stay on disk, and re-running the stage resumes"
+    )
+
+
 def setup_mlflow(config: ReidConfig) -> str:
     """Point mlflow at the store and make sure the experiment exists; return its id."""
     import mlflow
 
     uri = tracking_uri(config)
+    if uri.startswith(("http://", "https://")):
+        wait_for_server(uri, config.tracking.connect_attempts, config.tracking.connect_backoff_s)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = config.tracking.experiment
