@@ -7,8 +7,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +29,6 @@ from reid_core.serving.server import Installation, ServerError, TritonServer, fr
 pytestmark = pytest.mark.integration
 
 H, W, NAME = 64, 32, "reid"
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://{url}", timeout=5) as reply:
-            return reply.status
-    except urllib.error.HTTPError as err:
-        return err.code
 
 
 def serving_model(seed: int) -> ServingModel:
@@ -170,9 +160,7 @@ def test_a_new_version_replaces_the_served_one_with_no_failed_request(
         time.sleep(1.0)  # keep querying after the switch
         stop.set()
         client.join()
-        ready = {
-            v: http_status(f"{server.http_url}/v2/models/{NAME}/versions/{v}/ready") for v in (1, 2)
-        }
+        ready = {v: server.status(f"/v2/models/{NAME}/versions/{v}/ready") for v in (1, 2)}
     finally:
         stop.set()
         server.stop()

@@ -25,15 +25,24 @@ def load_split(
     root: str | Path, manifest: pd.DataFrame, split: str, height: int, width: int
 ) -> Split:
     """Decode every image of `split` (train, query or gallery), resized to height × width."""
+    paths, pids, camids = split_rows(manifest, split)
+    return Split(
+        images=load_images(root, list(paths), height, width),
+        pids=pids,
+        camids=camids,
+        paths=paths,
+    )
+
+
+def split_rows(manifest: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(paths, pids, camids) of a manifest's `split`; a split with no images is an error."""
     rows = manifest[manifest["split"] == split]
     if rows.empty:
         raise DatasetError(f"the manifest has no '{split}' images")
-    paths = rows["path"].to_numpy()
-    return Split(
-        images=load_images(root, list(paths), height, width),
-        pids=rows["pid"].to_numpy(np.int64),
-        camids=rows["camid"].to_numpy(np.int64),
-        paths=paths,
+    return (
+        rows["path"].to_numpy(),
+        rows["pid"].to_numpy(np.int64),
+        rows["camid"].to_numpy(np.int64),
     )
 
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reid_core.data.errors import DatasetError
 from reid_core.data.images import load_images
+from reid_core.data.splits import split_rows
 from reid_core.evaluation.reports import QUERY, Tile, tile_rows
 
 if TYPE_CHECKING:
@@ -41,22 +41,15 @@ def embed_split(
 
     Images are decoded `chunk` at a time, so a large gallery never sits in memory decoded.
     """
-    rows = manifest[manifest["split"] == split]
-    if rows.empty:
-        raise DatasetError(f"the manifest has no '{split}' images")
-    paths = rows["path"].to_numpy().astype(str)
+    paths, pids, camids = split_rows(manifest, split)
+    paths = paths.astype(str)
     features = [
         embedder.embed(
             load_images(root, list(paths[i : i + chunk]), embedder.height, embedder.width).numpy()
         )
         for i in range(0, len(paths), chunk)
     ]
-    metadata = {
-        "paths": paths,
-        "pids": rows["pid"].to_numpy(np.int64),
-        "camids": rows["camid"].to_numpy(np.int64),
-    }
-    return np.concatenate(features), metadata
+    return np.concatenate(features), {"paths": paths, "pids": pids, "camids": camids}
 
 
 def search_images(

@@ -249,7 +249,8 @@ class TritonServer:
             raise
         return self
 
-    def _get(self, path: str) -> int:
+    def status(self, path: str) -> int:
+        """HTTP status of GET `path` on the server (0 when it does not answer)."""
         try:
             with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as reply:
                 return reply.status
@@ -263,7 +264,7 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited before {what}{self._log_tail()}")
-            if self._get(path) == 200:
+            if self.status(path) == 200:
                 return
             time.sleep(0.2)
         raise ServerError(f"tritonserver: no {what} after {timeout:.0f} s{self._log_tail()}")
