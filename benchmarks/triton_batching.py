@@ -22,7 +22,7 @@ from common import random_images
 
 from reid_core.config import ModelConfig, ReidConfig, TritonConfig
 from reid_core.export.onnx import ServingModel, export_onnx
-from reid_core.export.triton import publish_version, triton_config
+from reid_core.export.triton import publish_next_version
 from reid_core.modeling import create_model
 from reid_core.serving.client import TritonEmbedder
 from reid_core.serving.server import Installation, TritonServer, free_ports
@@ -87,16 +87,16 @@ def run_side(
     onnx: Path, dim: int, args: argparse.Namespace, dynamic: bool, expected: np.ndarray
 ) -> dict:
     installation = Installation(ROOT / ReidConfig().triton.server_dir)
-    config = TritonConfig(
-        backend="python",
-        dynamic_batching=dynamic,
-        max_batch_size=64,
-        preferred_batch_sizes=[4, 8, 16, 32],
-        max_queue_delay_us=args.queue_delay_us,
-    )
     with tempfile.TemporaryDirectory() as repo:
-        text = triton_config(NAME, args.height, args.width, dim, config)
-        publish_version(repo, NAME, 1, onnx, text, backend="python")
+        config = TritonConfig(
+            repository=repo,
+            backend="python",
+            dynamic_batching=dynamic,
+            max_batch_size=64,
+            preferred_batch_sizes=[4, 8, 16, 32],
+            max_queue_delay_us=args.queue_delay_us,
+        )
+        publish_next_version(config, NAME, onnx, args.height, args.width, dim)
         server = TritonServer(repo, installation, *free_ports(3), log=Path(repo) / "triton.log")
         with server:
             server.wait_model_ready(NAME)

@@ -116,7 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Start tritonserver over the repository in poll mode (newly published "
         "versions load by themselves), wait until it is ready, stop it on Ctrl-C or SIGTERM.",
     )
-    run.add_argument("--repository", type=Path, help="default: triton.repository")
+    run.add_argument("--repository", help="a folder or s3://…; default: triton.repository")
     run.add_argument("--log", type=Path, help="server log file (default: this terminal)")
     for p in (install, run):
         _add_config_args(p)
@@ -361,7 +361,7 @@ def _rollback(args: argparse.Namespace) -> None:
     done = rollback(config)
     print(
         f"{done.model_name}: champion is v{done.restored} again (was v{done.replaced}); "
-        f"served as Triton version {done.triton_version} ({done.triton_path})"
+        f"served as Triton version {done.triton_version} ({done.triton_location})"
     )
 
 

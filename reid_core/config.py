@@ -286,7 +286,9 @@ class TritonConfig(_Section):
     tritonserver can load (its python backend runs the same model.onnx with ONNX Runtime).
     """
 
-    repository: Path = Path("serving/model_repository")
+    # a folder, or an S3 prefix in Triton's spelling: s3://bucket/prefix (AWS) or
+    # s3://[http://|https://]host:port/bucket/prefix; credentials from the environment
+    repository: str = "serving/model_repository"
     backend: Literal["onnxruntime", "tensorrt", "python"] = "python"
     max_batch_size: int = Field(64, ge=1)
     preferred_batch_sizes: list[int] = [8, 16, 32, 64]
@@ -294,7 +296,8 @@ class TritonConfig(_Section):
     dynamic_batching: bool = True
     instance_kind: Literal["cpu", "gpu"] = "cpu"
     instance_count: int = Field(1, ge=1)
-    # versions Triton serves at once (`latest: {num_versions: N}`); a new one replaces the oldest
+    # versions Triton serves at once (config.pbtxt names them); a new one replaces the oldest.
+    # keep_versions stay in the repository (rollback targets); one more while it is replaced
     serve_versions: int = Field(1, ge=1)
     keep_versions: int = Field(3, ge=1)
     # the local server (`reid serve`)
@@ -310,6 +313,11 @@ class TritonConfig(_Section):
         if too_big:
             raise ValueError(
                 f"preferred_batch_sizes {too_big} outside 1..max_batch_size ({self.max_batch_size})"
+            )
+        if self.keep_versions < self.serve_versions:
+            raise ValueError(
+                f"keep_versions ({self.keep_versions}) is below serve_versions "
+                f"({self.serve_versions}): served versions stay in the repository"
             )
         return self
 

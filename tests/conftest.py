@@ -7,6 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -99,3 +102,95 @@ def triton_installation():
         return Installation(ROOT / ReidConfig().triton.server_dir).check()
     except ServerError as err:
         pytest.fail(f"{err} — the Triton tests need it", pytrace=False)
+
+
+# dummy credentials for the loopback S3 stand-in; real ones never enter the repository
+S3_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "reidflow-test",
+    "AWS_SECRET_ACCESS_KEY": "reidflow-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (standing in for S3) and credentials for it in the
+    environment, where boto3, DVC, MLflow and Triton all read them."""
+    from moto.server import ThreadedMotoServer
+
+    saved = {key: os.environ.get(key) for key in (*S3_TEST_ENV, "AWS_ENDPOINT_URL")}
+    os.environ.update(S3_TEST_ENV)
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request) -> str:
+    """A new, empty bucket on the loopback S3 server; returns its name."""
+    import re
+
+    from reid_core.export.s3_repository import s3_client
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"{name}-{os.urandom(4).hex()}"
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+    return bucket
+
+
+HEALTH_TIMEOUT_S = 60.0
+
+
+def _log_tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{_log_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"mlflow server not healthy after {HEALTH_TIMEOUT_S:.0f} s:\n{_log_tail(log)}")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, free_port, start_process, venv_env, s3_endpoint, s3_bucket) -> str:
+    """A real `mlflow server` on 127.0.0.1: SQLite backend store, artifacts proxied to
+    s3://<s3_bucket>/mlflow on the loopback S3 server; returns its URL. Stopped by PID."""
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    log = tmp_path / "mlflow-server.log"
+    cmd = [
+        mlflow_bin,
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{s3_bucket}/mlflow",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port),
+        "--workers",
+        "1",
+    ]
+    proc = start_process(cmd, log, env=venv_env(MLFLOW_S3_ENDPOINT_URL=s3_endpoint))
+    url = f"http://127.0.0.1:{free_port}"
+    _wait_healthy(url, proc, log)
+    return url

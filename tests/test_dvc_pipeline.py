@@ -7,21 +7,17 @@ destructive one: a corrupt dataset).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-pytestmark = pytest.mark.integration
+from tests.support.project import Project, copy_project, digest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
 
 # Everything downstream of the teacher's training (dvc.yaml): what a train.* change re-runs.
 TRAIN_AND_DOWNSTREAM = {
@@ -43,87 +39,18 @@ TEST_SETS = {
 RUNNING = re.compile(r"^Running stage '([^']+)':", re.MULTILINE)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge of two YAML mappings; `over` wins."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _project_files() -> list[str]:
-    """Tracked plus untracked-but-not-ignored files of the checkout (what a clone would hold)."""
-    listed = set()
-    for extra in ([], ["--others", "--exclude-standard"]):
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "ls-files", *extra],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        listed.update(out.splitlines())
-    return sorted(f for f in listed if (ROOT / f).is_file())
-
-
-def _digest(path: Path) -> str:
-    """sha256 over a file, or over a folder's relative paths and contents."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
-        h.update(b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def _ran(output: str) -> set[str]:
     return set(RUNNING.findall(output))
-
-
-@dataclass
-class Project:
-    root: Path
-    env: dict[str, str]
-    first_repro: str
-
-    def run(self, *cmd: str, check: bool = True, run_id: str = "") -> subprocess.CompletedProcess:
-        """Run a command in the copy; on an unexpected failure, fail with its whole output."""
-        env = dict(self.env, REID_PIPELINE_RUN_ID=run_id) if run_id else self.env
-        proc = subprocess.run(cmd, cwd=self.root, env=env, capture_output=True, text=True)
-        if check and proc.returncode != 0:
-            pytest.fail(
-                f"{' '.join(cmd)} exited with {proc.returncode}\n"
-                f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
-            )
-        return proc
-
-    def status(self) -> dict[str, Any]:
-        return json.loads(self.run("dvc", "status", "--json").stdout or "{}")
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_config, venv_env) -> Project:
     """A git-initialised copy of the project with params.yaml = tiny over params, reproduced."""
     root = tmp_path_factory.mktemp("project")
-    for rel in _project_files():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, root / rel)
-    params = _merge(
-        yaml.safe_load((ROOT / "params.yaml").read_text()),
-        yaml.safe_load(tiny_config.read_text()),
-    )
+    project = copy_project(root, yaml.safe_load(tiny_config.read_text()), venv_env())
+    params = yaml.safe_load((root / "params.yaml").read_text())
     assert not Path(params["triton"]["repository"]).is_absolute()
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert not (root / ".dvc" / "cache").exists() and not (root / ".dvcstore").exists()
-
-    project = Project(root, venv_env(), "")
-    git = ["git", "-c", "user.name=reid-tests", "-c", "user.email=tests@reidflow.invalid"]
-    project.run("git", "init", "-q")
-    project.run("git", "add", "-A")
-    project.run(*git, "commit", "-q", "-m", "project copy for the DVC pipeline test")
     project.first_repro = project.run("dvc", "repro", run_id="dvc-test-first").stdout
     return project
 
@@ -189,14 +116,14 @@ def test_changing_the_learning_rate_reruns_training_and_downstream_only(project)
 
 def test_push_then_pull_restores_the_dataset_byte_for_byte(project):
     dataset = project.root / "data" / "synth" / "source"
-    before = _digest(dataset)
+    before = digest(dataset)
     project.run("dvc", "push")
     assert any((project.root / ".dvcstore").rglob("*.dir")), "the remote holds no directory"
 
     shutil.rmtree(dataset)
     shutil.rmtree(project.root / ".dvc" / "cache")
     project.run("dvc", "pull", "data/synth/source")
-    assert _digest(dataset) == before
+    assert digest(dataset) == before
     # The rest of the emptied cache comes back from the remote too: every output was pushed.
     assert "synth@target" in project.status()  # 'not in cache' until fetched
     project.run("dvc", "fetch")
@@ -211,7 +138,7 @@ def test_a_corrupt_query_image_stops_the_pipeline_in_preprocess(project):
         root / "reports" / "eval" / "student.json",
         root / "reports" / "promotion.json",
     ]
-    before = {p: _digest(p) for p in downstream}
+    before = {p: digest(p) for p in downstream}
 
     victim = sorted((root / "data" / "synth" / "source" / "query").glob("*.jpg"))[0]
     victim.unlink()  # a new file, so no cache entry or link is touched
@@ -236,4 +163,4 @@ def test_a_corrupt_query_image_stops_the_pipeline_in_preprocess(project):
     assert victim.name in output
     assert _ran(proc.stdout) == {"preprocess@source"}
     assert not (root / "work" / "manifests" / "source.parquet").exists()
-    assert {p: _digest(p) for p in downstream} == before
+    assert {p: digest(p) for p in downstream} == before

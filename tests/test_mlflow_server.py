@@ -1,67 +1,18 @@
 """Stages log to a real MLflow tracking server over HTTP: runs, params, metric history, artifacts.
 
-The server runs as a subprocess on loopback with a SQLite backend and proxied artifact storage,
-so checkpoints travel through the server's artifact API, as they would on a cluster.
+The server (conftest's `mlflow_server`) runs as a subprocess on loopback with a SQLite backend
+and proxies artifacts to S3 (a moto server on loopback), so checkpoints travel through the
+server's artifact API into the bucket, as they would on a cluster.
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
-
-HEALTH_TIMEOUT_S = 60.0
-
-
-def _log_tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{_log_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {HEALTH_TIMEOUT_S:.0f} s:\n{_log_tail(log)}")
-
-
-@pytest.fixture
-def mlflow_server(tmp_path, free_port, start_process, venv_env) -> str:
-    """A real `mlflow server` on 127.0.0.1; returns its URL. Stopped by PID at teardown."""
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-    log = tmp_path / "mlflow-server.log"
-    cmd = [
-        mlflow_bin,
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(free_port),
-        "--workers",
-        "1",
-    ]
-    proc = start_process(cmd, log, env=venv_env())
-    url = f"http://127.0.0.1:{free_port}"
-    _wait_healthy(url, proc, log)
-    return url
 
 
 def _reid(*args: str, cwd: Path, env: dict[str, str]) -> None:
@@ -74,7 +25,7 @@ def _reid(*args: str, cwd: Path, env: dict[str, str]) -> None:
 
 
 def test_stages_log_runs_params_metric_history_and_artifacts_to_the_server(
-    mlflow_server, tmp_path, tiny_config, venv_env
+    mlflow_server, s3_endpoint, s3_bucket, tmp_path, tiny_config, venv_env
 ):
     import mlflow
 
@@ -128,4 +79,8 @@ def test_stages_log_runs_params_metric_history_and_artifacts_to_the_server(
     uploaded = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoint")}
     assert "model.safetensors" in uploaded, uploaded
     assert train.info.artifact_uri.startswith("mlflow-artifacts:"), train.info.artifact_uri
-    assert any((tmp_path / "artifacts").rglob("model.safetensors")), "not stored by the server"
+    from reid_core.export.s3_repository import s3_client
+
+    stored = s3_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="mlflow/")
+    keys = [o["Key"] for o in stored.get("Contents", [])]
+    assert any(k.endswith("checkpoint/model.safetensors") for k in keys), keys

@@ -320,8 +320,16 @@ def test_promote_registers_then_refuses_an_equal_model(workspace):
         "reid.config_hash",
         "reid.data_fingerprint",
         "reid.eval_set_hash",
+        "reid.parent_run_id",
+        "reid.pipeline_run_id",
+        "reid.latency_ms",
+        "reid.parity_min_cosine",
     ):
-        assert champion.tags[tag]
+        assert champion.tags[tag], tag
+    parent = client.get_run(champion.tags["reid.promote_run_id"]).data.tags["mlflow.parentRunId"]
+    assert champion.tags["reid.parent_run_id"] == parent
+    # a DVC hash per test set behind the figures (empty here: the workspace is not DVC-tracked)
+    assert "reid.eval_dvc_md5.source" in champion.tags
 
 
 ADAPT_ARGS = (*TARGET_SET, "--model", "teacher")

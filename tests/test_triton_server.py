@@ -19,7 +19,7 @@ from reid_core.data.images import load_images
 from reid_core.data.manifest import build_manifest, write_manifest
 from reid_core.data.synth import SynthSpec, generate
 from reid_core.export.onnx import ServingModel, export_onnx
-from reid_core.export.triton import publish_version, triton_config
+from reid_core.export.triton import publish_next_version
 from reid_core.modeling import create_model
 from reid_core.serving.client import TritonEmbedder
 from reid_core.serving.gallery import GalleryIndex
@@ -48,13 +48,13 @@ def versions(tmp_path_factory) -> dict[int, tuple[ServingModel, Path]]:
     return exported
 
 
-def publish(repo: Path, version: int, onnx: Path, **config: object) -> None:
-    settings = TritonConfig(backend="python", **config)
-    text = triton_config(NAME, H, W, 64, settings)
-    publish_version(repo, NAME, version, onnx, text, backend="python")
+def publish(repo: Path | str, version: int, onnx: Path, **config: object) -> None:
+    """Publish `onnx` as the repository's next version, which must be `version`."""
+    settings = TritonConfig(repository=str(repo), backend="python", **config)
+    assert publish_next_version(settings, NAME, onnx, H, W, 64)[0] == version
 
 
-def start_server(repo: Path, installation: Installation, log: Path) -> TritonServer:
+def start_server(repo: Path | str, installation: Installation, log: Path) -> TritonServer:
     http, grpc, metrics = free_ports(3)
     return TritonServer(repo, installation, http, grpc, metrics, poll_seconds=1, log=log).start()
 
@@ -121,10 +121,15 @@ def test_an_unreachable_server_is_a_clear_connection_error():
             TritonEmbedder(f"127.0.0.1:{port}", NAME, protocol)
 
 
+@pytest.mark.parametrize("store", ["local", "s3"])
 def test_a_new_version_replaces_the_served_one_with_no_failed_request(
-    tmp_path, triton_installation, versions, images
+    store, request, tmp_path, triton_installation, versions, images
 ):
-    repo = tmp_path / "repo"
+    if store == "s3":  # Triton reads the bucket itself, credentials from the environment
+        endpoint = request.getfixturevalue("s3_endpoint")
+        repo = f"s3://{endpoint}/{request.getfixturevalue('s3_bucket')}/triton"
+    else:
+        repo = tmp_path / "repo"
     publish(repo, 1, versions[1][1])
     batch = images[:4]
     with torch.inference_mode():
@@ -170,6 +175,9 @@ def test_a_new_version_replaces_the_served_one_with_no_failed_request(
     first_new = served.index(2)
     assert set(served[first_new:]) == {2}  # once switched, never back
     assert ready == {1: 400, 2: 200}  # serve_versions 1: version 1 was unloaded
+    # no half-published version was ever tried: Triton logged no failed load
+    log = (tmp_path / "triton.log").read_text(errors="replace")
+    assert "UNAVAILABLE" not in log and "failed to load" not in log
 
 
 def test_a_server_that_cannot_load_its_model_fails_with_the_log(tmp_path, triton_installation):

@@ -7,24 +7,19 @@ Three flavours of the same repository, chosen by `triton.backend`:
 - `python`: what the bundled CPU tritonserver can load; its python backend runs the same
   model.onnx with ONNX Runtime (`triton_python_model.py`, copied as `<version>/model.py`).
 
-A version folder appears only complete: it is staged under a hidden name and renamed into
-place, so a Triton server polling the repository never loads half a model.
+Publishing (`publish_next_version`) goes to a local folder or an S3 prefix
+(`repositories.open_repository`); either way config.pbtxt names the served versions and is
+rewritten only once the new version is complete, so a polling Triton never loads half a model.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
-from reid_core.atomic import atomic_output
 from reid_core.config import TritonConfig
 from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME
+from reid_core.export.repositories import open_repository
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 # the file each flavour serves, as the export stage names it and Triton's default expects it
@@ -37,9 +32,15 @@ _RUNTIMES = {
 
 
 def triton_config(
-    name: str, height: int, width: int, embedding_dim: int, config: TritonConfig
+    name: str,
+    height: int,
+    width: int,
+    embedding_dim: int,
+    config: TritonConfig,
+    versions: Sequence[int] | None = None,
 ) -> str:
-    """config.pbtxt for `config.backend`, with batching, instances and version policy."""
+    """config.pbtxt for `config.backend`, with batching and instances; it serves `versions`
+    (what publishing writes: the config is the switch), or the newest `serve_versions`."""
     runtime = _RUNTIMES[config.backend]
     batching = ""
     if config.dynamic_batching:
@@ -52,6 +53,10 @@ def triton_config(
     # the python backend runs ONNX Runtime on the CPU whatever the instance kind
     gpu = config.instance_kind == "gpu" and config.backend != "python"
     kind = "KIND_GPU" if gpu else "KIND_CPU"
+    if versions is None:
+        policy = f"{{ latest: {{ num_versions: {config.serve_versions} }} }}"
+    else:
+        policy = f"{{ specific: {{ versions: [ {', '.join(map(str, sorted(versions)))} ] }} }}"
     return f"""name: "{name}"
 {runtime}
 max_batch_size: {config.max_batch_size}
@@ -75,93 +80,29 @@ output [
     kind: {kind}
   }}
 ]
-version_policy: {{ latest: {{ num_versions: {config.serve_versions} }} }}
+version_policy: {policy}
 """
 
 
-def published_versions(repository: str | Path, name: str) -> list[int]:
-    """Version numbers present for model `name`, ascending (hidden staging folders excluded)."""
-    model_dir = Path(repository) / name
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def publish_version(
-    repository: str | Path,
-    name: str,
-    version: int,
-    model_file: str | Path,
-    config_text: str,
-    keep: int = 3,
-    backend: str = "onnxruntime",
-) -> Path:
-    """Place `model_file` (model.onnx, or model.plan for `tensorrt`) as version `version` of
-    model `name`; keep the newest `keep` versions.
-
-    The config is rewritten only when its text changes: Triton reloads a model whose config
-    changed, which would be a needless reload of every served version.
-    """
-    if version < 1:
-        raise ValueError(f"Triton versions start at 1, got {version}")
-    model_dir = Path(repository) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    config_path = model_dir / "config.pbtxt"
-    if not config_path.is_file() or config_path.read_text() != config_text:
-        with atomic_output(config_path) as tmp:
-            tmp.write_text(config_text)
-    final = model_dir / str(version)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
-    try:
-        shutil.copyfile(model_file, staging / MODEL_FILES[backend])
-        if backend == "python":
-            shutil.copyfile(PYTHON_MODEL, staging / "model.py")
-        os.chmod(staging, 0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for old in published_versions(repository, name)[:-keep]:
-        shutil.rmtree(model_dir / str(old), ignore_errors=True)
-    return final
-
-
-@contextlib.contextmanager
-def repository_lock(repository: str | Path, name: str, timeout: float = 600.0) -> Iterator[None]:
-    """Hold the exclusive lock of model `name` in a local repository: promotions and rollbacks
-    decide, publish and move aliases inside it, so two racing ones are serialised.
-
-    The lock file sits beside the repository, where Triton does not look for models.
-    """
-    repository = Path(repository).resolve()
-    repository.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = repository.with_name(f".{repository.name}.{name}.lock")
-    deadline = time.monotonic() + timeout
-    with open(lock_path, "a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{lock_path} held for over {timeout:.0f} s") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def version_files(model_file: str | Path, backend: str) -> dict[str, Path]:
+    """What a version folder of the `backend` flavour holds: name there → local file."""
+    files = {MODEL_FILES[backend]: Path(model_file)}
+    if backend == "python":
+        files["model.py"] = PYTHON_MODEL
+    return files
 
 
 def publish_next_version(
     config: TritonConfig, name: str, model_file: str | Path, height: int, width: int, dim: int
-) -> tuple[int, Path]:
-    """Publish `model_file` as the repository's next version of `name` (Triton serves the
-    newest): (version number, its folder)."""
-    version = (published_versions(config.repository, name) or [0])[-1] + 1
-    text = triton_config(name, height, width, dim, config)
-    folder = publish_version(
-        config.repository, name, version, model_file, text, config.keep_versions, config.backend
-    )
-    return version, folder
+) -> tuple[int, str]:
+    """Publish `model_file` as the repository's next version of `name` and serve it (with the
+    newest `serve_versions - 1` before it): (version number, where it lives)."""
+    repository = open_repository(config.repository)
+    version = max(repository.versions(name), default=0) + 1
+    served = sorted({*repository.served(name), version})[-config.serve_versions :]
+    text = triton_config(name, height, width, dim, config, served)
+    where = repository.publish(
+        name, version, version_files(model_file, config.backend), text, served,
+        config.keep_versions,
+    )  # fmt: skip
+    return version, where

@@ -179,7 +179,8 @@ def free_ports(count: int) -> list[int]:
 
 
 class TritonServer:
-    """A tritonserver process on 127.0.0.1, polling `repository` for new model versions.
+    """A tritonserver process on 127.0.0.1, polling `repository` (a folder or `s3://…`) for
+    new model versions.
 
     Use as a context manager, or `start()` / `stop()`. Logs go to `log` (a file) when given,
     otherwise to this process's stdout/stderr.
@@ -195,7 +196,9 @@ class TritonServer:
         poll_seconds: int = 2,
         log: str | Path | None = None,
     ):
-        self.repository = Path(repository).resolve()
+        # an S3 location (Triton's spelling, credentials from the environment) or a folder
+        remote = str(repository).startswith("s3://")
+        self.repository = str(repository) if remote else str(Path(repository).resolve())
         self.installation = installation.check()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.poll_seconds = poll_seconds
@@ -230,7 +233,7 @@ class TritonServer:
 
     def start(self, timeout: float = 60.0) -> TritonServer:
         """Start the server and wait until it answers ready (every model loaded)."""
-        if not self.repository.is_dir():
+        if not self.repository.startswith("s3://") and not Path(self.repository).is_dir():
             raise ServerError(f"model repository {self.repository} is not a folder")
         if self.log:
             self.log.parent.mkdir(parents=True, exist_ok=True)

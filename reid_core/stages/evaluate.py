@@ -147,6 +147,7 @@ def run(
                             **rows[s.name],
                             "domain": s.meta.get("domain", ""),
                             "eval_set_hash": s.meta.get("eval_set_hash", ""),
+                            "dvc_md5": s.meta.get("dvc_md5", ""),
                         }
                         for s in sets
                     },

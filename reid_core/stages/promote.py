@@ -9,10 +9,11 @@ from pathlib import Path
 from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import META
-from reid_core.export.triton import MODEL_FILES, publish_next_version, repository_lock
+from reid_core.export.repositories import open_repository
+from reid_core.export.triton import MODEL_FILES, publish_next_version
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
-from reid_core.tracking.runs import stage_run
+from reid_core.tracking.runs import PIPELINE_TAG, stage_run
 
 
 def _served_file(export: Path, backend: str) -> Path:
@@ -53,15 +54,28 @@ def run(
             "reid.parity_min_cosine": parity["min_cosine"],
             "reid.latency_ms": parity.get("latency_ms_batch1", ""),
             "reid.promote_run_id": run.info.run_id,
+            "reid.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
+            "reid.pipeline_run_id": run.data.tags.get(PIPELINE_TAG, ""),
+            # the DVC hash of every dataset behind the figures: training data above, test sets
+            **{
+                f"reid.eval_dvc_md5.{name}": test_set.get("dvc_md5", "")
+                for name, test_set in evaluation.get("test_sets", {}).items()
+            },
         }
-        version = registry.register_onnx(inputs["onnx"] / "model.onnx", cfg.model_name, tags)
-        with repository_lock(config.triton.repository, cfg.model_name):
+        version = registry.register_model(
+            inputs["onnx"] / "model.onnx",
+            inputs["model"],
+            cfg.model_name,
+            tags,
+            l2_normalize=parity["l2_normalized"],
+        )
+        with open_repository(config.triton.repository).lock(cfg.model_name):
             current = registry.champion(cfg.model_name)
             challenger = registry.candidate(cfg.model_name, version)
             decision = decide(challenger, current, cfg.policy())
             published, triton_version = "", None
             if decision.promote:
-                triton_version, path = publish_next_version(
+                triton_version, published = publish_next_version(
                     config.triton,
                     cfg.model_name,
                     served,
@@ -69,7 +83,6 @@ def run(
                     parity["width"],
                     parity["embedding_dim"],
                 )
-                published = str(path)
                 registry.set_champion(cfg.model_name, version, current)
         client = mlflow.MlflowClient()
         client.set_model_version_tag(

@@ -22,13 +22,23 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("git commit", "reid.git_commit"),
     ("config hash", "reid.config_hash"),
     ("data fingerprint", "reid.data_fingerprint"),
-    ("DVC md5", "reid.dvc_md5"),
+    ("training data DVC md5", "reid.dvc_md5"),
     ("training run", "reid.train_run_id"),
+    ("pipeline run", "reid.pipeline_run_id"),
+    ("parent run", "reid.parent_run_id"),
     ("Triton version", "reid.triton_version"),
     ("replaced", "reid.previous_champion"),
     ("promotion", "reid.promotion"),
 )
-_SHORT = {"reid.eval_set_hash", "reid.git_commit", "reid.data_fingerprint", "reid.train_run_id"}
+_SHORT = {
+    "reid.eval_set_hash",
+    "reid.git_commit",
+    "reid.data_fingerprint",
+    "reid.train_run_id",
+    "reid.parent_run_id",
+}
+# one row per test set: reid.eval_dvc_md5.<test set>
+EVAL_DVC_PREFIX = "reid.eval_dvc_md5."
 
 
 def compare_versions(model_name: str, versions: Sequence[int] | None = None) -> str:
@@ -60,7 +70,16 @@ def compare_versions(model_name: str, versions: Sequence[int] | None = None) -> 
             ]
         )
     )
-    for label, tag in ROWS:
+    test_sets = sorted(
+        {
+            t.removeprefix(EVAL_DVC_PREFIX)
+            for v in columns
+            for t in v.tags
+            if t.startswith(EVAL_DVC_PREFIX)
+        }
+    )
+    rows = [*ROWS, *((f"test set {s} DVC md5", EVAL_DVC_PREFIX + s) for s in test_sets)]
+    for label, tag in rows:
         lines.append(_row([label, *(_cell(v.tags.get(tag), tag) for v in columns)]))
     return "\n".join(lines)
 

@@ -2,45 +2,182 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reid_core.tracking.promotion import Candidate
+
+if TYPE_CHECKING:
+    import numpy as np
+    from mlflow.models import Model, ModelSignature
+    from torch import nn
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
 
+# The pt2 archive's batch dimension is only exported as dynamic when the example has N > 1
+# (torch.export specialises size-1 dimensions to constants).
+_EXAMPLE_BATCH = 2
+# How far the PyTorch flavour may drift from ONNX Runtime on the example: loose enough for an
+# fp16 ONNX graph (the export gate's fp16 tolerance), tight enough to catch a wrong checkpoint
+# or a mismatched `l2_normalize`.
+_MAX_ABS_DIFF = 5e-2
+_MIN_COSINE = 0.999
+_PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
-def register_onnx(onnx_path: Path, model_name: str, tags: dict[str, str]) -> int:
-    """Log the ONNX model in the active run (with its signature and an input example, so
-    `mlflow.pyfunc.load_model("models:/<name>@champion").predict({"images": x})` embeds),
-    register it, tag the version; return its number."""
+
+def _save_onnx_and_pytorch(
+    path: str,
+    mlflow_model: Model,
+    *,
+    onnx_path: Path,
+    serving: nn.Module,
+    signature: ModelSignature,
+    example: np.ndarray,
+) -> None:
+    """`Model.log`'s flavour hook: one MLflow model with the `onnx` flavour (whose
+    `python_function` loader is ONNX Runtime) and a `pytorch` flavour saved as a torch.export
+    "pt2" archive (weights as raw tensor bytes, no pickled modules), both under one MLmodel."""
     import mlflow
-    import numpy as np
     import onnx
-    import onnxruntime as ort
-    from mlflow.models import infer_signature
+    from mlflow.models import Model
 
-    from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME, onnx_interface
+    from reid_core.export.onnx import INPUT_NAME
 
-    height, width, _ = onnx_interface(onnx_path)
-    example = np.random.default_rng(0).uniform(0, 255, (1, 3, height, width)).astype(np.float32)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (features,) = session.run([OUTPUT_NAME], {INPUT_NAME: example})
-    info = mlflow.onnx.log_model(
+    mlflow.onnx.save_model(
         onnx.load(str(onnx_path)),
-        name="model",
-        registered_model_name=model_name,
+        path,
+        mlflow_model=mlflow_model,
+        signature=signature,
+        input_example={INPUT_NAME: example},
         pip_requirements=["onnxruntime", "numpy"],
         save_as_external_data=False,
-        signature=infer_signature({INPUT_NAME: example}, {OUTPUT_NAME: features}),
-        input_example={INPUT_NAME: example},
         onnx_execution_providers=["CPUExecutionProvider"],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        torch_dir = Path(tmp) / "pytorch"
+        mlflow.pytorch.save_model(
+            serving,
+            str(torch_dir),
+            serialization_format="pt2",
+            signature=signature,
+            input_example=example,
+            pip_requirements=["torch"],
+        )
+        torch_flavour = Model.load(str(torch_dir)).flavors["pytorch"]
+        shutil.copytree(torch_dir / torch_flavour["model_data"], Path(path, "data"))
+    torch_flavour["model_data"] = "data"
+    mlflow_model.add_flavor("pytorch", **torch_flavour)
+    mlflow_model.model_size_bytes = sum(f.stat().st_size for f in Path(path).rglob("*"))
+    mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+class _Flavours:
+    """The `flavor` that `Model.log` saves with (it calls `flavor.save_model`)."""
+
+    save_model = staticmethod(_save_onnx_and_pytorch)
+
+
+def _check_same_function(onnx_features: np.ndarray, torch_features: np.ndarray) -> None:
+    """Refuse to register a PyTorch flavour that does not compute what the ONNX file does."""
+    from reid_core.export.onnx import compare
+
+    diff, cosine = compare(torch_features, onnx_features)
+    if diff > _MAX_ABS_DIFF or cosine < _MIN_COSINE:
+        raise ValueError(
+            f"the checkpoint's serving model differs from the ONNX model: max abs diff "
+            f"{diff:.3g} (allowed {_MAX_ABS_DIFF}), min cosine {cosine:.6f} (required "
+            f"{_MIN_COSINE}); wrong checkpoint or l2_normalize?"
+        )
+
+
+def register_model(
+    onnx_path: Path,
+    checkpoint: Path,
+    model_name: str,
+    tags: dict[str, str],
+    *,
+    l2_normalize: bool,
+) -> int:
+    """Log one MLflow model (`model` in the active run) with the `onnx`, `pytorch` and
+    `python_function` flavours, register it, tag the version; return its number.
+
+    `python_function` is ONNX Runtime's, so `mlflow.pyfunc.load_model(...).predict({"images":
+    x})` embeds exactly as the served graph does; `pytorch` is the fp32 `ServingModel` of
+    `checkpoint` (same interface, normalisation inside), exported with torch.export, so that
+    `load_pytorch_model` reads it back without unpickling objects. Both carry the signature
+    (`images` N×3×H×W float32 → `features` N×D) and an input example.
+    """
+    import mlflow
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from mlflow.models import Model, infer_signature
+
+    from reid_core.engine.checkpoint import load_checkpoint
+    from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME, ServingModel, onnx_interface
+
+    height, width, _ = onnx_interface(onnx_path)
+    shape = (_EXAMPLE_BATCH, 3, height, width)
+    example = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (features,) = session.run([OUTPUT_NAME], {INPUT_NAME: example})
+    model, _ = load_checkpoint(checkpoint)
+    serving = ServingModel(model, l2_normalize).eval()
+    with torch.inference_mode():
+        _check_same_function(features, serving(torch.from_numpy(example)).numpy())
+    info = Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=_Flavours,
+        flavor_name="onnx",
+        registered_model_name=model_name,
+        onnx_path=onnx_path,
+        serving=serving,
+        signature=infer_signature({INPUT_NAME: example}, {OUTPUT_NAME: features}),
+        example=example,
     )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(model_name, str(version), key, str(value))
     return version
+
+
+@contextmanager
+def _pickles_refused() -> Iterator[None]:
+    """Make MLflow refuse pickled payloads for the duration (its default allows them)."""
+    previous = os.environ.get(_PICKLE_ENV)
+    os.environ[_PICKLE_ENV] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[_PICKLE_ENV]
+        else:
+            os.environ[_PICKLE_ENV] = previous
+
+
+def load_pytorch_model(model_uri: str) -> nn.Module:
+    """The `pytorch` flavour of `model_uri` as a module (N×3×H×W images → N×D features).
+
+    `torch.export.load` unpickles (`weights_only=False`) any weight or constant record that an
+    archive marks as pickled, and sample inputs that `weights_only` refuses; with pickles
+    refused, MLflow first checks that every record is raw tensor bytes, JSON/text or accepted
+    by torch's `weights_only` unpickler, and refuses pickle-format (`model.pth`) models.
+    Still only for archives this project wrote: loading evaluates the graph's symbolic shape
+    strings with sympy (`eval`), so a crafted archive runs code without any pickle. For a
+    model of unknown origin use `load_checkpoint(checkpoint_folder(uri))` (safetensors).
+    """
+    import mlflow
+
+    with _pickles_refused():
+        return mlflow.pytorch.load_model(model_uri)
 
 
 def candidate(model_name: str, version: int) -> Candidate:

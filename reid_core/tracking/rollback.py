@@ -14,7 +14,8 @@ from pathlib import Path
 
 from reid_core.config import ReidConfig
 from reid_core.export.onnx import onnx_interface
-from reid_core.export.triton import publish_next_version, repository_lock
+from reid_core.export.repositories import open_repository
+from reid_core.export.triton import publish_next_version
 from reid_core.tracking.registry import CHAMPION, PREVIOUS, PREVIOUS_TAG
 
 
@@ -28,7 +29,7 @@ class Rollback:
     restored: int  # the registry version that is champion again
     replaced: int  # the champion it replaces
     triton_version: int
-    triton_path: Path
+    triton_location: str
 
 
 def rollback(config: ReidConfig) -> Rollback:
@@ -42,7 +43,7 @@ def rollback(config: ReidConfig) -> Rollback:
             "triton.backend=tensorrt: the registry holds the ONNX model, not an engine; "
             "roll back with the onnxruntime or python flavour"
         )
-    with repository_lock(config.triton.repository, name):
+    with open_repository(config.triton.repository).lock(name):
         client = mlflow.MlflowClient()
         try:
             champion = client.get_model_version_by_alias(name, CHAMPION)
