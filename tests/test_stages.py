@@ -221,13 +221,24 @@ def test_a_better_model_replaces_the_champion_and_rollback_restores_it(workspace
     assert missing.returncode == 2 and "has no version 9" in missing.stderr
 
 
-def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(workspace):
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(
+    store, workspace, request
+):
     import mlflow
+
+    from reid_core.export.repositories import open_repository
 
     ws, env = workspace
     evaluation = json.loads((ws / "eval.json").read_text())
-    repo = ws / "race_repository"
-    sets = ("--set", "promote.model_name=reid-race", "--set", f"triton.repository={repo}")
+    name = f"reid-race-{store}"
+    if store == "s3":  # the lock is then an S3 object, as for promotions on several machines
+        endpoint = request.getfixturevalue("s3_endpoint")
+        repo = f"s3://{endpoint}/{request.getfixturevalue('s3_bucket')}/triton"
+        env = {**env, **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}}
+    else:
+        repo = str(ws / "race_repository")
+    sets = ("--set", f"promote.model_name={name}", "--set", f"triton.repository={repo}")
     procs = []
     for i, gain in enumerate((0.0, 0.1)):
         (ws / f"race{i}.json").write_text(
@@ -250,12 +261,13 @@ def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(w
         assert proc.returncode == 0, err
     decisions = [json.loads((ws / f"rd{i}.json").read_text()) for i in range(2)]
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
-    champion = client.get_model_version_by_alias("reid-race", "champion")
+    champion = client.get_model_version_by_alias(name, "champion")
     assert int(champion.version) == decisions[1]["version"]  # the better one, whatever the order
-    published = sorted(int(p.name) for p in (repo / "reid-race").iterdir() if p.name.isdigit())
+    published = open_repository(repo).versions(name)
     promoted = [d for d in decisions if d["promoted"]]
     assert published == list(range(1, len(promoted) + 1))
     assert champion.tags["reid.triton_version"] == str(published[-1])  # newest = champion
+    assert open_repository(repo).served(name) == [published[-1]]  # and Triton serves it
     if len(promoted) == 2:  # the worse one went first; the better one then replaced it
         assert champion.tags["reid.previous_champion"] == str(decisions[0]["version"])
 

@@ -135,11 +135,11 @@ class MetricLogger(Hook):
     def after_step(self, trainer: Trainer) -> None:
         if trainer.iter % self.every and trainer.iter != trainer.max_iter:
             return
-        import mlflow
+        from reid_core.tracking.resume import log_step_metrics  # once per step, even resumed
 
         metrics = {f"{self.prefix}{k}": v for k, v in trainer.losses().items()}
         metrics[f"{self.prefix}lr"] = trainer.optimizer.param_groups[0]["lr"]
-        mlflow.log_metrics(metrics, step=trainer.iter)
+        log_step_metrics(metrics, trainer.iter)
 
 
 class ProgressBar(Hook):
@@ -171,7 +171,11 @@ class ProgressBar(Hook):
 
 class PeriodicCheckpointer(Hook):
     """Save the resumable training state to `directory` every `every` iterations (0: at the
-    end of every epoch)."""
+    end of every epoch).
+
+    At an epoch's end it saves after the epoch hooks (it is registered last), so a run resumed
+    from there does not skip that epoch's evaluation and its logged metrics.
+    """
 
     main_only = True
 
@@ -179,9 +183,16 @@ class PeriodicCheckpointer(Hook):
         self.directory = Path(directory)
         self.every = every
 
-    def after_step(self, trainer: Trainer) -> None:
+    def _save_due(self, trainer: Trainer) -> bool:
         every = self.every or trainer.iters_per_epoch
-        if trainer.iter % every == 0 and trainer.iter < trainer.max_iter:
+        return trainer.iter % every == 0 and trainer.iter < trainer.max_iter
+
+    def after_step(self, trainer: Trainer) -> None:
+        if trainer.iter % trainer.iters_per_epoch and self._save_due(trainer):
+            save_state(self.directory, trainer.state_dict())
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        if self._save_due(trainer):
             save_state(self.directory, trainer.state_dict())
 
 
@@ -201,14 +212,14 @@ class PeriodicEvaluation(Hook):
     def after_epoch(self, trainer: Trainer) -> None:
         if (trainer.epoch + 1) % self.every:
             return
-        import mlflow
+        from reid_core.tracking.resume import log_step_metrics
 
         model = trainer.model
         was_training = model.training
         metrics = self.evaluate(model.eval())
         model.train(was_training)
         self.history.append((trainer.iter, metrics))
-        mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=trainer.iter)
+        log_step_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, trainer.iter)
 
 
 def default_hooks(desc: str, log_every: int, prefix: str = "") -> list[Hook]:

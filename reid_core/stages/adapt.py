@@ -4,7 +4,7 @@ Each round (see `reid_core.uda.rounds`) logs its clustering, the pseudo labels' 
 the target mAP (query/gallery of the same manifest) at step = round number; step 0 is the
 model before adaptation. A round whose clustering cannot be trained on stops the stage
 early, keeping the previous round's model as the output. Finished rounds are kept in the
-state dir, so a killed stage resumes at the round it was in.
+state dir, so a killed stage resumes at the round it was in, logging into the same MLflow run.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from reid_core.engine.hooks import default_hooks
 from reid_core.evaluation.protocol import evaluate_splits
 from reid_core.modeling.model import ReidModel
 from reid_core.stages._fit import finish, state_dir
+from reid_core.tracking.resume import log_step_metrics
 from reid_core.tracking.runs import stage_run
 from reid_core.uda.pseudo_labels import PseudoLabelError
 from reid_core.uda.rounds import adapt_round
@@ -36,20 +37,19 @@ def run(
     import mlflow
 
     cfg = config.adapt
-    with stage_run("adapt", config):
-        model, source_meta = load_checkpoint(inputs["model"])
+    model, source_meta = load_checkpoint(inputs["model"])
+    df, data_meta = read_manifest(inputs["manifest"])
+    # the state folder first: a re-run of an interrupted stage reopens the run recorded there
+    resume_dir = state_dir(config, "adapt", cfg, data_meta, [source_meta.get("mlflow_run_id", "")])
+    with stage_run("adapt", config, resume_dir):
         device = resolve_device(config.runtime.device)
         model.to(device)
-        df, data_meta = read_manifest(inputs["manifest"])
         splits = _target_splits(config, inputs["dataset"], df)
-        resume_dir = state_dir(
-            config, "adapt", cfg, data_meta, [source_meta.get("mlflow_run_id", "")]
-        )
         metrics: dict[str, float] = {"rounds_completed": 0.0}
         evaluate = _target_evaluation(config, splits, device)
         first = cfg.start_round
         if first == 0:
-            mlflow.log_metrics(evaluate(model), step=0)
+            log_step_metrics(evaluate(model), 0)
         start = time.perf_counter()
         for rnd in range(first, first + cfg.rounds):
             done = resume_dir / f"round{rnd + 1}"
@@ -81,7 +81,7 @@ def run(
                 metrics["stopped_at_round"] = float(rnd + 1)
                 break
             found.update(evaluate(model))
-            mlflow.log_metrics(found, step=rnd + 1)
+            log_step_metrics(found, rnd + 1)
             save_checkpoint(done, model, {"height": config.data.height, "width": config.data.width})
             metrics.update(found)
             metrics["rounds_completed"] += 1
@@ -97,7 +97,7 @@ def run(
              "rounds_completed": int(metrics["rounds_completed"])},
         )  # fmt: skip
         write_json(outputs["metrics"], metrics)
-        shutil.rmtree(resume_dir, ignore_errors=True)  # the run is complete
+    shutil.rmtree(resume_dir, ignore_errors=True)  # complete, and its run is closed
     return metrics
 
 

@@ -20,7 +20,7 @@ from reid_core.modeling import create_model
 from reid_core.modeling.model import ReidModel
 from reid_core.stages._fit import count_ids, count_parameters, finish, load_train_split, state_dir
 from reid_core.tracking.registry import checkpoint_folder
-from reid_core.tracking.runs import stage_run
+from reid_core.tracking.runs import setup_mlflow, stage_run
 
 
 def run(
@@ -29,11 +29,16 @@ def run(
     import mlflow
 
     cfg = config.distill
-    with stage_run("distill", config):
-        split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
-        data = TrainData.from_split(split)
-        num_ids = count_ids(data.labels)
-        teachers, sources = load_teachers(inputs["teacher"], num_ids, cfg.logit_weight > 0)
+    split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
+    data = TrainData.from_split(split)
+    num_ids = count_ids(data.labels)
+    setup_mlflow(config)  # a teacher may be an MLflow URI
+    teachers, sources = load_teachers(inputs["teacher"], num_ids, cfg.logit_weight > 0)
+    teacher_runs = [s["source"] + "@" + s["run_id"] for s in sources]
+    # the state folder first: a re-run of an interrupted stage reopens the run recorded there
+    resume_dir = state_dir(config, "distill", cfg, data_meta, teacher_runs)
+    with stage_run("distill", config, resume_dir):
+        mlflow.log_param("teachers", ", ".join(s["source"] for s in sources))
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
         device = resolve_device(config.runtime.device)
         for teacher in teachers:
@@ -41,8 +46,6 @@ def run(
         student = create_model(cfg.model, num_ids).to(device)
         loss = DistillLoss(student, teachers, cfg, (config.data.height, config.data.width))
         start = time.perf_counter()
-        teacher_runs = [s["source"] + "@" + s["run_id"] for s in sources]
-        resume_dir = state_dir(config, "distill", cfg, data_meta, teacher_runs)
         try:
             fit(student, data, cfg.solver, cfg.augment, loss,
                 default_hooks("distill", cfg.log_every), state_dir=resume_dir)  # fmt: skip
@@ -65,7 +68,7 @@ def run(
              "teachers": [s["source"] for s in sources]},
         )  # fmt: skip
         write_json(outputs["metrics"], metrics)
-        shutil.rmtree(resume_dir, ignore_errors=True)  # the run is complete
+    shutil.rmtree(resume_dir, ignore_errors=True)  # complete, and its run is closed
     return metrics
 
 
@@ -76,8 +79,6 @@ def load_teachers(
 
     Logit distillation compares class scores, so those teachers must classify the same ids.
     """
-    import mlflow
-
     teachers, origins = [], []
     for source in sources:
         model, meta = load_checkpoint(checkpoint_folder(source))
@@ -89,5 +90,4 @@ def load_teachers(
             )
         teachers.append(model.eval().requires_grad_(False))
         origins.append({"source": str(source), "run_id": meta.get("mlflow_run_id", "")})
-    mlflow.log_param("teachers", ", ".join(o["source"] for o in origins))
     return teachers, origins

@@ -2,7 +2,7 @@
 
 Runs as one process or under torchrun (`torchrun --nproc_per_node N -m reid_core.cli train
 ...`); only rank 0 logs and writes outputs. An interrupted run resumes from its last
-training state in `runtime.state_dir`.
+training state in `runtime.state_dir`, logging into the same MLflow run.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ def run(
     device = resolve_device(config.runtime.device)
     context = context_from_env(device)
     device = local_device(device, context)
-    with main_process_only(context.is_main, lambda: stage_run("train", config)):
-        split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
+    # the state folder first: a re-run of an interrupted stage reopens the run recorded there
+    split, data_meta = load_train_split(config, inputs["dataset"], inputs["manifest"])
+    resume_dir = state_dir(config, "train", cfg, data_meta)
+    with main_process_only(context.is_main, lambda: stage_run("train", config, resume_dir)):
         data = TrainData.from_split(split)
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
         model = create_model(cfg.model, count_ids(data.labels))
@@ -56,7 +58,6 @@ def run(
         if context.is_main:
             hooks += evaluation_hook(config, inputs["dataset"], inputs["manifest"],
                                      cfg.solver.eval_every, str(device))  # fmt: skip
-        resume_dir = state_dir(config, "train", cfg, data_meta)
         start = time.perf_counter()
         fit(model, data, cfg.solver, cfg.augment, loss, hooks,
             state_dir=resume_dir, context=context)  # fmt: skip
@@ -70,5 +71,5 @@ def run(
         mlflow.log_metrics(metrics)
         finish("train", config, model, data_meta, outputs["checkpoint"], {"role": "teacher"})
         write_json(outputs["metrics"], metrics)
-        shutil.rmtree(resume_dir, ignore_errors=True)  # the run is complete
+    shutil.rmtree(resume_dir, ignore_errors=True)  # complete, and its run is closed
     return metrics

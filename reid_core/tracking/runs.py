@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from reid_core.config import ReidConfig
 from reid_core.tracking.lineage import git_commit
+from reid_core.tracking.resume import RUN_FILE, forget_run, open_run
+from reid_core.tracking.retries import RETRY_ENV, apply_retry_env
 
 if TYPE_CHECKING:
     import mlflow
@@ -72,12 +74,17 @@ def wait_for_server(uri: str, attempts: int, backoff_s: float) -> None:
 
 
 def setup_mlflow(config: ReidConfig) -> str:
-    """Point mlflow at the store and make sure the experiment exists; return its id."""
+    """Point mlflow at the store and make sure the experiment exists; return its id.
+
+    A tracking server must answer first (see `wait_for_server`), and the client's own retries
+    of later requests follow the same policy (see `apply_retry_env`).
+    """
     import mlflow
 
     uri = tracking_uri(config)
-    if uri.startswith(("http://", "https://")):
+    if _is_http(uri):
         wait_for_server(uri, config.tracking.connect_attempts, config.tracking.connect_backoff_s)
+        apply_retry_env(config)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = config.tracking.experiment
@@ -92,6 +99,10 @@ def setup_mlflow(config: ReidConfig) -> str:
     except mlflow.exceptions.MlflowException:
         # Another stage created it between our lookup and create.
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
 def _parent_run(experiment_id: str, run_key: str) -> str:
@@ -116,21 +127,87 @@ def _parent_run(experiment_id: str, run_key: str) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, config: ReidConfig) -> Iterator[mlflow.ActiveRun]:
-    """Open the stage's child run under its pipeline's parent; params are the flat config."""
+def stage_run(
+    stage: str, config: ReidConfig, resume_dir: Path | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """Open the stage's child run under its pipeline's parent; params are the flat config.
+
+    With `resume_dir` (a training stage's state folder) the run's id is recorded there, and a
+    re-run of an interrupted stage reopens that run (see `resume.RUN_FILE`). A tracking server that
+    stops answering mid-stage ends the stage with one ConnectionError that says what is kept.
+    """
     import mlflow
 
     experiment_id = setup_mlflow(config)
+    uri = tracking_uri(config)
     run_key = pipeline_run_id(config)
-    parent = _parent_run(experiment_id, run_key)
-    tags = {
-        "mlflow.parentRunId": parent,
-        PIPELINE_TAG: run_key,
-        "reid.kind": "stage",
-        "reid.stage": stage,
-        "reid.git_commit": git_commit(),
-        "reid.config_hash": config.digest(),
-    }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
-        mlflow.log_params(config.flat())
+    run_id = ""
+    try:
+        parent = _parent_run(experiment_id, run_key)
+        tags = {
+            "mlflow.parentRunId": parent,
+            PIPELINE_TAG: run_key,
+            "reid.kind": "stage",
+            "reid.stage": stage,
+            "reid.git_commit": git_commit(),
+            "reid.config_hash": config.digest(),
+        }
+        run = open_run(stage, config, experiment_id, tags, resume_dir, (PIPELINE_TAG, "reid.stage"))
+        run_id = run.info.run_id
         yield run
+        mlflow.end_run()
+    except BaseException as err:
+        unreachable = isinstance(err, Exception) and _is_http(uri) and not _answers(uri)
+        _end_quietly("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", unreachable)
+        if unreachable:
+            raise ConnectionError(_outage_message(uri, stage, run_id, resume_dir)) from err
+        raise
+    finally:
+        forget_run(run_id)
+
+
+def _answers(uri: str) -> bool:
+    """Whether the tracking server answers its health check now (one try)."""
+    try:
+        wait_for_server(uri, attempts=1, backoff_s=0)
+    except ConnectionError:
+        return False
+    return True
+
+
+def _end_quietly(status: str, unreachable: bool) -> None:
+    """End the active run as `status` on the way out of a failed stage, without masking the
+    failure; to an unreachable server, one quick try and no retries."""
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in RETRY_ENV}
+    if unreachable:
+        os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    try:
+        with contextlib.suppress(Exception):  # the stage's own error is the one to report
+            mlflow.end_run(status)  # forgets the run first, then tells the store
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _outage_message(uri: str, stage: str, run_id: str, resume_dir: Path | None) -> str:
+    """What failed, what is kept on disk, and that a re-run picks up from there."""
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "")
+    tries = f", each request tried {int(retries) + 1} times" if retries.isdigit() else ""
+    run = f" (MLflow run {run_id}{tries})" if run_id else ""
+    kept = "the outputs already written stay on disk"
+    if resume_dir is not None and resume_dir.is_dir():
+        saved = any(p.name != RUN_FILE for p in resume_dir.iterdir())
+        what = "training state" if saved else "run record (no training state saved yet)"
+        kept = f"the {what} in {resume_dir} and the outputs already written stay on disk"
+    again = "re-run the stage once the server is back"
+    if run_id and resume_dir is not None:
+        again = "re-running the stage once the server is back resumes training and its run"
+    return (
+        f"MLflow tracking server {uri} became unreachable during the {stage} stage{run}; "
+        f"{kept}: {again}"
+    )
