@@ -3,7 +3,8 @@
 A real `mlflow server` (SQLite, artifacts on S3), a moto S3 server on loopback holding the DVC
 remote, MLflow's artifacts and the Triton model repository, and a real tritonserver polling
 that repository. An untrained student becomes the first champion; a trained one beats it and
-Triton switches to it by itself; a second untrained one is refused, with its reasons recorded.
+Triton switches to it by itself; a second untrained one is refused, with its reasons recorded;
+`reid rollback` then serves the first again.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def test_the_better_run_becomes_champion_and_is_served_the_worse_is_refused(
     set_distill(project, UNTRAINED, epochs=1)
     first = repro(project, "e2e-1")
     assert first["promoted"] and first["version"] == 1 and first["triton_version"] == 1
+    first_onnx = tmp_path / "first.onnx"
+    shutil.copyfile(project.root / "work" / "onnx" / "student" / "model.onnx", first_onnx)
 
     # the datasets go to the S3 remote and come back byte for byte
     dataset = project.root / "data" / "synth" / "source"
@@ -122,12 +125,25 @@ def test_the_better_run_becomes_champion_and_is_served_the_worse_is_refused(
         assert "**refused**" in (project.root / "reports" / "promotion.md").read_text()
         time.sleep(3)  # three polls: still version 2
         assert server.status(version_ready(NAME, 2)) == 200
-    assert S3Repository(repository).versions(NAME) == [1, 2]
+        assert S3Repository(repository).versions(NAME) == [1, 2]
+
+        # rollback: run 1's model is champion again, published to S3 as Triton version 3
+        rolled = project.run("reid", "rollback").stdout
+        assert "champion is v1 again (was v2)" in rolled, rolled
+        wait_for(lambda: server.status(version_ready(NAME, 3)) == 200, "v3 not served", server)
+        first_session = ort.InferenceSession(str(first_onnx), providers=["CPUExecutionProvider"])
+        with TritonEmbedder(server.http_url, NAME) as embedder:
+            served = embedder.embed(images)
+            assert embedder.served_version == "3"
+        np.testing.assert_allclose(
+            served, first_session.run(None, {"images": images})[0], atol=1e-4
+        )
+    assert S3Repository(repository).versions(NAME) == [1, 2, 3]
     assert "failed to load" not in log.read_text(errors="replace")
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
-    assert client.get_model_version_by_alias(NAME, "champion").version == "2"
-    assert client.get_model_version_by_alias(NAME, "previous").version == "1"
+    assert client.get_model_version_by_alias(NAME, "champion").version == "1"  # rolled back
+    assert client.get_model_version(NAME, "2").tags["reid.rolled_back"].startswith("replaced by v1")
     refused = client.get_model_version(NAME, "3").tags
     assert refused["reid.promotion"].startswith("refused: FAIL mAP gain")
     champion = client.get_model_version(NAME, "2").tags
