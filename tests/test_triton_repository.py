@@ -112,10 +112,7 @@ def files_of(location: str, name: str, version: int) -> dict[str, bytes]:
 
 
 def config_text(location: str, name: str) -> str | None:
-    if not location.startswith("s3://"):
-        path = Path(location) / name / "config.pbtxt"
-        return path.read_text() if path.is_file() else None
-    return S3Repository(location)._read(S3Repository(location).where.key(name, "config.pbtxt"))
+    return store(location).read_config(name)
 
 
 def publish(location: str, model_file: Path, **settings: object) -> int:

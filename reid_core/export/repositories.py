@@ -1,6 +1,7 @@
 """Where Triton model repositories live: a local folder, or a prefix in an S3 bucket.
 
-Both stores publish a version the same way, so that Triton never loads half a model:
+Both stores publish a version the same way (`ModelRepository.publish`, over each store's own
+storage steps), so that Triton never loads half a model:
 1. the version's files are written where Triton cannot load them yet (`config.pbtxt` pins the
    served versions, `version_policy: specific`, and does not name the new one);
 2. versions neither served before nor after are pruned, down to the newest `keep`;
@@ -17,48 +18,15 @@ import re
 import shutil
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
 
 from reid_core.atomic import atomic_output
 
 CONFIG_FILE = "config.pbtxt"
 _SPECIFIC = re.compile(r"specific\s*:?\s*\{\s*versions\s*:\s*\[([^\]]*)\]")
-
-
-class ModelRepository(Protocol):
-    """A Triton model repository that promotion can publish to."""
-
-    location: str
-
-    def versions(self, name: str) -> list[int]:
-        """Version folders present for model `name`, ascending."""
-        ...
-
-    def served(self, name: str) -> list[int]:
-        """Versions that `name`'s config.pbtxt tells Triton to serve (none: no config yet)."""
-        ...
-
-    def publish(
-        self,
-        name: str,
-        version: int,
-        files: Mapping[str, Path],
-        config_text: str,
-        served: list[int],
-        keep: int,
-    ) -> str:
-        """Write `files` (name in the version folder → local file) as version `version`, prune,
-        then switch config.pbtxt to `config_text` (which serves `served`); return where the
-        version lives."""
-        ...
-
-    def lock(self, name: str, timeout: float = 600.0) -> AbstractContextManager[None]:
-        """Exclusive hold on model `name`: promotions and rollbacks decide, publish and move
-        registry aliases inside it, so racing ones are serialised."""
-        ...
 
 
 def served_in(config_text: str) -> list[int]:
@@ -69,13 +37,13 @@ def served_in(config_text: str) -> list[int]:
     return sorted(int(v) for v in re.findall(r"\d+", match.group(1)))
 
 
-def to_prune(present: list[int], before: list[int], after: list[int], keep: int) -> list[int]:
+def _to_prune(present: list[int], before: list[int], after: list[int], keep: int) -> list[int]:
     """Versions that may go: older than the newest `keep` and served neither before nor after."""
     kept = set(sorted(present)[-keep:]) | set(before) | set(after)
     return [v for v in present if v not in kept]
 
 
-def check_version(
+def _check_version(
     version: int, before: list[int], served: list[int], files: Mapping[str, Path]
 ) -> None:
     """Refuse a publish that could not be made safely, before anything is written."""
@@ -90,7 +58,66 @@ def check_version(
             raise FileNotFoundError(f"cannot publish {source}: no such file")
 
 
-class LocalRepository:
+class ModelRepository(ABC):
+    """A Triton model repository that promotion can publish to.
+
+    `publish` holds the order that keeps Triton from loading half a model (module docstring);
+    each store supplies the storage steps it is made of.
+    """
+
+    location: str
+
+    @abstractmethod
+    def versions(self, name: str) -> list[int]:
+        """Version folders present for model `name`, ascending."""
+
+    @abstractmethod
+    def read_config(self, name: str) -> str | None:
+        """The text of `name`'s config.pbtxt, or None when there is none yet."""
+
+    @abstractmethod
+    def lock(self, name: str, timeout: float = 600.0) -> AbstractContextManager[None]:
+        """Exclusive hold on model `name`: promotions and rollbacks decide, publish and move
+        registry aliases inside it, so racing ones are serialised."""
+
+    @abstractmethod
+    def _place_version(self, name: str, version: int, files: Mapping[str, Path]) -> str:
+        """Write the complete version folder, or nothing at all; return where it lives."""
+
+    @abstractmethod
+    def _remove_version(self, name: str, version: int) -> None: ...
+
+    @abstractmethod
+    def _write_config(self, name: str, text: str) -> None:
+        """Replace config.pbtxt in one atomic write: the moment Triton's view changes."""
+
+    def served(self, name: str) -> list[int]:
+        """Versions that `name`'s config.pbtxt tells Triton to serve (none: no config yet)."""
+        text = self.read_config(name)
+        return served_in(text) if text is not None else []
+
+    def publish(
+        self,
+        name: str,
+        version: int,
+        files: Mapping[str, Path],
+        config_text: str,
+        served: list[int],
+        keep: int,
+    ) -> str:
+        """Write `files` (name in the version folder → local file) as version `version`, prune,
+        then switch config.pbtxt to `config_text` (which serves `served`); return where the
+        version lives."""
+        before = self.served(name)
+        _check_version(version, before, served, files)
+        where = self._place_version(name, version, files)
+        for old in _to_prune(self.versions(name), before, served, keep):
+            self._remove_version(name, old)
+        self._write_config(name, config_text)
+        return where
+
+
+class LocalRepository(ModelRepository):
     """A repository folder on this machine (or a volume Triton also mounts)."""
 
     def __init__(self, root: str | Path):
@@ -103,21 +130,12 @@ class LocalRepository:
             return []
         return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
-    def served(self, name: str) -> list[int]:
+    def read_config(self, name: str) -> str | None:
         config = self.root / name / CONFIG_FILE
-        return served_in(config.read_text()) if config.is_file() else []
+        return config.read_text() if config.is_file() else None
 
-    def publish(
-        self,
-        name: str,
-        version: int,
-        files: Mapping[str, Path],
-        config_text: str,
-        served: list[int],
-        keep: int,
-    ) -> str:
-        before = self.served(name)
-        check_version(version, before, served, files)
+    def _place_version(self, name: str, version: int, files: Mapping[str, Path]) -> str:
+        # staged under a hidden name, then renamed into place
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
         final = model_dir / str(version)
@@ -132,11 +150,14 @@ class LocalRepository:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        for old in to_prune(self.versions(name), before, served, keep):
-            shutil.rmtree(model_dir / str(old), ignore_errors=True)
-        with atomic_output(model_dir / CONFIG_FILE) as tmp:
-            tmp.write_text(config_text)
         return str(final)
+
+    def _remove_version(self, name: str, version: int) -> None:
+        shutil.rmtree(self.root / name / str(version), ignore_errors=True)
+
+    def _write_config(self, name: str, text: str) -> None:
+        with atomic_output(self.root / name / CONFIG_FILE) as tmp:
+            tmp.write_text(text)
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 600.0) -> Iterator[None]:

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from reid_core.export.repositories import CONFIG_FILE, check_version, served_in, to_prune
+from reid_core.export.repositories import CONFIG_FILE, ModelRepository
 
 # multipart size: the ETag of a multipart upload depends on it, so it is fixed, not tuned
 PART_BYTES = 8 * 1024 * 1024
@@ -95,7 +95,7 @@ def s3_client(endpoint_url: str | None):
     )
 
 
-class S3Repository:
+class S3Repository(ModelRepository):
     """Triton model repository under an S3 prefix (see the module docstring)."""
 
     def __init__(self, location: str, client=None):
@@ -117,49 +117,35 @@ class S3Repository:
         ]
         return sorted(int(n) for n in names if n.isdigit())
 
-    def served(self, name: str) -> list[int]:
-        text = self._read(self.where.key(name, CONFIG_FILE))
-        return served_in(text) if text is not None else []
-
-    def _read(self, key: str) -> str | None:
+    def read_config(self, name: str) -> str | None:
         try:
-            reply = self.client.get_object(Bucket=self.where.bucket, Key=key)
+            reply = self.client.get_object(
+                Bucket=self.where.bucket, Key=self.where.key(name, CONFIG_FILE)
+            )
         except self.client.exceptions.NoSuchKey:
             return None
         return reply["Body"].read().decode()
 
-    # -- publishing
+    # -- publishing (the order is ModelRepository.publish's)
 
-    def publish(
-        self,
-        name: str,
-        version: int,
-        files: Mapping[str, Path],
-        config_text: str,
-        served: list[int],
-        keep: int,
-    ) -> str:
-        before = self.served(name)
-        check_version(version, before, served, files)
-        self._delete_version(name, version)  # leftovers of a publish that died half-way
+    def _place_version(self, name: str, version: int, files: Mapping[str, Path]) -> str:
+        # uploaded, then each object checked against its file; on any failure, removed
+        self._remove_version(name, version)  # leftovers of a publish that died half-way
         try:
             for target, source in files.items():
                 self._upload(Path(source), self.where.key(name, version, target))
             for target, source in files.items():
                 self._verify(Path(source), self.where.key(name, version, target))
         except BaseException:
-            self._delete_version(name, version)
+            self._remove_version(name, version)
             raise
-        for old in to_prune(self.versions(name), before, served, keep):
-            self._delete_version(name, old)
-        config_key = self.where.key(name, CONFIG_FILE)
-        reply = self.client.put_object(
-            Bucket=self.where.bucket, Key=config_key, Body=config_text.encode()
-        )
-        expected = hashlib.md5(config_text.encode()).hexdigest()
-        if reply["ETag"].strip('"') != expected:
-            raise PublishError(f"s3://{self.where.bucket}/{config_key}: ETag {reply['ETag']}")
         return f"s3://{self.where.bucket}/{self.where.key(name, version)}"
+
+    def _write_config(self, name: str, text: str) -> None:
+        key = self.where.key(name, CONFIG_FILE)
+        reply = self.client.put_object(Bucket=self.where.bucket, Key=key, Body=text.encode())
+        if reply["ETag"].strip('"') != hashlib.md5(text.encode()).hexdigest():
+            raise PublishError(f"s3://{self.where.bucket}/{key}: ETag {reply['ETag']}")
 
     def _upload(self, source: Path, key: str) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -177,7 +163,7 @@ class S3Repository:
                 f"ETag {s3_etag(source)}"
             )
 
-    def _delete_version(self, name: str, version: int) -> None:
+    def _remove_version(self, name: str, version: int) -> None:
         prefix = self.where.key(name, version) + "/"
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.where.bucket, Prefix=prefix

@@ -197,8 +197,8 @@ class TritonServer:
         log: str | Path | None = None,
     ):
         # an S3 location (Triton's spelling, credentials from the environment) or a folder
-        remote = str(repository).startswith("s3://")
-        self.repository = str(repository) if remote else str(Path(repository).resolve())
+        self.remote = str(repository).startswith("s3://")
+        self.repository = str(repository) if self.remote else str(Path(repository).resolve())
         self.installation = installation.check()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.poll_seconds = poll_seconds
@@ -233,7 +233,7 @@ class TritonServer:
 
     def start(self, timeout: float = 60.0) -> TritonServer:
         """Start the server and wait until it answers ready (every model loaded)."""
-        if not self.repository.startswith("s3://") and not Path(self.repository).is_dir():
+        if not self.remote and not Path(self.repository).is_dir():
             raise ServerError(f"model repository {self.repository} is not a folder")
         if self.log:
             self.log.parent.mkdir(parents=True, exist_ok=True)
