@@ -67,7 +67,10 @@ class ModelConfig(_Section):
     head: Literal["linear", "bnneck", "reduction"] = "bnneck"
     embedding_dim: int = Field(0, ge=0)  # reduction head's output; 0 keeps the backbone's
     dropout: float = Field(0.0, ge=0, lt=1)  # reduction head only
-    neck_feat: Literal["before", "after"] = "after"
+    neck_feat: Literal["before", "after"] = "after"  # the embedding: before or after the neck
+    # what the metric losses (triplet, circle, cosface) see: the feature before the neck's BN
+    # or after it; FastReID's MODEL.HEADS.NECK_FEAT (its embedding is always after the neck)
+    metric_feat: Literal["before", "after"] = "before"
     classifier: Literal["linear", "arcface", "cosface", "circle"] = "linear"
     classifier_scale: float = Field(64.0, gt=0)  # margin classifiers: logit scale s
     classifier_margin: float = Field(0.35, ge=0)  # margin classifiers: margin m
@@ -128,6 +131,11 @@ class SolverConfig(_Section):
     gamma: float = Field(0.1, gt=0, le=1)
     delay_epochs: int = Field(0, ge=0)  # cosine: constant LR for these epochs after warmup
     min_lr_factor: float = Field(0.01, ge=0, le=1)
+    # What moves the main schedule (multistep / cosine). "iterations": every iteration, from
+    # the start of training (cosine after warmup + delay_epochs). "epochs_after_warmup":
+    # FastReID's clock, once per epoch and only after warmup: milestones count epochs from the
+    # one in which warmup ends, cosine starts after max(warmup, delay_epochs) epochs
+    schedule_clock: Literal["iterations", "epochs_after_warmup"] = "iterations"
     warmup_method: Literal["linear", "constant", "exp"] = "linear"
     warmup_epochs: float = Field(1.0, ge=0)
     warmup_factor: float = Field(0.1, gt=0, le=1)  # LR factor at the first iteration

@@ -162,19 +162,31 @@ def test_resnext_refuses_a_base_width_without_whole_groups():
         create_backbone("resnext50_32x4d", base_width=8)
 
 
-def test_se_gates_every_block_and_acts_once_the_residual_weights_move():
+def test_se_gates_every_block_and_scales_its_residual_branch():
     plain = create_backbone("resnet50", base_width=8)
     se = create_backbone("resnet50", base_width=8, se=True)
     assert sum(isinstance(m, SqueezeExcitation) for m in se.modules()) == 3 + 4 + 6 + 3
     assert se.layer1[0].se.fc[0].weight.shape == (32 // 16, 32)
     se.load_state_dict(plain.state_dict(), strict=False)
-    # The last BN of each residual branch starts at zero, so the gates have nothing to scale.
-    torch.testing.assert_close(outputs(se), outputs(plain))
-    for model in (plain, se):
-        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
-            for block in stage:
-                nn.init.ones_(block.bn3.weight)
     assert not torch.allclose(outputs(se), outputs(plain), atol=1e-4)
+    for block in (b for stage in (se.layer1, se.layer2, se.layer3, se.layer4) for b in stage):
+        block.se = nn.Identity()
+    torch.testing.assert_close(outputs(se), outputs(plain))
+
+
+def test_residual_backbones_start_as_fastreid_initialises_them():
+    """Every norm at scale 1 and shift 0 (no zero-scaled last norm) and Kaiming-normal
+    (fan-out) convolutions, as FastReID's ResNet and ResNeSt."""
+    for name in ("resnet18", "resnet50", "resnest50"):
+        model = create_backbone(name, base_width=16)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                assert torch.equal(m.weight, torch.ones_like(m.weight)), name
+                assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
+        conv = max((m for m in model.modules() if isinstance(m, nn.Conv2d)),
+                   key=lambda m: m.weight.numel())  # fmt: skip
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert abs(conv.weight.std().item() / (2 / fan_out) ** 0.5 - 1) < 0.05, name
 
 
 def test_non_local_blocks_follow_the_last_blocks_of_layers_two_and_three():

@@ -51,7 +51,7 @@ def test_every_head_and_classifier_trains_a_step_and_exports_its_embedding(head,
     terms = ReidLoss(ALL_LOSSES)(out, labels)
     assert set(terms) == {"loss_ce", "loss_triplet", "loss_circle", "loss_cosface", "loss_focal"}
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     sum(terms.values()).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -92,6 +92,23 @@ def test_neck_feat_picks_the_embedding_before_or_after_the_neck():
         model.config.neck_feat = "before"
         torch.testing.assert_close(model(x), out.features)
     assert not torch.allclose(out.neck, out.features)
+
+
+def test_metric_feat_feeds_the_metric_losses_before_or_after_the_neck_bn():
+    """FastReID's NECK_FEAT: bag of tricks puts the triplet before the BNNeck, SBS after it;
+    the embedding stays the neck's output either way, and the classifier always sees it."""
+    x, labels = images(), torch.tensor([0, 0, 1, 1, 2, 2])
+    outputs, pooled = {}, {}
+    for where in ("before", "after"):
+        torch.manual_seed(0)
+        model = create_model(model_config("bnneck", metric_feat=where), 3).train()
+        outputs[where] = model(x, labels)
+        pooled[where] = model.pool(model.backbone((x - model.pixel_mean) / model.pixel_std))
+    torch.testing.assert_close(outputs["before"].features, pooled["before"])
+    torch.testing.assert_close(outputs["after"].features, outputs["after"].neck)
+    torch.testing.assert_close(outputs["before"].neck, outputs["after"].neck)
+    assert not torch.allclose(outputs["before"].features, outputs["before"].neck)
+    torch.testing.assert_close(outputs["before"].logits, outputs["after"].logits)
 
 
 def test_linear_head_has_no_neck():
@@ -229,11 +246,18 @@ def test_margins_apply_to_the_target_class_only_with_labels(kind):
         torch.testing.assert_close(margined[~target], plain[~target])
 
 
-def test_linear_classifier_ignores_labels_and_starts_small():
+def test_linear_classifier_ignores_labels():
     layer = create_classifier("linear", 8, 4)
     x = torch.randn(5, 8)
     torch.testing.assert_close(layer(x, torch.zeros(5, dtype=torch.long)), layer(x))
-    assert layer.weight.std() < 0.01
+
+
+@pytest.mark.parametrize("kind", ["linear", "arcface", "cosface", "circle"])
+def test_every_classifier_starts_as_fastreid_heads_do(kind):
+    torch.manual_seed(0)
+    layer = create_classifier(kind, 512, 200)
+    assert abs(layer.weight.std().item() / 0.01 - 1) < 0.02
+    assert abs(layer.weight.mean().item()) < 1e-3
 
 
 def test_unknown_classifier_names_the_known_ones():

@@ -163,6 +163,72 @@ def test_cosine_is_flat_during_delay_and_hits_the_floor_at_the_last_iteration():
     assert factors[44] == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 14 / 29)))
 
 
+def fastreid_clock_lrs(config: SolverConfig, iters_per_epoch: int) -> list[float]:
+    """LR of every iteration as FastReID 1.4 drives it, written from its definition: an
+    epoch scheduler (torch's MultiStepLR / CosineAnnealingLR, eta_min = lr × min_lr_factor)
+    that its LRScheduler hook steps after an epoch only when the next iteration is past warmup
+    and the next epoch past DELAY_EPOCHS, and a warmup that sets lr = base × factor(iter)
+    after each step while the next iteration is still within warmup."""
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=config.lr)
+    warmup = round(config.warmup_epochs * iters_per_epoch)
+    if config.scheduler == "multistep":
+        main = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.steps, config.gamma)
+    else:
+        span = config.epochs - max(-(-warmup // iters_per_epoch), config.delay_epochs)
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, span, eta_min=config.lr * config.min_lr_factor
+        )
+
+    def warmup_factor(i: int) -> float:
+        return 1.0 if i >= warmup else config.warmup_factor + (1 - config.warmup_factor) * i / warmup
+
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * warmup_factor(0)
+    lrs, iteration = [], 0
+    for epoch in range(config.epochs):
+        for _ in range(iters_per_epoch):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()  # no gradient: only keeps torch's step-order check quiet
+            if iteration + 1 <= warmup:
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * warmup_factor(iteration + 1)
+            iteration += 1
+        if iteration + 1 > warmup and epoch + 1 > config.delay_epochs:
+            main.step()
+    return lrs
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"scheduler": "multistep", "steps": [20, 32], "warmup_epochs": 5.0, "epochs": 40},
+        {"scheduler": "multistep", "steps": [4, 9], "warmup_epochs": 2.5, "epochs": 12},
+        {"scheduler": "multistep", "steps": [3], "warmup_epochs": 0.0, "epochs": 6},
+        {"scheduler": "cosine", "delay_epochs": 6, "warmup_epochs": 2.0, "epochs": 12,
+         "min_lr_factor": 0.002},  # fmt: skip
+        {"scheduler": "cosine", "delay_epochs": 1, "warmup_epochs": 3.4, "epochs": 10,
+         "min_lr_factor": 0.01},  # fmt: skip
+    ],
+)
+def test_fastreid_epoch_clock_gives_fastreids_lr_at_every_iteration(settings):
+    config = SolverConfig(lr=3.5e-4, schedule_clock="epochs_after_warmup", **settings)
+    ipe = 9
+    ours = [config.lr * lr_factor(t, config, ipe) for t in range(config.epochs * ipe)]
+    np.testing.assert_allclose(ours, fastreid_clock_lrs(config, ipe), rtol=1e-9, atol=1e-15)
+
+
+def test_fastreid_clock_drops_the_lr_later_than_the_milestones_say():
+    """5 warmup epochs, steps at 20 and 32: FastReID drops at epochs 24 and 36."""
+    config = SolverConfig(
+        scheduler="multistep", steps=[20, 32], epochs=40, warmup_epochs=5.0,
+        schedule_clock="epochs_after_warmup",
+    )  # fmt: skip
+    per_epoch = [lr_factor(e * 10, config, 10) for e in range(40)]
+    assert per_epoch[23] == 1.0 and per_epoch[24] == pytest.approx(0.1)
+    assert per_epoch[35] == pytest.approx(0.1) and per_epoch[36] == pytest.approx(0.01)
+
+
 def test_scheduler_scales_each_groups_base_lr():
     model = TinyNet()
     optimizer = build_optimizer(model, GROUPS_CONFIG)

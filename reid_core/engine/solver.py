@@ -97,7 +97,8 @@ def lr_factor(iteration: int, config: SolverConfig, iters_per_epoch: int) -> flo
     Warmup (linear / constant / exp from `warmup_factor` to 1) multiplies the main schedule:
     multistep (× `gamma` at each epoch of `steps`, counted from the start of training) or
     cosine (flat for `delay_epochs` after warmup, then down to `min_lr_factor`, reached
-    exactly at the last iteration).
+    exactly at the last iteration); with `schedule_clock: epochs_after_warmup`, the main
+    schedule runs on FastReID's epoch clock instead (`_epoch_clock_factor`).
     """
     warmup = warmup_iters(config, iters_per_epoch)
     factor = 1.0
@@ -110,6 +111,8 @@ def lr_factor(iteration: int, config: SolverConfig, iters_per_epoch: int) -> flo
             factor = w ** (1.0 - progress)
         else:
             factor = w
+    if config.schedule_clock == "epochs_after_warmup":
+        return factor * _epoch_clock_factor(iteration, config, iters_per_epoch, warmup)
     if config.scheduler == "multistep":
         milestones = [step * iters_per_epoch for step in config.steps]
         return factor * config.gamma ** bisect.bisect_right(milestones, iteration)
@@ -120,6 +123,23 @@ def lr_factor(iteration: int, config: SolverConfig, iters_per_epoch: int) -> flo
     progress = min(1.0, (iteration - start) / (last - start)) if last > start else 1.0
     floor = config.min_lr_factor
     return factor * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _epoch_clock_factor(
+    iteration: int, config: SolverConfig, iters_per_epoch: int, warmup: int
+) -> float:
+    """The main schedule on FastReID's clock: its LRScheduler hook steps the epoch scheduler
+    at the end of every epoch from the one in which warmup ends (and past `delay_epochs`), so
+    at epoch E the scheduler has taken max(0, E − first) steps; its cosine spans the epochs
+    after max(warmup, delay_epochs) and ends at `min_lr_factor` (FastReID's ETA_MIN_LR)."""
+    warmup_epochs = math.ceil(warmup / iters_per_epoch)
+    first = max(warmup_epochs, config.delay_epochs + 1) - 1
+    steps = max(0, iteration // iters_per_epoch - first)
+    if config.scheduler == "multistep":
+        return config.gamma ** bisect.bisect_right(config.steps, steps)
+    span = max(1, config.epochs - max(warmup_epochs, config.delay_epochs))
+    floor = config.min_lr_factor
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * steps / span))
 
 
 def build_scheduler(

@@ -19,14 +19,19 @@ CLASSIFIERS = ("linear", "arcface", "cosface", "circle")
 
 
 class Classifier(nn.Module):
-    """Base: a `num_classes × in_features` weight (state-dict key `weight`) and the logits."""
+    """Base: a `num_classes × in_features` weight (state-dict key `weight`) and the logits.
 
-    def __init__(self, in_features: int, num_classes: int, std: float):
+    Weights start as N(0, INIT_STD²) for every kind, as FastReID's heads start them.
+    """
+
+    INIT_STD = 0.01
+
+    def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         self.in_features = in_features
         self.out_features = num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-        nn.init.normal_(self.weight, std=std)
+        nn.init.normal_(self.weight, std=self.INIT_STD)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -34,9 +39,6 @@ class Classifier(nn.Module):
 
 class LinearClassifier(Classifier):
     """Bias-free linear layer; labels are accepted and ignored (no margin)."""
-
-    def __init__(self, in_features: int, num_classes: int):
-        super().__init__(in_features, num_classes, std=0.001)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(x, self.weight)
@@ -46,7 +48,7 @@ class MarginClassifier(Classifier):
     """Cosine classifier with scale `s`; subclasses define the target-class logit."""
 
     def __init__(self, in_features: int, num_classes: int, scale: float, margin: float):
-        super().__init__(in_features, num_classes, std=0.01)
+        super().__init__(in_features, num_classes)
         self.scale = scale
         self.margin = margin
 

@@ -1,7 +1,8 @@
 """Heads: pooled backbone features → (metric-loss features, neck embedding, logits).
 
-`features` feed the metric losses (triplet, circle, cosface), `neck` is the embedding after
-the neck and `logits` come from the configured classifier on the neck (None without classes).
+`features` feed the metric losses (triplet, circle, cosface): the feature before the neck, or
+with `metric_feat: after` the neck's output; `neck` is the embedding after the neck and
+`logits` come from the configured classifier on the neck (None without classes).
 Every head states its embedding size as `out_features`.
 """
 
@@ -30,6 +31,7 @@ class Head(nn.Module):
     def __init__(self, out_features: int, num_classes: int, config: ModelConfig):
         super().__init__()
         self.out_features = out_features
+        self.metric_after_neck = config.metric_feat == "after"
         self._classifier_kind = (
             config.classifier,
             config.classifier_scale,
@@ -54,7 +56,7 @@ class Head(nn.Module):
     def forward(self, pooled: torch.Tensor, labels: torch.Tensor | None = None) -> HeadOutput:
         features, neck = self.embed(pooled)
         logits = self.classifier(neck, labels) if self.classifier is not None else None
-        return features, neck, logits
+        return (neck if self.metric_after_neck else features), neck, logits
 
     def reset_classifier(self, num_classes: int, device: torch.device | None = None) -> None:
         """A fresh classifier of the configured kind (e.g. for pseudo labels in a new domain).

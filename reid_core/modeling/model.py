@@ -20,7 +20,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 @dataclass
 class ReidOutput:
-    features: torch.Tensor  # for metric losses: pooled (or reduced), before the neck
+    features: torch.Tensor  # for metric losses: before the neck (pooled or reduced) or after it
     neck: torch.Tensor  # the embedding after the neck
     logits: torch.Tensor | None  # None without classes
 

@@ -104,18 +104,17 @@ class NonLocal(nn.Module):
         return x + self.W(y)
 
 
-def init_residual_network(network: nn.Module, last_norms: list[nn.Module]) -> None:
-    """Kaiming-normal convolutions, unit-scale norms, and zero scale on `last_norms` (each
-    residual branch's last norm) so that blocks start as identities: training from scratch
-    is steadier (Goyal et al. 2017). Non-local blocks keep their own identity start."""
+def init_residual_network(network: nn.Module) -> None:
+    """FastReID's initialisation of its residual backbones: Kaiming-normal convolutions
+    (fan-out), every norm at unit scale and zero shift, the residual branches' last norms
+    included (no zero "identity start"), so a recipe trains as it does in FastReID.
+    Non-local blocks keep their own identity start."""
     for m in network.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) and m.weight is not None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    for norm in last_norms:
-        nn.init.zeros_(norm.weight)
     for m in network.modules():
         if isinstance(m, NonLocal):
             m.reset_parameters()

@@ -173,9 +173,7 @@ class ResNeSt(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_channels = inplanes
-        init_residual_network(
-            self, [m.bn3 for m in self.modules() if isinstance(m, ResNeStBottleneck)]
-        )
+        init_residual_network(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

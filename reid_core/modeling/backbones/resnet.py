@@ -215,9 +215,7 @@ class ResNet(nn.Module):
                     if n
                 }
             )
-        init_residual_network(
-            self, [m.last_bn for m in self.modules() if isinstance(m, BasicBlock | Bottleneck)]
-        )
+        init_residual_network(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -1,0 +1,159 @@
+"""Train and evaluate with FastReID's own code (the `fastreid` 1.4.0 package) on a dataset in
+Market-1501 layout; write the metrics, the per-iteration loss and the training speed as JSON.
+
+Runs in FastReID's own virtual environment (`make parity-venv`), never in reidflow's: it is
+the reference side of `parity_fastreid.py`, which builds the FastReID options from the same
+recipe reidflow trains with. FastReID's `tools/` are not packaged, so this is the small driver
+they would be: a `DefaultTrainer` with FastReID's dataset, transforms, sampler, model, losses,
+optimizer, schedule and evaluator. What is changed, only so that 1.4.0 runs on a current CPU
+stack, is listed in `_compatibility` and `ParityTrainer`; none of it touches what is trained.
+
+    .venv-fastreid/bin/python benchmarks/fastreid_driver.py --dataset D --out result.json \
+        --seed 0 MODEL.BACKBONE.DEPTH 18x SOLVER.MAX_EPOCH 40 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import collections.abc
+import json
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+
+def _compatibility() -> None:
+    """fastreid 1.4.0 predates torch 2 and Python 3.10: give it the two names it imports."""
+    six = types.ModuleType("torch._six")
+    six.string_classes = (str, bytes)
+    sys.modules.setdefault("torch._six", six)
+    collections.Mapping = collections.abc.Mapping  # type: ignore[attr-defined]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, required=True, help="Market-1501 layout folder")
+    parser.add_argument("--out", type=Path, required=True, help="JSON result to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="data loader worker processes")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="FastReID config KEY VALUE pairs")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    _compatibility()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+
+    from fastreid.config import get_cfg
+    from fastreid.data.build import (
+        _test_loader_from_config,
+        _train_loader_from_config,
+        fast_batch_collator,
+    )
+    from fastreid.data.datasets import DATASET_REGISTRY
+    from fastreid.data.datasets.market1501 import Market1501
+    from fastreid.engine import DefaultTrainer, hooks
+    from fastreid.evaluation.reid_evaluation import ReidEvaluator
+    from fastreid.utils.env import seed_all_rng
+
+    # The Cython evaluator is built with `make` inside site-packages at first use, and the
+    # process exits when that fails; the pure-Python evaluator computes the same metrics.
+    ReidEvaluator._compile_dependencies = lambda self: None
+
+    @DATASET_REGISTRY.register()
+    class ParityData(Market1501):
+        """The dataset folder itself holds bounding_box_train/, query/, bounding_box_test/."""
+
+        dataset_name = "parity"
+
+        def __init__(self, root: str = "", **kwargs):
+            super().__init__(root=str(args.dataset), **kwargs)
+
+    class LossAndSpeed(hooks.HookBase):
+        """Each step's total loss, and the wall time of the training steps alone."""
+
+        def __init__(self):
+            self.losses: list[float] = []
+            self.seconds = 0.0
+            self._start = 0.0
+
+        def before_step(self):
+            self._start = time.perf_counter()
+
+        def after_step(self):
+            self.seconds += time.perf_counter() - self._start
+            self.losses.append(float(self.trainer.storage.history("total_loss").latest()))
+
+    class ParityTrainer(DefaultTrainer):
+        """DefaultTrainer whose loaders are plain torch DataLoaders: FastReID's DataLoaderX
+        prefetches in a thread that calls torch.cuda.set_device, which fails without a GPU.
+        Datasets, transforms, samplers and collation are FastReID's."""
+
+        @classmethod
+        def build_train_loader(cls, cfg):
+            parts = _train_loader_from_config(cfg)
+            batches = torch.utils.data.BatchSampler(
+                parts["sampler"], parts["total_batch_size"], drop_last=True
+            )
+            return torch.utils.data.DataLoader(
+                parts["train_set"],
+                batch_sampler=batches,
+                num_workers=args.workers,
+                collate_fn=fast_batch_collator,
+                persistent_workers=args.workers > 0,
+            )
+
+        @classmethod
+        def build_test_loader(cls, cfg, dataset_name):
+            parts = _test_loader_from_config(cfg, dataset_name=dataset_name)
+            loader = torch.utils.data.DataLoader(
+                parts["test_set"],  # queries first, then the gallery, in order
+                batch_size=parts["test_batch_size"],
+                shuffle=False,
+                collate_fn=fast_batch_collator,
+            )
+            return loader, parts["num_query"]
+
+        def build_writers(self):
+            return []  # no console/JSON/TensorBoard event writers: the hook records the loss
+
+    cfg = get_cfg()
+    cfg.merge_from_list(list(args.opts))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.DATASETS.NAMES = ("ParityData",)
+    cfg.DATASETS.TESTS = ("ParityData",)
+    with tempfile.TemporaryDirectory() as output:
+        cfg.OUTPUT_DIR = output
+        cfg.freeze()
+        seed_all_rng(args.seed)  # model initialisation, the sampler's seed, augmentation
+        trainer = ParityTrainer(cfg)
+        recorder = LossAndSpeed()
+        trainer.register_hooks([recorder])
+        trainer.resume_or_load(resume=False)
+        results = trainer.train()
+    metrics = results["ParityData"] if "ParityData" in results else results
+    images = len(recorder.losses) * cfg.SOLVER.IMS_PER_BATCH
+    out = {
+        "rank1": float(metrics["Rank-1"]),
+        "mAP": float(metrics["mAP"]),
+        "mINP": float(metrics["mINP"]),
+        "losses": recorder.losses,
+        "iterations": len(recorder.losses),
+        "iters_per_epoch": trainer.iters_per_epoch,
+        "train_seconds": recorder.seconds,
+        "images_per_second": images / recorder.seconds,
+        "num_classes": trainer.cfg.MODEL.HEADS.NUM_CLASSES,
+    }
+    args.out.write_text(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
