@@ -26,11 +26,26 @@ from pathlib import Path
 
 
 def _compatibility() -> None:
-    """fastreid 1.4.0 predates torch 2 and Python 3.10: give it the two names it imports."""
+    """fastreid 1.4.0 was written for torch 1.13 and Python 3.8: give it the two names it
+    imports, and torch 1.13's `zero_grad`, which zeroed gradients in place.
+
+    Since torch 2.0 `zero_grad()` sets them to None. FastReID's optimizer steps flat buffers
+    (`ContiguousParams`) whose gradient is a buffer the parameters' gradients are views of;
+    set to None, the buffers never get a gradient again and Adam skips them: on torch 2 the
+    model silently never trains (its CE stays at ln(classes)).
+    """
+    import torch
+
     six = types.ModuleType("torch._six")
     six.string_classes = (str, bytes)
     sys.modules.setdefault("torch._six", six)
     collections.Mapping = collections.abc.Mapping  # type: ignore[attr-defined]
+    zero_grad = torch.optim.Optimizer.zero_grad
+
+    def zero_grad_in_place(self, set_to_none: bool = False) -> None:
+        zero_grad(self, set_to_none=set_to_none)
+
+    torch.optim.Optimizer.zero_grad = zero_grad_in_place
 
 
 def parse_args() -> argparse.Namespace:

@@ -31,7 +31,8 @@ def test_preset_validates_and_builds_its_model(preset):
 def test_sbs_preset_carries_the_sbs_tricks_over_the_bag_of_tricks():
     sbs = load_config([RECIPES / "sbs_R50-ibn.yaml"])
     m, loss, solver = sbs.train.model, sbs.train.loss, sbs.train.solver
-    assert (m.backbone, m.ibn, m.non_local, m.pooling) == ("resnet50", "a", True, "gem")
+    assert (m.backbone, m.ibn, m.non_local, m.pooling) == ("resnet50", "a", True, "gem_learnable")
+    assert (m.neck_feat, m.metric_feat) == ("after", "after")
     assert (m.classifier, m.classifier_scale, m.classifier_margin) == ("circle", 64.0, 0.35)
     assert loss.triplet_margin == 0.0 and loss.label_smoothing == 0.1
     assert (solver.scheduler, solver.freeze_iters, solver.images_per_id) == ("cosine", 1000, 16)
