@@ -154,7 +154,7 @@ def main() -> None:
         trainer.register_hooks([recorder])
         trainer.resume_or_load(resume=False)
         results = trainer.train()
-    metrics = results["ParityData"] if "ParityData" in results else results
+    metrics = results.get("ParityData", results)
     images = len(recorder.losses) * cfg.SOLVER.IMS_PER_BATCH
     out = {
         "rank1": float(metrics["Rank-1"]),

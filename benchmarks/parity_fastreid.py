@@ -87,16 +87,16 @@ def fastreid_options(train: TrainConfig, data: DataConfig, iters_per_epoch: int)
         "sampler": s.sampler != "pk",
         "epoch_length identities": s.epoch_length != "images",
         "schedule_clock iterations": s.schedule_clock != "epochs_after_warmup",
-        "amp, channels_last, compile, ema, precise BN, clipping": s.amp != "off"
-        or s.channels_last
-        or s.compile
+        "amp, ema, precise BN, clipping": s.amp != "off"
         or s.ema_decay > 0
         or s.precise_bn_iters > 0
         or s.clip_grad > 0,
-        "losses other than CE + triplet": loss.circle_weight + loss.cosface_weight
+        "losses other than CE + triplet": loss.circle_weight
+        + loss.cosface_weight
         + loss.focal_weight
         > 0,
-        "augmentations other than flip, pad-crop, erasing": aug.patch_p + aug.cutout_p
+        "augmentations other than flip, pad-crop, erasing": aug.patch_p
+        + aug.cutout_p
         + aug.color_jitter_p
         + aug.autoaugment_p
         + aug.augmix_p
@@ -187,8 +187,8 @@ class LossAndSpeed(Hook):
 
 def train_reidflow(config: ReidConfig, seed: int, splits) -> dict:
     train_split, query, gallery = splits
-    section = config.train
-    section = section.model_copy(update={"solver": section.solver.model_copy(update={"seed": seed})})
+    solver = config.train.solver.model_copy(update={"seed": seed})
+    section = config.train.model_copy(update={"solver": solver})
     data = TrainData.from_split(train_split)
     torch.manual_seed(seed)
     model = create_model(section.model, int(len(np.unique(data.labels))))
@@ -221,8 +221,8 @@ def train_fastreid(args: argparse.Namespace, dataset: Path, options: list[str], 
 
 
 def per_epoch(losses: list[float], iters_per_epoch: int) -> list[float]:
-    n = len(losses) // iters_per_epoch
-    return [float(np.mean(losses[e * iters_per_epoch : (e + 1) * iters_per_epoch])) for e in range(n)]
+    epochs = np.array(losses[: len(losses) // iters_per_epoch * iters_per_epoch])
+    return epochs.reshape(-1, iters_per_epoch).mean(axis=1).tolist()
 
 
 def summarise(runs: list[dict], iters_per_epoch: int) -> dict:
@@ -262,21 +262,27 @@ def main() -> None:
             runs["reidflow"].append(train_reidflow(config, seed, splits))
             for side, side_runs in runs.items():
                 r = side_runs[-1]
-                print(f"seed {seed} {side}: rank-1 {r['rank1']:.1f} mAP {r['mAP']:.1f} "
-                      f"mINP {r['mINP']:.1f} {r['images_per_second']:.1f} images/s", flush=True)  # fmt: skip
+                print(
+                    f"seed {seed} {side}: rank-1 {r['rank1']:.1f} mAP {r['mAP']:.1f} "
+                    f"mINP {r['mINP']:.1f} {r['images_per_second']:.1f} images/s",
+                    flush=True,
+                )
     rows = {side: summarise(side_runs, iters_per_epoch) for side, side_runs in runs.items()}
     ours, ref = rows["reidflow"], rows["FastReID 1.4.0"]
     speed = ours["images_per_second"] / ref["images_per_second"]
 
-    print(f"\n{counts['train']} training images of {counts['train_ids']} ids, {iters_per_epoch} "
-          f"iterations per epoch, {solver.epochs} epochs, seeds {args.seeds}, "
-          f"{args.threads} threads; recipe {args.config.name} {' '.join(args.overrides)}")  # fmt: skip
+    print(
+        f"\n{counts['train']} training images of {counts['train_ids']} ids, "
+        f"{iters_per_epoch} iterations per epoch, {solver.epochs} epochs, seeds {args.seeds}, "
+        f"{args.threads} threads; recipe {args.config.name} {' '.join(args.overrides)}"
+    )
     print("| | rank-1 | mAP | mINP | final training loss | images/s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for side, row in rows.items():
-        print(f"| {side} | " + " | ".join(
-            f"{row[k]:.{2 if k == 'final_loss' else 1}f} ± {row[k + '_std']:.{2 if k == 'final_loss' else 1}f}"
-            for k in ("rank1", "mAP", "mINP", "final_loss", "images_per_second")) + " |")  # fmt: skip
+        cells = [f"{row[k]:.1f} ± {row[k + '_std']:.1f}" for k in ("rank1", "mAP", "mINP")]
+        cells.append(f"{row['final_loss']:.2f} ± {row['final_loss_std']:.2f}")
+        cells.append(f"{row['images_per_second']:.1f} ± {row['images_per_second_std']:.1f}")
+        print(f"| {side} | {' | '.join(cells)} |")
     print(f"reidflow − FastReID: mAP {ours['mAP'] - ref['mAP']:+.1f}, rank-1 "
           f"{ours['rank1'] - ref['rank1']:+.1f}; speed {speed:.2f}×")  # fmt: skip
     print("\nloss per epoch (mean over seeds)")

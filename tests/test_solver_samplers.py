@@ -181,7 +181,8 @@ def fastreid_clock_lrs(config: SolverConfig, iters_per_epoch: int) -> list[float
         )
 
     def warmup_factor(i: int) -> float:
-        return 1.0 if i >= warmup else config.warmup_factor + (1 - config.warmup_factor) * i / warmup
+        w = config.warmup_factor
+        return 1.0 if i >= warmup else w + (1 - w) * i / warmup
 
     for group in optimizer.param_groups:
         group["lr"] = config.lr * warmup_factor(0)
@@ -205,10 +206,20 @@ def fastreid_clock_lrs(config: SolverConfig, iters_per_epoch: int) -> list[float
         {"scheduler": "multistep", "steps": [20, 32], "warmup_epochs": 5.0, "epochs": 40},
         {"scheduler": "multistep", "steps": [4, 9], "warmup_epochs": 2.5, "epochs": 12},
         {"scheduler": "multistep", "steps": [3], "warmup_epochs": 0.0, "epochs": 6},
-        {"scheduler": "cosine", "delay_epochs": 6, "warmup_epochs": 2.0, "epochs": 12,
-         "min_lr_factor": 0.002},  # fmt: skip
-        {"scheduler": "cosine", "delay_epochs": 1, "warmup_epochs": 3.4, "epochs": 10,
-         "min_lr_factor": 0.01},  # fmt: skip
+        {
+            "scheduler": "cosine",
+            "delay_epochs": 6,
+            "warmup_epochs": 2.0,
+            "epochs": 12,
+            "min_lr_factor": 0.002,
+        },  # fmt: skip
+        {
+            "scheduler": "cosine",
+            "delay_epochs": 1,
+            "warmup_epochs": 3.4,
+            "epochs": 10,
+            "min_lr_factor": 0.01,
+        },  # fmt: skip
     ],
 )
 def test_fastreid_epoch_clock_gives_fastreids_lr_at_every_iteration(settings):
