@@ -40,6 +40,21 @@ def test_sbs_preset_carries_the_sbs_tricks_over_the_bag_of_tricks():
     assert sbs.train.augment.autoaugment_p == 0.1 and sbs.train.augment.erasing_p == 0.5
 
 
+def test_bag_of_tricks_preset_trains_as_fastreid_configures_it():
+    """FastReID's Base-bagtricks: triplet on the pooled feature, embedding after the BNNeck,
+    5e-4 decay on every parameter, epochs of len(train) // 64 iterations, LR stepped per
+    epoch after warmup."""
+    config = load_config([RECIPES / "bagtricks_R50.yaml"])
+    m, s = config.train.model, config.train.solver
+    assert (m.head, m.metric_feat, m.neck_feat, m.pooling) == ("bnneck", "before", "after", "avg")
+    assert s.weight_decay == s.weight_decay_norm == 5e-4
+    assert (s.epoch_length, s.schedule_clock) == ("images", "epochs_after_warmup")
+    assert (s.steps, s.gamma, s.warmup_factor, s.epochs) == ([40, 90], 0.1, 0.1, 120)
+    parity = load_config([RECIPES / "parity_bagtricks_R18.yaml"])
+    assert parity.train.model.backbone == "resnet18" and parity.train.model.pretrained == ""
+    assert parity.train.model.metric_feat == "before" and parity.train.solver.steps == [20, 32]
+
+
 def test_a_user_file_starts_from_a_preset_and_overrides_keys(tmp_path):
     mine = tmp_path / "mine.yaml"
     mine.write_text(f"_base_: {RECIPES / 'bagtricks_R50.yaml'}\ntrain:\n  solver: {{lr: 0.01}}\n")
