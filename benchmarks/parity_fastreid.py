@@ -256,11 +256,24 @@ def main() -> None:
         solver = config.train.solver
         iters_per_epoch = counts["train"] // (solver.ids_per_batch * solver.images_per_id)
         options = fastreid_options(config.train, config.data, iters_per_epoch)
+        # every finished seed is kept beside --json, so that an interrupted run resumes
+        saved = args.json.with_suffix(".runs.json") if args.json else None
+        done = json.loads(saved.read_text()) if saved and saved.is_file() else {}
         runs: dict[str, list[dict]] = {"FastReID 1.4.0": [], "reidflow": []}
         for seed in args.seeds:
-            runs["FastReID 1.4.0"].append(train_fastreid(args, dataset, options, seed))
-            runs["reidflow"].append(train_reidflow(config, seed, splits))
+            key = json.dumps(
+                [args.config.name, seed, args.num_ids, args.images_per_id, args.overrides]
+            )
+            if key not in done:
+                done[key] = {
+                    "FastReID 1.4.0": train_fastreid(args, dataset, options, seed),
+                    "reidflow": train_reidflow(config, seed, splits),
+                }
+                if saved:
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    saved.write_text(json.dumps(done) + "\n")
             for side, side_runs in runs.items():
+                side_runs.append(done[key][side])
                 r = side_runs[-1]
                 print(
                     f"seed {seed} {side}: rank-1 {r['rank1']:.1f} mAP {r['mAP']:.1f} "
