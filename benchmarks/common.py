@@ -127,6 +127,15 @@ def synthetic_domain(
     return config, *splits
 
 
+def mean_and_std(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
+    """`key` and `key_std` for each of `keys`: mean and standard deviation over the runs."""
+    out = {}
+    for key in keys:
+        values = np.array([r[key] for r in runs], dtype=float)
+        out[key], out[f"{key}_std"] = float(values.mean()), float(values.std())
+    return out
+
+
 def percent_metrics(model: Any, query: Any, gallery: Any, config: Any) -> dict[str, float]:
     """Rank-1 and mAP (in %) of `model` on a query/gallery pair, as the evaluate stage ranks."""
     from reid_core.evaluation.protocol import evaluate_splits

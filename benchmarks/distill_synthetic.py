@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import onnx_latency_ms, percent_metrics, synthetic_domain
+from common import mean_and_std, onnx_latency_ms, percent_metrics, synthetic_domain
 
 from reid_core.config import ModelConfig
 from reid_core.distill.losses import DistillLoss
@@ -60,14 +60,6 @@ def train(model: ReidModel, data: TrainData, section, loss) -> float:
     start = time.perf_counter()
     fit(model, data, section.solver, section.augment, loss)
     return time.perf_counter() - start
-
-
-def summary(runs: list[dict]) -> dict:
-    out = {}
-    for key in ("rank1", "mAP", "seconds"):
-        values = np.array([r[key] for r in runs])
-        out[key], out[f"{key}_std"] = float(values.mean()), float(values.std())
-    return out
 
 
 def main() -> None:
@@ -116,7 +108,11 @@ def main() -> None:
                 print(f"student {spec} {kind} seed {seed}: {run}", flush=True)
         latency = onnx_latency_ms(student, h, w, args.threads)
         for kind, runs in results.items():
-            rows[f"student {spec} {kind}"] = {**summary(runs), **latency, "runs": runs}
+            rows[f"student {spec} {kind}"] = {
+                **mean_and_std(runs, ("rank1", "mAP", "seconds")),
+                **latency,
+                "runs": runs,
+            }
         distilled = rows[f"student {spec} distilled"]
         distilled["mAP_retained"] = distilled["mAP"] / teacher_row["mAP"]
         distilled["latency_ratio_b1"] = latency["batch1_ms"] / teacher_row["batch1_ms"]

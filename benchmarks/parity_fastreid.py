@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import mean_and_std
 
 from reid_core.config import DataConfig, ReidConfig, TrainConfig, load_config
 from reid_core.data.manifest import build_manifest
@@ -187,15 +188,15 @@ class LossAndSpeed(Hook):
 
 def train_reidflow(config: ReidConfig, seed: int, splits) -> dict:
     train_split, query, gallery = splits
-    solver = config.train.solver.model_copy(update={"seed": seed})
-    section = config.train.model_copy(update={"solver": solver})
+    section = config.train
+    solver = section.solver.model_copy(update={"seed": seed})
     data = TrainData.from_split(train_split)
     torch.manual_seed(seed)
     model = create_model(section.model, int(len(np.unique(data.labels))))
     recorder = LossAndSpeed()
-    fit(model, data, section.solver, section.augment, ReidLoss(section.loss), [recorder])
+    fit(model, data, solver, section.augment, ReidLoss(section.loss), [recorder])
     result = evaluate_splits(model, query, gallery, config.evaluate)
-    batch = section.solver.ids_per_batch * section.solver.images_per_id
+    batch = solver.ids_per_batch * solver.images_per_id
     return {
         "rank1": 100 * float(result.cmc[0]),
         "mAP": 100 * result.mAP,
@@ -226,16 +227,12 @@ def per_epoch(losses: list[float], iters_per_epoch: int) -> list[float]:
 
 
 def summarise(runs: list[dict], iters_per_epoch: int) -> dict:
-    out: dict = {}
-    for run in runs:
-        run["final_loss"] = per_epoch(run["losses"], iters_per_epoch)[-1]
-    for key in ("rank1", "mAP", "mINP", "final_loss", "images_per_second"):
-        values = np.array([r[key] for r in runs])
-        out[key], out[f"{key}_std"] = float(values.mean()), float(values.std())
-    curves = np.array([per_epoch(r["losses"], iters_per_epoch) for r in runs])
-    out["loss_per_epoch"] = curves.mean(axis=0).round(4).tolist()
-    out["runs"] = [{k: v for k, v in r.items() if k != "losses"} for r in runs]
-    return out
+    curves = [per_epoch(r["losses"], iters_per_epoch) for r in runs]
+    kept = [{**{k: v for k, v in r.items() if k != "losses"}, "final_loss": curve[-1]}
+            for r, curve in zip(runs, curves, strict=True)]  # fmt: skip
+    out = mean_and_std(kept, ("rank1", "mAP", "mINP", "final_loss", "images_per_second"))
+    out["loss_per_epoch"] = np.mean(curves, axis=0).round(4).tolist()
+    return {**out, "runs": kept}
 
 
 def main() -> None:
