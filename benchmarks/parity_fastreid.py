@@ -9,7 +9,7 @@ seed, and are scored by their own evaluators under the same protocol (cosine, no
 Printed: rank-1 / mAP / mINP and the final training loss (mean ± std over seeds), training
 images/s and their ratio, and both sides' loss curves per epoch.
 
-    make parity   # the FastReID venv, then this script with its defaults (~45 min on 2 cores)
+    make parity   # the FastReID venv, then both parity presets (~105 min on 2 cores)
     .venv/bin/python benchmarks/parity_fastreid.py --seeds 0 --set train.solver.epochs=10
 """
 
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from reid_core.modeling import create_model
 from reid_core.modeling.losses import ReidLoss
 
 ROOT = Path(__file__).resolve().parents[1]
+FASTREID, REIDFLOW = "FastReID 1.4.0", "reidflow"  # the two sides, as printed and saved
 RECIPE = ROOT / "configs/recipes/parity_bagtricks_R18.yaml"
 FASTREID_PYTHON = ROOT / ".venv-fastreid/bin/python"
 DRIVER = Path(__file__).resolve().parent / "fastreid_driver.py"
@@ -73,6 +75,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="FastReID's loader processes")
     parser.add_argument("--fastreid-python", type=Path, default=FASTREID_PYTHON)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--runs", type=Path, help="keep finished runs here (default: beside --json, .runs.json)"
+    )
     return parser.parse_args()
 
 
@@ -85,7 +90,7 @@ def fastreid_options(train: TrainConfig, data: DataConfig, iters_per_epoch: int)
         "head": m.head not in ("linear", "bnneck"),
         "neck_feat before (FastReID embeds after the neck)": m.neck_feat != "after",
         "pretrained": bool(m.pretrained),
-        "sampler": s.sampler != "pk",
+        "sampler camera_balanced": s.sampler == "camera_balanced",
         "epoch_length identities": s.epoch_length != "images",
         "schedule_clock iterations": s.schedule_clock != "epochs_after_warmup",
         "amp, ema, precise BN, clipping": s.amp != "off"
@@ -253,24 +258,29 @@ def main() -> None:
         solver = config.train.solver
         iters_per_epoch = counts["train"] // (solver.ids_per_batch * solver.images_per_id)
         options = fastreid_options(config.train, config.data, iters_per_epoch)
-        # every finished seed is kept beside --json, so that an interrupted run resumes
-        saved = args.json.with_suffix(".runs.json") if args.json else None
+        # every finished run is kept beside --json, so that an interrupted benchmark resumes;
+        # FastReID's runs are keyed by its options, so recipes that differ only in what
+        # FastReID cannot see (reidflow's own choices) share them
+        saved = args.runs or (args.json.with_suffix(".runs.json") if args.json else None)
         done = json.loads(saved.read_text()) if saved and saved.is_file() else {}
-        runs: dict[str, list[dict]] = {"FastReID 1.4.0": [], "reidflow": []}
+        data_key = [args.num_ids, args.images_per_id]
+        runs: dict[str, list[dict]] = {FASTREID: [], REIDFLOW: []}
         for seed in args.seeds:
-            key = json.dumps(
-                [args.config.name, seed, args.num_ids, args.images_per_id, args.overrides]
-            )
-            if key not in done:
-                done[key] = {
-                    "FastReID 1.4.0": train_fastreid(args, dataset, options, seed),
-                    "reidflow": train_reidflow(config, seed, splits),
-                }
-                if saved:
-                    saved.parent.mkdir(parents=True, exist_ok=True)
-                    saved.write_text(json.dumps(done) + "\n")
+            keys = {
+                FASTREID: json.dumps([options, seed, data_key]),
+                REIDFLOW: json.dumps([args.config.name, args.overrides, seed, data_key]),
+            }
+            for side, train in (
+                (FASTREID, partial(train_fastreid, args, dataset, options, seed)),
+                (REIDFLOW, partial(train_reidflow, config, seed, splits)),
+            ):
+                if keys[side] not in done.setdefault(side, {}):
+                    done[side][keys[side]] = train()
+                    if saved:
+                        saved.parent.mkdir(parents=True, exist_ok=True)
+                        saved.write_text(json.dumps(done) + "\n")
             for side, side_runs in runs.items():
-                side_runs.append(done[key][side])
+                side_runs.append(done[side][keys[side]])
                 r = side_runs[-1]
                 print(
                     f"seed {seed} {side}: rank-1 {r['rank1']:.1f} mAP {r['mAP']:.1f} "
@@ -278,7 +288,7 @@ def main() -> None:
                     flush=True,
                 )
     rows = {side: summarise(side_runs, iters_per_epoch) for side, side_runs in runs.items()}
-    ours, ref = rows["reidflow"], rows["FastReID 1.4.0"]
+    ours, ref = rows[REIDFLOW], rows[FASTREID]
     speed = ours["images_per_second"] / ref["images_per_second"]
 
     print(

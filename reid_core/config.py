@@ -59,6 +59,8 @@ class ModelConfig(_Section):
     ibn: Literal["none", "a", "b"] = "none"  # instance-batch normalisation (IBN-Net)
     se: bool = False  # squeeze-excitation in every residual block
     non_local: bool = False  # non-local blocks in stages 2 and 3 (AGW)
+    # ResNet stem's max pooling: padding 1 (torchvision's) or ceil_mode without padding (FastReID's)
+    stem_pool: Literal["padded", "ceil"] = "padded"
     pretrained: str = ""  # ImageNet weights: a local file or an http(s):// or file:// URL
     pooling: Literal[
         "avg", "max", "gem", "gem_learnable", "attention", "clipped_avg", "avg_max"
@@ -96,6 +98,8 @@ class LossConfig(_Section):
 
     ce_weight: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    # ε spread over all classes (torch's form) or over the other classes (FastReID's form)
+    label_smoothing_over: Literal["all", "others"] = "all"
     triplet_weight: float = Field(1.0, ge=0)
     triplet_margin: float = Field(0.3, ge=0)  # 0 means soft margin (softplus)
     triplet_mining: Literal["hard", "weighted"] = "hard"
@@ -144,7 +148,9 @@ class SolverConfig(_Section):
     clip_type: Literal["norm", "value"] = "norm"
     ids_per_batch: int = Field(16, ge=2)
     images_per_id: int = Field(4, ge=1)
-    sampler: Literal["pk", "camera_balanced"] = "pk"
+    # pk: each identity once per sampler epoch, K random images; chunked: FastReID's
+    # NaiveIdentitySampler (every identity's images dealt out in chunks of K)
+    sampler: Literal["pk", "camera_balanced", "chunked"] = "pk"
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = True  # NHWC activations: ~15–25 % faster training steps on CPU too
     compile: bool = False
@@ -167,6 +173,8 @@ class AugmentConfig(_Section):
     flip_p: float = Field(0.5, ge=0, le=1)
     pad: int = Field(6, ge=0)  # pad then random crop back to the input size
     erasing_p: float = Field(0.5, ge=0, le=1)  # random erasing with the mean pixel
+    # the box's distribution: Zhong et al.'s or torchvision's (FastReID's); see ERASING_BOXES
+    erasing_box: Literal["zhong", "torchvision"] = "zhong"
     patch_p: float = Field(0.0, ge=0, le=1)  # random patch pasted from another image
     cutout_p: float = Field(0.0, ge=0, le=1)  # a fixed-size square set to the mean pixel
     color_jitter_p: float = Field(0.0, ge=0, le=1)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from reid_core.config import AugmentConfig
 from reid_core.engine.augment import (
+    ERASING_BOXES,
     AugMix,
     AutoAugment,
     BatchAugment,
@@ -20,6 +21,7 @@ from reid_core.engine.augment import (
     RandomErasing,
     RandomFlip,
     RandomPatch,
+    _box_sizes,
     cutout_side,
 )
 from reid_core.engine.augmix import augmix_chains, augmix_mix
@@ -170,6 +172,64 @@ def test_erased_pixels_equal_the_mean_pixel_exactly():
         top, left, h, w = bbox(erased[i])
         assert int(erased[i].sum()) == h * w  # one solid box
         assert 0.02 * H * W * 0.5 <= h * w <= 0.4 * H * W * 1.5
+
+
+def reference_boxes(n: int, height: int, width: int, box: str, seed: int = 0) -> np.ndarray:
+    """(h, w) per image by the written definition: up to 10 draws of area fraction and aspect
+    (linear, or log-uniform for torchvision's), the first that fits strictly inside; (0, 0) when
+    none fits and the box is optional."""
+    dist = ERASING_BOXES[box]
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, 2))
+    for i in range(n):
+        for _ in range(10):
+            area = rng.uniform(*dist.area) * height * width
+            lo, hi = dist.aspect
+            aspect = (
+                np.exp(rng.uniform(np.log(lo), np.log(hi)))
+                if dist.log_aspect
+                else rng.uniform(lo, hi)
+            )
+            h, w = round(np.sqrt(area * aspect)), round(np.sqrt(area / aspect))
+            if 1 <= h < height and 1 <= w < width:
+                out[i] = h, w
+                break
+    return out
+
+
+@pytest.mark.parametrize("box", ["zhong", "torchvision"])
+@pytest.mark.parametrize(("height", "width"), [(256, 128), (24, 24)])
+def test_erasing_box_sizes_follow_their_definition(box, height, width):
+    n = 20000
+    torch.manual_seed(0)
+    h, w, gets_box = _box_sizes(n, height, width, ERASING_BOXES[box], torch.device("cpu"))
+    gets_box = gets_box.flatten().numpy()
+    ours = np.stack([h.numpy(), w.numpy()], axis=1)[gets_box]
+    ref = reference_boxes(n, height, width, box)
+    ref_boxed = ref[ref[:, 0] > 0]
+    if box == "torchvision":
+        assert abs(gets_box.mean() - len(ref_boxed) / n) < 0.01
+    else:
+        assert gets_box.all()  # Zhong's box is always placed (clipped when no draw fits: rare)
+        ref = ref_boxed
+    for stat in (
+        lambda b: (b[:, 0] < b[:, 1]).mean(),  # wider than tall
+        lambda b: (b[:, 0] * b[:, 1]).mean() / (height * width),  # area fraction
+    ):
+        assert abs(stat(ours) - stat(ref)) < 0.015
+
+
+def test_torchvision_erasing_leaves_an_image_alone_when_no_box_fits_and_zhong_clips():
+    x = torch.zeros(32, 3, 1, 40, dtype=torch.uint8)  # one row: no box fits strictly inside
+    torch.manual_seed(0)
+    assert torch.equal(RandomErasing(1.0, "torchvision")(x.float()), x.float())
+    torch.manual_seed(0)
+    assert changed_images(RandomErasing(1.0, "zhong")(x.float()), x).all()
+
+
+def test_unknown_erasing_box_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown erasing box 'square'"):
+        RandomErasing(0.5, "square")
 
 
 def test_cutout_square_has_the_documented_side():

@@ -97,12 +97,37 @@ def test_resnet_and_resnext_build_with_every_option(name, options):
     assert outputs(model).shape == (2, model.out_channels, 4, 2)
 
 
+def test_ceil_stem_pool_takes_the_max_of_each_unpadded_window_as_fastreid_does():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 9, 8)
+    got = create_backbone("resnet18", base_width=8, stem_pool="ceil").maxpool(x)
+    # windows start every 2 pixels and are cut at the border; the last may be partial
+    rows, cols = range(0, 9 - 1, 2), range(0, 8 - 1, 2)
+    expected = torch.tensor(
+        [[[x[0, c, i : i + 3, j : j + 3].max() for j in cols] for i in rows] for c in range(2)]
+    )
+    torch.testing.assert_close(got[0], expected)
+
+
+@pytest.mark.parametrize("size", [(128, 64), (256, 128), (384, 128)])
+def test_both_stem_pools_give_the_same_feature_map_size(size):
+    x = torch.zeros(1, 3, *size)
+    maps = [create_backbone("resnet18", base_width=8, stem_pool=pool).eval()(x).shape
+            for pool in ("padded", "ceil")]  # fmt: skip
+    assert maps[0] == maps[1]
+
+
 def test_published_names_are_all_registered():
     assert set(FAMILY) <= set(BACKBONES)
 
 
 @pytest.mark.parametrize(
-    ("options", "named"), [({"se": True}, "se"), ({"non_local": True}, "non_local")]
+    ("options", "named"),
+    [
+        ({"se": True}, "se"),
+        ({"non_local": True}, "non_local"),
+        ({"stem_pool": "ceil"}, "stem_pool"),
+    ],
 )
 def test_resnest_rejects_options_it_cannot_honour(options, named):
     with pytest.raises(ValueError, match=named):

@@ -13,6 +13,7 @@ from reid_core.modeling.classifiers import create_classifier
 from reid_core.modeling.heads import create_head
 from reid_core.modeling.losses import (
     ReidLoss,
+    cross_entropy,
     focal_loss,
     pairwise_circle,
     pairwise_cosface,
@@ -501,3 +502,24 @@ def test_reid_loss_uses_the_configured_triplet_mining():
     config = LossConfig(triplet_mining="weighted", triplet_margin=0.0, triplet_normalize=True)
     expected = triplet_loss(features, labels, 0.0, "weighted", normalize=True)
     torch.testing.assert_close(ReidLoss(config)(out, labels)["loss_triplet"], expected)
+
+
+@pytest.mark.parametrize("over", ["all", "others"])
+def test_label_smoothing_matches_its_per_sample_formula(over):
+    torch.manual_seed(0)
+    logits, labels, eps = torch.randn(6, 5) * 3, torch.tensor([0, 4, 2, 2, 1, 3]), 0.1
+    expected = []
+    for row, y in zip(logits, labels.tolist(), strict=True):
+        log_p = torch.log_softmax(row, dim=0)
+        if over == "all":  # 1 − ε + ε/C on the target, ε/C elsewhere
+            target = [eps / 5 + (1 - eps) * (c == y) for c in range(5)]
+        else:  # FastReID: 1 − ε on the target, ε/(C − 1) elsewhere
+            target = [1 - eps if c == y else eps / 4 for c in range(5)]
+        expected.append(-sum(t * log_p[c] for c, t in enumerate(target)))
+    got = cross_entropy(logits, labels, eps, over)
+    torch.testing.assert_close(got, torch.stack(expected).mean())
+
+
+def test_label_smoothing_over_an_unknown_set_is_refused():
+    with pytest.raises(ValueError, match="'all' or 'others'"):
+        cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), 0.1, "some")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reid_core.config import ConfigError, load_config
+from reid_core.config import ConfigError, ReidConfig, load_config
 from reid_core.modeling import create_model
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
@@ -48,11 +48,36 @@ def test_bag_of_tricks_preset_trains_as_fastreid_configures_it():
     m, s = config.train.model, config.train.solver
     assert (m.head, m.metric_feat, m.neck_feat, m.pooling) == ("bnneck", "before", "after", "avg")
     assert s.weight_decay == s.weight_decay_norm == 5e-4
+    assert (m.stem_pool, config.train.loss.label_smoothing_over) == ("ceil", "others")
+    assert (s.sampler, config.train.augment.erasing_box) == ("chunked", "torchvision")
     assert (s.epoch_length, s.schedule_clock) == ("images", "epochs_after_warmup")
     assert (s.steps, s.gamma, s.warmup_factor, s.epochs) == ([40, 90], 0.1, 0.1, 120)
     parity = load_config([RECIPES / "parity_bagtricks_R18.yaml"])
     assert parity.train.model.backbone == "resnet18" and parity.train.model.pretrained == ""
     assert parity.train.model.metric_feat == "before" and parity.train.solver.steps == [20, 32]
+
+
+def test_reidflow_parity_preset_differs_only_by_reidflows_own_choices():
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out |= flat(value, f"{prefix}{key}.")
+            else:
+                out[prefix + key] = value
+        return out
+
+    fastreid = flat(load_config([RECIPES / "parity_bagtricks_R18.yaml"]).model_dump())
+    ours = flat(load_config([RECIPES / "parity_bagtricks_R18_reidflow.yaml"]).model_dump())
+    defaults = flat(ReidConfig().model_dump())
+    differ = {k for k, v in ours.items() if fastreid[k] != v}
+    assert differ == {
+        "train.model.stem_pool",
+        "train.loss.label_smoothing_over",
+        "train.solver.sampler",
+        "train.augment.erasing_box",
+    }
+    assert all(ours[k] == defaults[k] for k in differ)
 
 
 def test_a_user_file_starts_from_a_preset_and_overrides_keys(tmp_path):

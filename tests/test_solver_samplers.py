@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from reid_core.config import ModelConfig, SolverConfig
-from reid_core.data.samplers import CameraBalancedSampler, PKSampler, create_sampler
+from reid_core.data.samplers import (
+    CameraBalancedSampler,
+    ChunkedIdentitySampler,
+    PKSampler,
+    create_sampler,
+)
 from reid_core.engine.solver import (
     build_optimizer,
     build_scheduler,
@@ -322,6 +327,8 @@ def dataset(num_ids: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def make(kind: str, labels, camids, p: int, k: int, **kwargs):
     if kind == "pk":
         return PKSampler(labels, p, k, **kwargs)
+    if kind == "chunked":
+        return ChunkedIdentitySampler(labels, p, k, **kwargs)
     return CameraBalancedSampler(labels, camids, p, k, **kwargs)
 
 
@@ -340,7 +347,7 @@ def test_every_identity_once_per_epoch_in_p_by_k_batches(kind):
     assert sorted(seen) == sorted(np.unique(labels))
 
 
-@pytest.mark.parametrize("kind", ["pk", "camera"])
+@pytest.mark.parametrize("kind", ["pk", "camera", "chunked"])
 def test_epochs_are_deterministic_per_seed_and_differ_across_epochs(kind):
     labels, camids = dataset()
     a = make(kind, labels, camids, 8, 4, seed=3)
@@ -353,6 +360,44 @@ def test_epochs_are_deterministic_per_seed_and_differ_across_epochs(kind):
     np.testing.assert_array_equal(flat(a, 1), flat(b, 1))
     assert not np.array_equal(flat(a, 0), flat(a, 1))
     assert not np.array_equal(flat(a, 0), flat(c, 0))
+
+
+def test_chunked_epoch_deals_each_identitys_images_in_disjoint_chunks_of_k():
+    labels, camids = dataset(num_ids=60, seed=4)
+    sampler = ChunkedIdentitySampler(labels, 8, 3, seed=1)
+    for epoch in range(3):
+        batches = list(sampler.epoch(epoch))
+        assert 1 <= len(batches) <= len(sampler)
+        used: dict[int, list[int]] = {}
+        for batch in batches:
+            ids, counts = np.unique(labels[batch], return_counts=True)
+            assert len(ids) == 8 and set(counts) == {3}
+            for pid in ids:
+                used.setdefault(int(pid), []).extend(batch[labels[batch] == pid].tolist())
+        left = 0
+        for pid in np.unique(labels):
+            n, picked = int((labels == pid).sum()), used.get(int(pid), [])
+            if n < 3:  # one chunk, drawn with replacement
+                assert len(picked) in (0, 3) and set(picked) <= set(np.flatnonzero(labels == pid))
+                left += not picked
+            else:  # chunks never repeat an image within the epoch
+                assert len(picked) == len(set(picked)) <= n // 3 * 3
+                left += len(picked) < n // 3 * 3
+        assert left < 8  # the epoch ends when fewer than P identities have a chunk left
+
+
+@pytest.mark.parametrize("kind", ["pk", "camera", "chunked"])
+def test_batches_stream_epoch_after_epoch_from_any_start(kind):
+    labels, camids = dataset()
+    sampler = make(kind, labels, camids, 8, 4, seed=6)
+    stream = sampler.batches()
+    first = [next(stream) for _ in range(17)]
+    expected = [b for e in range(5) for b in sampler.epoch(e)][:17]
+    for a, b in zip(first, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    resumed = sampler.batches(start=11)
+    for a in first[11:]:
+        np.testing.assert_array_equal(next(resumed), a)
 
 
 def test_pk_draws_without_replacement_unless_an_identity_has_too_few_images():
@@ -391,7 +436,7 @@ def test_camera_balanced_does_not_repeat_an_image_before_its_camera_is_exhausted
             assert len(set(cam0)) == 3 and len(set(cam1)) == 4
 
 
-@pytest.mark.parametrize("kind", ["pk", "camera"])
+@pytest.mark.parametrize("kind", ["pk", "camera", "chunked"])
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_ranks_split_the_single_process_batch_into_whole_identities(kind, world_size):
     labels, camids = dataset()
@@ -406,8 +451,9 @@ def test_ranks_split_the_single_process_batch_into_whole_identities(kind, world_
         per_rank = [list(s.epoch(epoch)) for s in ranks]
         for step, batch in enumerate(single.epoch(epoch)):
             np.testing.assert_array_equal(np.concatenate([b[step] for b in per_rank]), batch)
-        rank_ids = [set(labels[np.concatenate(b)]) for b in per_rank]
-        assert sum(len(ids) for ids in rank_ids) == len(set().union(*rank_ids))
+        if kind != "chunked":  # one visit per identity and epoch: the ranks' ids are disjoint
+            rank_ids = [set(labels[np.concatenate(b)]) for b in per_rank]
+            assert sum(len(ids) for ids in rank_ids) == len(set().union(*rank_ids))
 
 
 def test_ids_per_batch_not_divisible_by_world_size_is_an_error():
@@ -418,7 +464,7 @@ def test_ids_per_batch_not_divisible_by_world_size_is_an_error():
         PKSampler(labels, 8, 4, rank=4, world_size=4)
 
 
-@pytest.mark.parametrize("kind", ["pk", "camera"])
+@pytest.mark.parametrize("kind", ["pk", "camera", "chunked"])
 def test_starting_mid_epoch_gives_the_tail_of_the_epoch(kind):
     labels, camids = dataset()
     sampler = make(kind, labels, camids, 8, 4, seed=2, rank=1, world_size=2)
@@ -439,3 +485,5 @@ def test_create_sampler_picks_the_configured_kind():
     assert (sampler.seed, sampler.p, sampler.k, sampler.rank) == (9, 8, 2, 1)
     with pytest.raises(ValueError, match="camera ids"):
         create_sampler(balanced, labels, None)
+    chunked = config.model_copy(update={"sampler": "chunked"})
+    assert type(create_sampler(chunked, labels, None)) is ChunkedIdentitySampler

@@ -181,6 +181,21 @@ def test_bf16_and_channels_last_train_to_finite_weights(tiny, amp):
     assert model.eval()(x).shape == (2, model.embedding_dim)
 
 
+def test_fastreid_exact_choices_train_to_finite_weights(tiny):
+    """The presets' FastReID choices: ceil stem pooling, smoothing over the other classes, the
+    chunked sampler, torchvision's erasing box."""
+    _, data, _ = tiny
+    model = create_model(
+        ModelConfig(backbone="resnet18", base_width=8, stem_pool="ceil"),
+        len(np.unique(data.labels)),
+    )
+    solver = SolverConfig(epochs=2, ids_per_batch=4, images_per_id=2, sampler="chunked",
+                          epoch_length="images")  # fmt: skip
+    loss_fn = ReidLoss(LossConfig(label_smoothing_over="others"))
+    fit(model, data, solver, AugmentConfig(erasing_p=1.0, erasing_box="torchvision"), loss_fn)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_training_state_holds_only_tensors_and_plain_values(tiny, tmp_path):
     model, data, loss_fn = tiny
     solver = SolverConfig(epochs=2, ids_per_batch=4, images_per_id=2, ema_decay=0.5)

@@ -1,9 +1,10 @@
 """Identity samplers: batches of P identities × K images, as batch-hard triplet loss needs.
 
 A sampler is stateless beyond (seed, epoch): an epoch is a seeded permutation of the identities
-cut into batches of P, and each batch draws its images from its own random stream. So resuming
-mid-epoch regenerates the epoch and skips batches (`epoch(e, start=n)`), and under DDP every
-rank computes the same global batch and keeps its own contiguous block of whole identities.
+cut into batches of P, and each batch draws its images from its own random stream (the chunked
+sampler draws a whole epoch from one stream). So resuming mid-epoch regenerates the epoch and
+skips batches (`epoch(e, start=n)`, `batches(start)` across epochs), and under DDP every rank
+computes the same global batch and keeps its own contiguous block of whole identities.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ class IdentitySampler:
             draws = [self._draw(rng, int(i)) for i in ids]
             yield np.concatenate(draws[lo:])
 
+    def batches(self, start: int = 0) -> Iterator[np.ndarray]:
+        """This rank's batches from global batch `start` on, epoch after epoch, without end."""
+        epoch, offset = divmod(start, len(self))
+        while True:
+            yield from self.epoch(epoch, start=offset)
+            epoch, offset = epoch + 1, 0
+
     def _draw(self, rng: np.random.Generator, identity: int) -> np.ndarray:
         """K dataset indices of identity number `identity` (an index into `self.ids`)."""
         raise NotImplementedError
@@ -98,6 +106,65 @@ class PKSampler(IdentitySampler):
     def _draw(self, rng: np.random.Generator, identity: int) -> np.ndarray:
         members = self._members[identity]
         return rng.choice(members, self.k, replace=len(members) < self.k)
+
+
+class ChunkedIdentitySampler(IdentitySampler):
+    """FastReID's NaiveIdentitySampler: an epoch deals out each identity's images in chunks of K.
+
+    At the start of an epoch every identity's images are shuffled (an identity with fewer than K
+    draws K with replacement) and cut into chunks of K, the remainder left out. Each batch takes
+    P identities at random among those with a chunk left, one chunk each; the epoch ends when
+    fewer than P identities have one. So an identity with many images appears in several
+    batches of an epoch, never with an image twice, and an epoch's length varies a little with
+    the draw: `len()` is its upper bound, the number of chunks // P.
+    """
+
+    def __len__(self) -> int:
+        chunks = sum(max(1, len(m) // self.k) for m in self._members)
+        return chunks // self.p
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The global batches of `epoch`, each P×K (identity by row)."""
+        rng = np.random.default_rng(np.random.SeedSequence((self.seed & _UINT64, epoch)))
+        chunks: dict[int, list[np.ndarray]] = {}
+        available = list(range(len(self.ids)))
+        out = []
+        while len(available) >= self.p:
+            chosen = rng.choice(available, self.p, replace=False)
+            rows = []
+            for identity in chosen.tolist():
+                if identity not in chunks:
+                    members = self._members[identity]
+                    if len(members) < self.k:
+                        members = rng.choice(members, self.k, replace=True)
+                    members = rng.permutation(members)
+                    n = len(members) // self.k
+                    chunks[identity] = list(members[: n * self.k].reshape(n, self.k))[::-1]
+                rows.append(chunks[identity].pop())
+                if not chunks[identity]:
+                    available.remove(identity)
+            out.append(np.stack(rows))
+        return out
+
+    def _local(self, batch: np.ndarray) -> np.ndarray:
+        local = self.p // self.world_size
+        return batch[self.rank * local : (self.rank + 1) * local].ravel()
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[np.ndarray]:
+        if start < 0:
+            raise ValueError(f"start must be non-negative, got {start}")
+        for batch in self._epoch_batches(epoch)[start:]:
+            yield self._local(batch)
+
+    def batches(self, start: int = 0) -> Iterator[np.ndarray]:
+        # epochs differ in length: walk them to the one holding batch `start`
+        epoch = 0
+        while True:
+            epoch_batches = self._epoch_batches(epoch)
+            for batch in epoch_batches[start:]:
+                yield self._local(batch)
+            start = max(0, start - len(epoch_batches))
+            epoch += 1
 
 
 class CameraBalancedSampler(IdentitySampler):
@@ -157,4 +224,6 @@ def create_sampler(
         if camids is None:
             raise ValueError("the camera_balanced sampler needs camera ids")
         return CameraBalancedSampler(labels, camids, p, k, seed, rank, world_size)
+    if config.sampler == "chunked":
+        return ChunkedIdentitySampler(labels, p, k, seed, rank, world_size)
     return PKSampler(labels, p, k, seed, rank, world_size)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +39,37 @@ from reid_core.modeling.model import PIXEL_MEAN
 
 PAD_FILL = 0.0  # pad-crop fills the border black, like FastReID's constant padding
 
-# Random erasing (Zhong et al. 2020, FastReID defaults): box area and aspect ranges.
-ERASING_AREA = (0.02, 0.4)  # fraction of the image
-ERASING_MIN_ASPECT = 0.3  # height/width drawn uniformly from [0.3, 1/0.3]
 BOX_ATTEMPTS = 10  # box draws per image; the first that fits is used (see _box_sizes)
 
+
+@dataclass(frozen=True)
+class BoxDistribution:
+    """How an erasing-type op draws its box's size.
+
+    The area is a uniform fraction of the image in `area`; the aspect h/w is uniform in `aspect`,
+    or uniform in log space with `log_aspect`. Of BOX_ATTEMPTS draws the first that fits strictly
+    inside the image is used; when none fits, `always` clips the last draw to the image (so the
+    op's probability is exactly its `p`), otherwise that image is left as it is.
+    """
+
+    area: tuple[float, float]
+    aspect: tuple[float, float]
+    log_aspect: bool = False
+    always: bool = True
+
+
+# Random erasing's box, by AugmentConfig.erasing_box: Zhong et al. 2020's (linear aspect from 0.3
+# to 1/0.3, areas to 40 %, always a box) and torchvision's, which FastReID uses (areas to 33 %,
+# log-uniform aspect from 0.3 to 3.3, no box when none of 10 draws fits).
+ERASING_BOXES = {
+    "zhong": BoxDistribution(area=(0.02, 0.4), aspect=(0.3, 1 / 0.3)),
+    "torchvision": BoxDistribution(
+        area=(0.02, 0.33), aspect=(0.3, 3.3), log_aspect=True, always=False
+    ),
+}
+
 # Random patch (Zhou et al. 2019, FastReID's RandomPatch defaults).
-PATCH_AREA = (0.01, 0.5)
-PATCH_MIN_ASPECT = 0.1
+PATCH_BOX = BoxDistribution(area=(0.01, 0.5), aspect=(0.1, 10.0))
 PATCH_FLIP_P = 0.5  # the pasted patch is mirrored with this probability
 
 # Cutout (DeVries & Taylor 2017): side of the square as a fraction of the shorter image side.
@@ -88,22 +112,18 @@ def _chosen(n: int, p: float, device: torch.device) -> torch.Tensor:
 
 
 def _box_sizes(
-    n: int,
-    height: int,
-    width: int,
-    area: tuple[float, float],
-    min_aspect: float,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image (h, w) of a box: random area fraction, aspect h/w in [min_aspect, 1/min_aspect].
-
-    As in Zhong et al., a draw must fit strictly inside the image; of BOX_ATTEMPTS draws the first
-    that fits is used. Where none fits (rare) the last draw is clipped to the image, so every
-    chosen image gets a box and the op's probability is exactly its `p`.
-    """
+    n: int, height: int, width: int, box: BoxDistribution, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image the (h, w) of a box drawn from `box`, and whether the image gets it (N×1×1×1)."""
     shape = (n, BOX_ATTEMPTS)
-    target = (area[0] + (area[1] - area[0]) * torch.rand(shape, device=device)) * (height * width)
-    aspect = min_aspect + (1 / min_aspect - min_aspect) * torch.rand(shape, device=device)
+    lo, hi = box.area
+    target = (lo + (hi - lo) * torch.rand(shape, device=device)) * (height * width)
+    if box.log_aspect:
+        lo, hi = math.log(box.aspect[0]), math.log(box.aspect[1])
+        aspect = (lo + (hi - lo) * torch.rand(shape, device=device)).exp()
+    else:
+        lo, hi = box.aspect
+        aspect = lo + (hi - lo) * torch.rand(shape, device=device)
     h = (target * aspect).sqrt().round().long()
     w = (target / aspect).sqrt().round().long()
     fits = (h >= 1) & (h < height) & (w >= 1) & (w < width)
@@ -111,7 +131,8 @@ def _box_sizes(
     any_fit = fits.any(dim=1)
     h = torch.where(any_fit, h.gather(1, first)[:, 0], h[:, -1].clamp(1, max(height - 1, 1)))
     w = torch.where(any_fit, w.gather(1, first)[:, 0], w[:, -1].clamp(1, max(width - 1, 1)))
-    return h, w
+    gets_box = torch.ones_like(any_fit) if box.always else any_fit
+    return h, w, gets_box.view(n, 1, 1, 1)
 
 
 def _box_start(size: torch.Tensor, extent: int) -> torch.Tensor:
@@ -267,7 +288,7 @@ class RandomPatch(_PerImageOp):
         chosen = _chosen(n, self.p, device)
         donor = torch.arange(n, device=device) + torch.randint(1, max(n, 2), (n,), device=device)
         donor = donor % n
-        h, w = _box_sizes(n, height, width, PATCH_AREA, PATCH_MIN_ASPECT, device)
+        h, w, gets_box = _box_sizes(n, height, width, PATCH_BOX, device)
         src_top, src_left = _box_start(h, height), _box_start(w, width)
         top, left = _box_start(h, height), _box_start(w, width)
         mirror = torch.rand(n, device=device) < PATCH_FLIP_P
@@ -280,19 +301,29 @@ class RandomPatch(_PerImageOp):
         src_cols = (src_left[:, None] + dc).clamp(0, width - 1)
         index = (src_rows[:, :, None] * width + src_cols[:, None, :]).view(n, 1, -1)
         pasted = x[donor].flatten(2).gather(2, index.expand(n, c, -1)).view_as(x)
-        mask = _box_mask(top, left, h, w, height, width) & chosen
+        mask = _box_mask(top, left, h, w, height, width) & chosen & gets_box
         return torch.where(mask, pasted, x)
 
 
 class RandomErasing(_PerImageOp):
-    """Random erasing (Zhong et al.): set a random box to the mean pixel, with probability `p`."""
+    """Random erasing: set a random box (`box`, see ERASING_BOXES) to the mean pixel, with
+    probability `p`."""
+
+    def __init__(self, p: float, box: str = "zhong"):
+        super().__init__(p)
+        if box not in ERASING_BOXES:
+            raise ValueError(f"unknown erasing box '{box}'; known: {', '.join(ERASING_BOXES)}")
+        self.box = box
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, box={self.box}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, height, width = x.shape
         chosen = _chosen(n, self.p, x.device)
-        h, w = _box_sizes(n, height, width, ERASING_AREA, ERASING_MIN_ASPECT, x.device)
+        h, w, gets_box = _box_sizes(n, height, width, ERASING_BOXES[self.box], x.device)
         top, left = _box_start(h, height), _box_start(w, width)
-        mask = _box_mask(top, left, h, w, height, width) & chosen
+        mask = _box_mask(top, left, h, w, height, width) & chosen & gets_box
         return torch.where(mask, _mean_pixel(x), x)
 
 
@@ -338,7 +369,7 @@ class BatchAugment(nn.Module):
         if config.patch_p > 0:
             ops.append(RandomPatch(config.patch_p))
         if config.erasing_p > 0:
-            ops.append(RandomErasing(config.erasing_p))
+            ops.append(RandomErasing(config.erasing_p, config.erasing_box))
         if config.cutout_p > 0:
             ops.append(Cutout(config.cutout_p))
         self.ops = nn.ModuleList(ops)

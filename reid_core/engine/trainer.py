@@ -129,7 +129,7 @@ class Trainer:
             self.loss_module.train()
         for hook in self.hooks:
             hook.before_train(self)
-        batches = self._batches(self.iter)
+        batches = self.sampler.batches(self.iter)
         while self.iter < self.max_iter:
             self.epoch = self.iter // self.iters_per_epoch
             for hook in self.hooks:
@@ -198,17 +198,9 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             return self.model(images)
 
-    def _batches(self, start: int) -> Iterator[np.ndarray]:
-        """The sampler's batches from global iteration `start` on: rounds of the sampler
-        (each identity once) follow each other, whatever an epoch's length."""
-        sampler_round, offset = divmod(start, len(self.sampler))
-        while True:
-            yield from self.sampler.epoch(sampler_round, start=offset)
-            sampler_round, offset = sampler_round + 1, 0
-
     def precise_bn_batches(self, count: int) -> Iterator[torch.Tensor]:
         """`count` augmented training batches, continuing the sampler past the last step."""
-        batches = self._batches(self.max_iter)
+        batches = self.sampler.batches(self.max_iter)
         for _ in range(count):
             yield self._batch_images(torch.from_numpy(next(batches)))
 

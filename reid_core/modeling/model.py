@@ -40,6 +40,7 @@ class ReidModel(nn.Module):
             base_width=config.base_width,
             se=config.se,
             non_local=config.non_local,
+            stem_pool=config.stem_pool,
         )
         self.pool = create_pooling(config.pooling, self.backbone.out_channels, config.gem_p)
         self.head = create_head(config, self.backbone.out_channels, num_classes)

@@ -8,7 +8,7 @@ into this module's key layout when loading pretrained weights.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ class BackboneOptions:
     se: bool = False
     non_local: bool = False
     base_width: int = 64
+    stem_pool: str = "padded"  # the ResNet stem's max pooling (resnet.STEM_POOLS)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def reject_options(name: str, options: BackboneOptions, supported: set[str]) -> 
     default = BackboneOptions()
     unsupported = [
         field
-        for field in ("last_stride", "ibn", "se", "non_local", "base_width")
+        for field in (f.name for f in fields(BackboneOptions))
         if field not in supported and getattr(options, field) != getattr(default, field)
     ]
     if unsupported:

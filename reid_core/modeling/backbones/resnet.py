@@ -43,6 +43,12 @@ RESNET_DEPTHS = {
 NON_LOCAL_COUNTS = {18: (0, 1, 1, 0), 34: (0, 2, 3, 0), 50: (0, 2, 3, 0), 101: (0, 2, 3, 0)}
 
 IBN_MODES = ("none", "a", "b")
+# the stem's 3×3 stride-2 max pooling: torchvision's (what ImageNet weights were trained with)
+# or FastReID's; the output sizes agree for inputs whose sides are multiples of 4
+STEM_POOLS = {
+    "padded": lambda: nn.MaxPool2d(3, 2, padding=1),
+    "ceil": lambda: nn.MaxPool2d(3, 2, ceil_mode=True),
+}
 
 
 def _norm(channels: int, ibn_a: bool) -> nn.Module:
@@ -154,6 +160,7 @@ class ResNet(nn.Module):
         groups: int = 1,
         width_per_group: int = 64,
         non_local_counts: tuple[int, int, int, int] | None = None,
+        stem_pool: str = "padded",
     ):
         super().__init__()
         if depth not in RESNET_DEPTHS:
@@ -164,6 +171,8 @@ class ResNet(nn.Module):
             raise ValueError(f"ibn must be one of {IBN_MODES}, got {ibn!r}")
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+        if stem_pool not in STEM_POOLS:
+            raise ValueError(f"stem_pool must be one of {sorted(STEM_POOLS)}, got {stem_pool!r}")
         kind, layers = RESNET_DEPTHS[depth]
         if groups > 1 and kind == "basic":
             raise ValueError("grouped (ResNeXt) convolutions need bottleneck blocks (depth ≥ 50)")
@@ -176,7 +185,7 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, w, 7, 2, 3, bias=False)
         self.bn1 = nn.InstanceNorm2d(w, affine=True) if ibn == "b" else nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.maxpool = STEM_POOLS[stem_pool]()
         self.inplanes = w
         strides = (1, 2, 2, last_stride)
         stages = []
@@ -245,7 +254,7 @@ def remap_resnet_checkpoint(state_dict: StateDict, model: nn.Module) -> StateDic
     return {_FASTREID_NON_LOCAL.sub(r"non_local.layer\1.\2.", k): v for k, v in state_dict.items()}
 
 
-RESNET_OPTIONS = {"last_stride", "ibn", "se", "non_local", "base_width"}
+RESNET_OPTIONS = {"last_stride", "ibn", "se", "non_local", "base_width", "stem_pool"}
 
 
 def _register(name: str, depth: int, groups: int = 1, width_per_group: int = 64) -> None:
@@ -260,6 +269,7 @@ def _register(name: str, depth: int, groups: int = 1, width_per_group: int = 64)
             non_local=options.non_local,
             groups=groups,
             width_per_group=width_per_group,
+            stem_pool=options.stem_pool,
         )
 
     register_backbone(name, remap=remap_resnet_checkpoint)(build)

@@ -31,7 +31,7 @@ class ReidLoss:
         if out.logits is not None:
             if c.ce_weight > 0:
                 terms["loss_ce"] = c.ce_weight * cross_entropy(
-                    out.logits, labels, c.label_smoothing
+                    out.logits, labels, c.label_smoothing, c.label_smoothing_over
                 )
             if c.focal_weight > 0:
                 terms["loss_focal"] = c.focal_weight * focal_loss(
