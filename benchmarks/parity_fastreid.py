@@ -258,7 +258,7 @@ def main() -> None:
         solver = config.train.solver
         iters_per_epoch = counts["train"] // (solver.ids_per_batch * solver.images_per_id)
         options = fastreid_options(config.train, config.data, iters_per_epoch)
-        # every finished run is kept beside --json, so that an interrupted benchmark resumes;
+        # every finished run is kept (--runs), so that an interrupted benchmark resumes;
         # FastReID's runs are keyed by its options, so recipes that differ only in what
         # FastReID cannot see (reidflow's own choices) share them
         saved = args.runs or (args.json.with_suffix(".runs.json") if args.json else None)

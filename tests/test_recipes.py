@@ -58,18 +58,9 @@ def test_bag_of_tricks_preset_trains_as_fastreid_configures_it():
 
 
 def test_reidflow_parity_preset_differs_only_by_reidflows_own_choices():
-    def flat(tree: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                out |= flat(value, f"{prefix}{key}.")
-            else:
-                out[prefix + key] = value
-        return out
-
-    fastreid = flat(load_config([RECIPES / "parity_bagtricks_R18.yaml"]).model_dump())
-    ours = flat(load_config([RECIPES / "parity_bagtricks_R18_reidflow.yaml"]).model_dump())
-    defaults = flat(ReidConfig().model_dump())
+    fastreid = load_config([RECIPES / "parity_bagtricks_R18.yaml"]).flat()
+    ours = load_config([RECIPES / "parity_bagtricks_R18_reidflow.yaml"]).flat()
+    defaults = ReidConfig().flat()
     differ = {k for k, v in ours.items() if fastreid[k] != v}
     assert differ == {
         "train.model.stem_pool",

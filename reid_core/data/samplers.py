@@ -78,8 +78,7 @@ class IdentitySampler:
             raise ValueError(f"start must be non-negative, got {start}")
         entropy = (self.seed & _UINT64, epoch)
         id_order = np.random.default_rng(np.random.SeedSequence(entropy)).permutation(len(self.ids))
-        local = self.p // self.world_size
-        lo, hi = self.rank * local, (self.rank + 1) * local
+        lo, hi = self._rank_block()
         for batch in range(start, len(self)):
             # each batch has its own stream: skipping batches costs nothing, and identities after
             # this rank's block never influence it, so they need not be drawn
@@ -87,6 +86,11 @@ class IdentitySampler:
             ids = id_order[batch * self.p : batch * self.p + hi]
             draws = [self._draw(rng, int(i)) for i in ids]
             yield np.concatenate(draws[lo:])
+
+    def _rank_block(self) -> tuple[int, int]:
+        """[lo, hi): the positions of this rank's identities within a global batch."""
+        local = self.p // self.world_size
+        return self.rank * local, (self.rank + 1) * local
 
     def batches(self, start: int = 0) -> Iterator[np.ndarray]:
         """This rank's batches from global batch `start` on, epoch after epoch, without end."""
@@ -147,8 +151,8 @@ class ChunkedIdentitySampler(IdentitySampler):
         return out
 
     def _local(self, batch: np.ndarray) -> np.ndarray:
-        local = self.p // self.world_size
-        return batch[self.rank * local : (self.rank + 1) * local].ravel()
+        lo, hi = self._rank_block()
+        return batch[lo:hi].ravel()
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[np.ndarray]:
         if start < 0:
