@@ -7,7 +7,9 @@ own virtual environment (`make parity-venv`). Both sides train on the same gener
 (Market-1501 layout, `reid data synth`), on the same CPU threads, one after the other for each
 seed, and are scored by their own evaluators under the same protocol (cosine, no re-ranking).
 Printed: rank-1 / mAP / mINP and the final training loss (mean ± std over seeds), training
-images/s and their ratio, and both sides' loss curves per epoch.
+images/s and their ratio, and both sides' loss curves per epoch. The speed ratio that counts is
+the median of short interleaved rounds (`--speed-rounds`): this machine's speed drifts by ±20 %
+over minutes, so two 10-minute runs taken one after the other can disagree by that much.
 
     make parity   # the FastReID venv, then both parity presets (~105 min on 2 cores)
     .venv/bin/python benchmarks/parity_fastreid.py --seeds 0 --set train.solver.epochs=10
@@ -73,6 +75,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="generate the dataset here (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="FastReID's loader processes")
+    parser.add_argument(
+        "--speed-rounds", type=int, default=4, help="interleaved speed rounds (0: none)"
+    )
+    parser.add_argument("--speed-epochs", type=int, default=3, help="epochs of a speed round")
     parser.add_argument("--fastreid-python", type=Path, default=FASTREID_PYTHON)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
@@ -176,54 +182,93 @@ def fastreid_options(train: TrainConfig, data: DataConfig, iters_per_epoch: int)
 
 
 class LossAndSpeed(Hook):
-    """Each step's total loss, and the wall time of the training steps alone."""
+    """Each step's total loss and wall time (the training steps alone)."""
 
     def __init__(self):
         self.losses: list[float] = []
-        self.seconds = 0.0
+        self.step_seconds: list[float] = []
         self._start = 0.0
 
     def before_step(self, trainer) -> None:
         self._start = time.perf_counter()
 
     def after_step(self, trainer) -> None:
-        self.seconds += time.perf_counter() - self._start
+        self.step_seconds.append(time.perf_counter() - self._start)
         self.losses.append(sum(trainer.losses().values()))
 
 
-def train_reidflow(config: ReidConfig, seed: int, splits) -> dict:
+def train_reidflow(config: ReidConfig, seed: int, splits, epochs: int | None = None) -> dict:
+    """Train and evaluate; with `epochs`, train only that long (a speed round)."""
     train_split, query, gallery = splits
     section = config.train
-    solver = section.solver.model_copy(update={"seed": seed})
+    solver = section.solver.model_copy(
+        update={"seed": seed, "epochs": epochs or section.solver.epochs}
+    )
     data = TrainData.from_split(train_split)
     torch.manual_seed(seed)
     model = create_model(section.model, int(len(np.unique(data.labels))))
     recorder = LossAndSpeed()
     fit(model, data, solver, section.augment, ReidLoss(section.loss), [recorder])
-    result = evaluate_splits(model, query, gallery, config.evaluate)
+    seconds = sum(recorder.step_seconds)
     batch = solver.ids_per_batch * solver.images_per_id
-    return {
-        "rank1": 100 * float(result.cmc[0]),
-        "mAP": 100 * result.mAP,
-        "mINP": 100 * result.mINP,
+    out = {
         "losses": recorder.losses,
-        "train_seconds": recorder.seconds,
-        "images_per_second": len(recorder.losses) * batch / recorder.seconds,
+        "step_seconds": recorder.step_seconds,
+        "train_seconds": seconds,
+        "images_per_second": len(recorder.losses) * batch / seconds,
     }
+    if epochs is None:
+        result = evaluate_splits(model, query, gallery, config.evaluate)
+        out.update(rank1=100 * float(result.cmc[0]), mAP=100 * result.mAP, mINP=100 * result.mINP)
+    return out
 
 
-def train_fastreid(args: argparse.Namespace, dataset: Path, options: list[str], seed: int) -> dict:
+def train_fastreid(
+    args: argparse.Namespace, dataset: Path, options: list[str], seed: int, speed_round=False
+) -> dict:
+    """Train (and, unless `speed_round`, evaluate) with FastReID's code in its own venv."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         command = [str(args.fastreid_python), str(DRIVER), "--dataset", str(dataset),
                    "--out", str(out), "--seed", str(seed), "--threads", str(args.threads),
                    "--workers", str(args.workers), *options]  # fmt: skip
+        if speed_round:
+            command[2:2] = ["--no-eval"]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
             raise SystemExit(f"FastReID's run failed (exit {done.returncode})")
         return json.loads(out.read_text())
+
+
+def steady_speed(run: dict, batch: int, warmup: int = 2) -> float:
+    """Images/s over the steps after the first `warmup` (kernel set-up, loader start)."""
+    return batch * len(run["step_seconds"][warmup:]) / sum(run["step_seconds"][warmup:])
+
+
+def speed_rounds(args, config: ReidConfig, dataset: Path, options: list[str], splits) -> list:
+    """Both trainers for `--speed-epochs` each, interleaved `--speed-rounds` times, the order
+    swapped every round: the machine's speed drifts by ±20 % over minutes here, so only
+    measurements taken side by side in time are compared. [(FastReID, reidflow) images/s]"""
+    epochs = args.speed_epochs
+    short = list(options)
+    short[short.index("SOLVER.MAX_EPOCH") + 1] = str(epochs)
+    solver = config.train.solver
+    batch = solver.ids_per_batch * solver.images_per_id
+    sides = {
+        FASTREID: partial(train_fastreid, args, dataset, short, 0, speed_round=True),
+        REIDFLOW: partial(train_reidflow, config, 0, splits, epochs=epochs),
+    }
+    rounds = []
+    for r in range(args.speed_rounds):
+        order = [FASTREID, REIDFLOW] if r % 2 == 0 else [REIDFLOW, FASTREID]
+        speed = {side: steady_speed(sides[side](), batch) for side in order}
+        rounds.append((speed[FASTREID], speed[REIDFLOW]))
+        print(f"speed round {r + 1}: FastReID {speed[FASTREID]:.1f}, reidflow "
+              f"{speed[REIDFLOW]:.1f} images/s, {speed[REIDFLOW] / speed[FASTREID]:.2f}×",
+              flush=True)  # fmt: skip
+    return rounds
 
 
 def per_epoch(losses: list[float], iters_per_epoch: int) -> list[float]:
@@ -233,8 +278,8 @@ def per_epoch(losses: list[float], iters_per_epoch: int) -> list[float]:
 
 def summarise(runs: list[dict], iters_per_epoch: int) -> dict:
     curves = [per_epoch(r["losses"], iters_per_epoch) for r in runs]
-    kept = [{**{k: v for k, v in r.items() if k != "losses"}, "final_loss": curve[-1]}
-            for r, curve in zip(runs, curves, strict=True)]  # fmt: skip
+    kept = [{**{k: v for k, v in r.items() if k not in ("losses", "step_seconds")},
+             "final_loss": curve[-1]} for r, curve in zip(runs, curves, strict=True)]  # fmt: skip
     out = mean_and_std(kept, ("rank1", "mAP", "mINP", "final_loss", "images_per_second"))
     out["loss_per_epoch"] = np.mean(curves, axis=0).round(4).tolist()
     return {**out, "runs": kept}
@@ -287,9 +332,11 @@ def main() -> None:
                     f"mINP {r['mINP']:.1f} {r['images_per_second']:.1f} images/s",
                     flush=True,
                 )
+        rounds = speed_rounds(args, config, dataset, options, splits)
     rows = {side: summarise(side_runs, iters_per_epoch) for side, side_runs in runs.items()}
     ours, ref = rows[REIDFLOW], rows[FASTREID]
     speed = ours["images_per_second"] / ref["images_per_second"]
+    round_ratios = [b / a for a, b in rounds]
 
     print(
         f"\n{counts['train']} training images of {counts['train_ids']} ids, "
@@ -304,7 +351,11 @@ def main() -> None:
         cells.append(f"{row['images_per_second']:.1f} ± {row['images_per_second_std']:.1f}")
         print(f"| {side} | {' | '.join(cells)} |")
     print(f"reidflow − FastReID: mAP {ours['mAP'] - ref['mAP']:+.1f}, rank-1 "
-          f"{ours['rank1'] - ref['rank1']:+.1f}; speed {speed:.2f}×")  # fmt: skip
+          f"{ours['rank1'] - ref['rank1']:+.1f}; speed {speed:.2f}× (full runs)")  # fmt: skip
+    if rounds:
+        print(f"interleaved speed rounds ({args.speed_epochs} epochs each): reidflow/FastReID "
+              f"images/s {', '.join(f'{x:.2f}' for x in round_ratios)}; "
+              f"median {np.median(round_ratios):.2f}×")  # fmt: skip
     print("\nloss per epoch (mean over seeds)")
     print("| epoch | FastReID | reidflow |")
     print("| --- | --- | --- |")
@@ -315,7 +366,8 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         meta = {"recipe": args.config.name, "overrides": args.overrides, "seeds": args.seeds,
                 "dataset": counts, "iters_per_epoch": iters_per_epoch, "threads": args.threads,
-                "speed_ratio": speed}  # fmt: skip
+                "speed_ratio": speed, "speed_rounds": rounds,
+                "speed_ratio_interleaved": np.median(round_ratios) if rounds else None}  # fmt: skip
         args.json.write_text(json.dumps({"meta": meta, **rows}, indent=2) + "\n")
 
 
