@@ -49,6 +49,7 @@ def test_bag_of_tricks_preset_trains_as_fastreid_configures_it():
     assert (m.head, m.metric_feat, m.neck_feat, m.pooling) == ("bnneck", "before", "after", "avg")
     assert s.weight_decay == s.weight_decay_norm == 5e-4
     assert (m.stem_pool, config.train.loss.label_smoothing_over) == ("ceil", "others")
+    assert m.zero_init_residual is False
     assert (s.sampler, config.train.augment.erasing_box) == ("chunked", "torchvision")
     assert (s.epoch_length, s.schedule_clock) == ("images", "epochs_after_warmup")
     assert (s.steps, s.gamma, s.warmup_factor, s.epochs) == ([40, 90], 0.1, 0.1, 120)
@@ -64,6 +65,7 @@ def test_reidflow_parity_preset_differs_only_by_reidflows_own_choices():
     differ = {k for k, v in ours.items() if fastreid[k] != v}
     assert differ == {
         "train.model.stem_pool",
+        "train.model.zero_init_residual",
         "train.loss.label_smoothing_over",
         "train.solver.sampler",
         "train.augment.erasing_box",

@@ -41,6 +41,7 @@ class ReidModel(nn.Module):
             se=config.se,
             non_local=config.non_local,
             stem_pool=config.stem_pool,
+            zero_init_residual=config.zero_init_residual,
         )
         self.pool = create_pooling(config.pooling, self.backbone.out_channels, config.gem_p)
         self.head = create_head(config, self.backbone.out_channels, num_classes)

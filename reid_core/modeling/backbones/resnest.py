@@ -127,6 +127,7 @@ class ResNeSt(nn.Module):
         bottleneck_width: int = 64,
         stem_width: int | None = None,
         avd_first: bool = False,
+        zero_init_residual: bool = True,
     ):
         super().__init__()
         if isinstance(ibn, bool):
@@ -173,7 +174,8 @@ class ResNeSt(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_channels = inplanes
-        init_residual_network(self)
+        blocks = [m for m in self.modules() if isinstance(m, ResNeStBottleneck)]
+        init_residual_network(self, [b.bn3 for b in blocks] if zero_init_residual else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -183,7 +185,13 @@ class ResNeSt(nn.Module):
 @register_backbone("resnest50")
 def build_resnest50(options: BackboneOptions) -> nn.Module:
     """ResNeSt-50 (radix 2, cardinality 1, stem width 32 at base width 64)."""
-    reject_options("resnest50", options, {"last_stride", "ibn", "base_width"})
+    reject_options("resnest50", options, {"last_stride", "ibn", "base_width", "zero_init_residual"})
     if options.ibn not in ("none", "a"):
         raise ValueError(f"backbone 'resnest50' supports ibn 'none' or 'a', got {options.ibn!r}")
-    return ResNeSt((3, 4, 6, 3), options.last_stride, options.ibn, options.base_width)
+    return ResNeSt(
+        (3, 4, 6, 3),
+        options.last_stride,
+        options.ibn,
+        options.base_width,
+        zero_init_residual=options.zero_init_residual,
+    )

@@ -161,6 +161,7 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
         non_local_counts: tuple[int, int, int, int] | None = None,
         stem_pool: str = "padded",
+        zero_init_residual: bool = True,
     ):
         super().__init__()
         if depth not in RESNET_DEPTHS:
@@ -224,7 +225,8 @@ class ResNet(nn.Module):
                     if n
                 }
             )
-        init_residual_network(self)
+        blocks = [m for m in self.modules() if isinstance(m, BasicBlock | Bottleneck)]
+        init_residual_network(self, [b.last_bn for b in blocks] if zero_init_residual else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -254,7 +256,9 @@ def remap_resnet_checkpoint(state_dict: StateDict, model: nn.Module) -> StateDic
     return {_FASTREID_NON_LOCAL.sub(r"non_local.layer\1.\2.", k): v for k, v in state_dict.items()}
 
 
-RESNET_OPTIONS = {"last_stride", "ibn", "se", "non_local", "base_width", "stem_pool"}
+RESNET_OPTIONS = {
+    "last_stride", "ibn", "se", "non_local", "base_width", "stem_pool", "zero_init_residual"
+}  # fmt: skip
 
 
 def _register(name: str, depth: int, groups: int = 1, width_per_group: int = 64) -> None:
@@ -270,6 +274,7 @@ def _register(name: str, depth: int, groups: int = 1, width_per_group: int = 64)
             groups=groups,
             width_per_group=width_per_group,
             stem_pool=options.stem_pool,
+            zero_init_residual=options.zero_init_residual,
         )
 
     register_backbone(name, remap=remap_resnet_checkpoint)(build)
