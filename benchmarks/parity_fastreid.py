@@ -231,9 +231,8 @@ def train_fastreid(
         out = Path(tmp) / "result.json"
         command = [str(args.fastreid_python), str(DRIVER), "--dataset", str(dataset),
                    "--out", str(out), "--seed", str(seed), "--threads", str(args.threads),
-                   "--workers", str(args.workers), *options]  # fmt: skip
-        if speed_round:
-            command[2:2] = ["--no-eval"]
+                   "--workers", str(args.workers), *(["--no-eval"] if speed_round else []),
+                   *options]  # fmt: skip
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
