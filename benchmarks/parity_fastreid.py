@@ -302,17 +302,19 @@ def main() -> None:
         solver = config.train.solver
         iters_per_epoch = counts["train"] // (solver.ids_per_batch * solver.images_per_id)
         options = fastreid_options(config.train, config.data, iters_per_epoch)
-        # every finished run is kept (--runs), so that an interrupted benchmark resumes;
-        # FastReID's runs are keyed by its options, so recipes that differ only in what
-        # FastReID cannot see (reidflow's own choices) share them
+        # every finished run is kept (--runs), so that an interrupted benchmark resumes; each
+        # side's runs are keyed by what it trains with (FastReID's options, reidflow's resolved
+        # train section), so an edited recipe never reuses stale runs, and recipes that differ
+        # only in what FastReID cannot see (reidflow's own choices) share FastReID's runs
         saved = args.runs or (args.json.with_suffix(".runs.json") if args.json else None)
         done = json.loads(saved.read_text()) if saved and saved.is_file() else {}
         data_key = [args.num_ids, args.images_per_id]
+        reidflow_key = config.train.model_dump(mode="json")
         runs: dict[str, list[dict]] = {FASTREID: [], REIDFLOW: []}
         for seed in args.seeds:
             keys = {
                 FASTREID: json.dumps([options, seed, data_key]),
-                REIDFLOW: json.dumps([args.config.name, args.overrides, seed, data_key]),
+                REIDFLOW: json.dumps([reidflow_key, seed, data_key]),
             }
             for side, train in (
                 (FASTREID, partial(train_fastreid, args, dataset, options, seed)),

@@ -61,9 +61,10 @@ class ModelConfig(_Section):
     non_local: bool = False  # non-local blocks in stages 2 and 3 (AGW)
     # ResNet stem's max pooling: padding 1 (torchvision's) or ceil_mode without padding (FastReID's)
     stem_pool: Literal["padded", "ceil"] = "padded"
-    # residual backbones: each residual branch's last norm starts at zero scale (an identity
-    # start; much better from scratch on a short budget); FastReID starts it at one (false)
-    zero_init_residual: bool = True
+    # residual backbones: each residual branch's last norm starts at zero scale, an identity
+    # start that trains far better from scratch on short budgets and worse on long ones; false
+    # starts every norm at one, as FastReID does
+    zero_init_residual: bool = False
     pretrained: str = ""  # ImageNet weights: a local file or an http(s):// or file:// URL
     pooling: Literal[
         "avg", "max", "gem", "gem_learnable", "attention", "clipped_avg", "avg_max"

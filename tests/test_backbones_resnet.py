@@ -188,9 +188,9 @@ def test_resnext_refuses_a_base_width_without_whole_groups():
 
 
 def test_se_gates_every_block_and_scales_its_residual_branch():
-    # unit-scale last norms: zero-scaled ones would leave the gates nothing to scale
-    plain = create_backbone("resnet50", base_width=8, zero_init_residual=False)
-    se = create_backbone("resnet50", base_width=8, se=True, zero_init_residual=False)
+    # unit-scale last norms (the default): zero-scaled ones would leave the gates nothing to scale
+    plain = create_backbone("resnet50", base_width=8)
+    se = create_backbone("resnet50", base_width=8, se=True)
     assert sum(isinstance(m, SqueezeExcitation) for m in se.modules()) == 3 + 4 + 6 + 3
     assert se.layer1[0].se.fc[0].weight.shape == (32 // 16, 32)
     se.load_state_dict(plain.state_dict(), strict=False)
@@ -200,11 +200,11 @@ def test_se_gates_every_block_and_scales_its_residual_branch():
     torch.testing.assert_close(outputs(se), outputs(plain))
 
 
-def test_residual_backbones_start_as_fastreid_initialises_them_without_zero_init():
-    """zero_init_residual=False: every norm at scale 1 and shift 0 and Kaiming-normal
-    (fan-out) convolutions, as FastReID's ResNet and ResNeSt."""
+def test_residual_backbones_start_as_fastreid_initialises_them_by_default():
+    """Every norm at scale 1 and shift 0 and Kaiming-normal (fan-out) convolutions, as
+    FastReID's ResNet and ResNeSt."""
     for name in ("resnet18", "resnet50", "resnest50"):
-        model = create_backbone(name, base_width=16, zero_init_residual=False)
+        model = create_backbone(name, base_width=16)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 assert torch.equal(m.weight, torch.ones_like(m.weight)), name
@@ -215,11 +215,11 @@ def test_residual_backbones_start_as_fastreid_initialises_them_without_zero_init
         assert abs(conv.weight.std().item() / (2 / fan_out) ** 0.5 - 1) < 0.05, name
 
 
-def test_residual_blocks_start_as_identities_by_default():
-    """Default: each residual branch's last norm at zero scale, every other norm at one, so a
-    block without a projection shortcut computes relu(x) at initialisation."""
+def test_zero_init_residual_starts_residual_blocks_as_identities():
+    """Each residual branch's last norm at zero scale, every other norm at one, so a block
+    without a projection shortcut computes relu(x) at initialisation."""
     for name, last in (("resnet18", "last_bn"), ("resnet50", "last_bn"), ("resnest50", "bn3")):
-        model = create_backbone(name, base_width=16)
+        model = create_backbone(name, base_width=16, zero_init_residual=True)
         blocks = [m for m in model.modules() if hasattr(m, last) and hasattr(m, "conv1")]
         zeroed = {id(getattr(b, last)) for b in blocks}
         assert blocks, name

@@ -65,7 +65,6 @@ def test_reidflow_parity_preset_differs_only_by_reidflows_own_choices():
     differ = {k for k, v in ours.items() if fastreid[k] != v}
     assert differ == {
         "train.model.stem_pool",
-        "train.model.zero_init_residual",
         "train.loss.label_smoothing_over",
         "train.solver.sampler",
         "train.augment.erasing_box",

@@ -26,7 +26,7 @@ class BackboneOptions:
     non_local: bool = False
     base_width: int = 64
     stem_pool: str = "padded"  # the ResNet stem's max pooling (resnet.STEM_POOLS)
-    zero_init_residual: bool = True  # residual branches' last norms start at zero scale
+    zero_init_residual: bool = False  # True: residual branches' last norms start at zero scale
 
 
 @dataclass(frozen=True)

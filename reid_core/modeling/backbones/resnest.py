@@ -127,7 +127,7 @@ class ResNeSt(nn.Module):
         bottleneck_width: int = 64,
         stem_width: int | None = None,
         avd_first: bool = False,
-        zero_init_residual: bool = True,
+        zero_init_residual: bool = False,
     ):
         super().__init__()
         if isinstance(ibn, bool):

@@ -161,7 +161,7 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
         non_local_counts: tuple[int, int, int, int] | None = None,
         stem_pool: str = "padded",
-        zero_init_residual: bool = True,
+        zero_init_residual: bool = False,
     ):
         super().__init__()
         if depth not in RESNET_DEPTHS:
