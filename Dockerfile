@@ -2,6 +2,9 @@
 #
 #   docker build -t reidflow:0.1.0 --build-arg GIT_COMMIT=$(git rev-parse HEAD) .
 #
+# `make image` (containers/build-image.sh) builds it offline with podman: CPU by default,
+# `make image VARIANT=cuda` for reidflow:0.1.0-cuda.
+#
 # Build arguments
 #   BASE_IMAGE       any Debian-like image with python3 (3.11) and its venv module
 #                    (buildah/podman: e.g. a debootstrapped localhost/debian-py:bookworm).
@@ -10,6 +13,8 @@
 #                    `2.13.0+cpu` wins over PyPI's `2.13.0` for the same pin.
 #   TORCH_INDEX_URL  extra index for torch; for a GPU image, e.g.
 #                    --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+#   GPU_SPEC         for a CUDA image: packages that replace faiss-cpu, e.g.
+#                    "faiss-gpu==1.15.1 tensorrt" (empty for the CPU image).
 #   PIP_OPTS         extra pip options. Offline builds: inside containers on our machines pip
 #                    cannot reach the registry (TLS interception), so download the wheels on the
 #                    host into the build context first, then build with
@@ -28,19 +33,29 @@ FROM ${BASE_IMAGE} AS build
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_OPTS=""
+ARG GPU_SPEC=""
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY . /src
 
-# /wheels is the (possibly empty) wheelhouse from the build context, for PIP_OPTS="--find-links".
-RUN mkdir -p /src/wheels \
-    && ln -s /src/wheels /wheels \
-    && python3 -m venv /opt/venv \
+# Dependencies first, in a layer of their own: a change to the sources rebuilds only the last step.
+# /wheels is the wheelhouse from the build context (only its README when building online).
+COPY setup.cfg pyproject.toml constraints.txt README.md /src/
+COPY wheels/ /wheels/
+RUN python3 -m venv /opt/venv \
+    && python3 -c 'import configparser; c = configparser.ConfigParser(); c.read("setup.cfg"); \
+print(c["options"]["install_requires"])' > /tmp/requirements.txt \
     && /opt/venv/bin/pip install ${PIP_OPTS} --extra-index-url "${TORCH_INDEX_URL}" \
-        -c constraints.txt "${TORCH_SPEC}" . \
+        -c constraints.txt "${TORCH_SPEC}" -r /tmp/requirements.txt \
+    && if [ -n "${GPU_SPEC}" ]; then \
+        /opt/venv/bin/pip uninstall -y -q faiss-cpu \
+        && /opt/venv/bin/pip install ${PIP_OPTS} ${GPU_SPEC}; \
+    fi
+
+COPY reid_core /src/reid_core
+RUN /opt/venv/bin/pip install ${PIP_OPTS} --no-deps . \
     && /opt/venv/bin/reid --help > /dev/null
 
 # ---- runtime: the virtualenv only (no sources, wheelhouse or build tooling) -----------------------
@@ -57,7 +72,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     GX_ANALYTICS_ENABLED=false \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    NUMBA_CACHE_DIR=/tmp/numba-cache
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    GIT_PYTHON_REFRESH=quiet
 
 # Declared last so that a new commit does not invalidate the layers above.
 ARG GIT_COMMIT=""

@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: demo test lint format clean-demo compile-pipeline triton parity parity-venv
+.PHONY: demo test lint format clean-demo compile-pipeline triton parity parity-venv image test-containers
 
 # CPU torch first, pinned (an unpinned torch pulls the CUDA build), then everything under
 # constraints.txt, so installs are quick and the same everywhere.
@@ -45,6 +45,16 @@ format: $(BIN)/.installed-dev
 
 compile-pipeline: $(BIN)/.installed
 	reid pipeline compile
+
+# The project image, reidflow:<version> (VARIANT=cpu) or reidflow:<version>-cuda (VARIANT=cuda),
+# built offline with podman (installed from Debian packages when missing); see the Dockerfile.
+VARIANT ?= cpu
+image:
+	VARIANT=$(VARIANT) PYTHON=$(PYTHON) containers/build-image.sh
+
+# The tests that run the built image (tests/containers); `make test` leaves them out.
+test-containers: $(BIN)/.installed-dev image
+	$(BIN)/python -m pytest -q -m containers tests/containers
 
 # FastReID 1.4.0, the reference of benchmarks/parity_fastreid.py, in a venv of its own: it needs
 # torchvision, which has only CUDA builds on PyPI (they run on a CPU); fastreid pins torch 1.13,
