@@ -101,7 +101,15 @@ def test_stages_run_in_the_image_on_a_mounted_workspace(podman, cpu_image, tmp_p
         "reports/eval",
     )
     run_in_image(
-        podman, cpu_image, workspace, "export", *data, "--model", "work/teacher", "--onnx", "work/onnx"
+        podman,
+        cpu_image,
+        workspace,
+        "export",
+        *data,
+        "--model",
+        "work/teacher",
+        "--onnx",
+        "work/onnx",
     )
 
     validation = json.loads((workspace / "reports" / "validation.json").read_text())
