@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source-model", type=Path, default=ROOT / "work/models/teacher")
-    parser.add_argument("--target", type=Path, default=ROOT / "data/synth/target")
+    parser.add_argument("--target", type=Path, default=ROOT / "data/datasets/target")
     parser.add_argument("--manifest", type=Path, default=ROOT / "work/manifests/target.parquet")
     parser.add_argument("--config", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])

@@ -1,4 +1,4 @@
-"""Kubeflow Pipelines components: one per stage of `reid_core.stages.STAGES`, plus `synth`."""
+"""Kubeflow Pipelines components: one per stage of `reid_core.stages.STAGES`."""
 
 from components.stages import (
     DEFAULT_IMAGE,
@@ -13,9 +13,9 @@ from components.stages import (
     evaluate,
     evaluate_inputs,
     export,
+    fetch,
     preprocess,
     promote,
-    synth,
     train,
 )
 
@@ -34,6 +34,6 @@ __all__ = [
     "export",
     "preprocess",
     "promote",
-    "synth",
+    "fetch",
     "train",
 ]

@@ -1,4 +1,4 @@
-"""One KFP component per pipeline stage, plus the synthetic dataset generator.
+"""One KFP component per pipeline stage.
 
 Each component is thin: typed artifacts in, one `reid_core.stages.run_stage` call (through
 `reid_core.stages.kfp_glue`), artifacts out. KFP serialises only each function's own source
@@ -44,6 +44,7 @@ MULTIPLE_SLOTS = {"evaluate": MAX_TEST_SETS, "distill": 2}
 """How many artifacts a stage's `multiple` ports take in its component (distill: teachers;
 more teachers come from the registry through `teacher_uris`)."""
 STAGE_EXTRA_PARAMETERS = {
+    "fetch": {"name", "reference"},
     "distill": {"teacher_uris"},
     "adapt": {"round_number", "rounds", "chain_length"},
 }
@@ -53,11 +54,28 @@ IMAGE = os.environ.get("REID_IMAGE") or DEFAULT_IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def synth(config_yaml: str, style: str, seed: int, dataset: Output[Dataset]):
-    """Generate the synthetic Market-1501-layout dataset of config.synth (style, seed)."""
-    from reid_core.stages.kfp_glue import run_synth
+def fetch(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: list[str],
+    name: str,
+    reference: str,
+    dataset: Output[Dataset],
+):
+    """Fetch the dataset `reference` names (synth:…, dvc:…, s3://…, a folder) as dataset `name`
+    (source or target); what was fetched goes into the artifact's metadata."""
+    from reid_core.stages.kfp_glue import run_fetch
 
-    run_synth(config_yaml, style, seed, dataset)
+    run_fetch(
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        config_overrides,
+        name,
+        reference,
+        dataset,
+    )
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -283,6 +301,7 @@ UI_OUTPUTS = {"evaluate": ("metrics_table", "report_page", "roc")}
 """Stage -> its component's outputs that are not stage ports: views for the KFP UI."""
 
 STAGE_COMPONENTS = {
+    "fetch": fetch,
     "preprocess": preprocess,
     "train": train,
     "distill": distill,

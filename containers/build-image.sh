@@ -53,14 +53,24 @@ fi
 
 # ---- the wheelhouse ---------------------------------------------------------------------------
 # CPU: torch's CPU build (download.pytorch.org, or the local wheel pip is configured with).
-# CUDA: PyPI's torch (a CUDA build), with the machine's local CPU wheel kept out of the way.
+# CUDA: PyPI's torch (a CUDA build), with any local CPU wheel pip's configuration adds (find-links
+# in a config file or the environment) kept out of the way.
 wheels=build/wheels-$variant
 mkdir -p "$wheels"
 gpu_spec=""
 if [ "$variant" = cuda ]; then
-  gpu_spec="faiss-gpu==1.15.1 tensorrt"
-  PIP_FIND_LINKS="" "$python" -m pip download -q -d "$wheels" -c constraints.txt \
+  gpu_spec="faiss-gpu==1.15.1"
+  export PIP_FIND_LINKS="" PIP_CONFIG_FILE=/dev/null
+  "$python" -m pip download -q -d "$wheels" -c constraints.txt \
     torch==2.13.0 $gpu_spec . setuptools wheel
+  # TensorRT's PyPI packages are sources that fetch NVIDIA's libraries while installing: where
+  # that fails (no NVIDIA index or driver tools), the image goes without TensorRT.
+  tensorrt=${TENSORRT_SPEC:-tensorrt-cu12}
+  if "$python" -m pip download -q -d "$wheels" "$tensorrt" >/dev/null 2>&1; then
+    gpu_spec="$gpu_spec $tensorrt"
+  else
+    echo "build-image.sh: $tensorrt does not install on this machine; the image has no TensorRT"
+  fi
 else
   # PyTorch's CPU index where it answers; otherwise the CPU wheel must come from pip's own
   # configuration (find-links), as on machines that keep one locally.

@@ -58,13 +58,14 @@ def run_local(
     workdir: Path,
     *,
     mlflow_tracking_uri: str = "",
-    source_seed: int = 0,
-    target_seed: int = 1,
+    source_dataset: str | None = None,
+    target_dataset: str | None = None,
     adapt_rounds: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline with kfp.local's SubprocessRunner (current interpreter, no venv).
 
-    `adapt_rounds` None keeps the pipeline's default (params.yaml's `adapt.rounds`).
+    `adapt_rounds` and the datasets, None, keep the pipeline's defaults (params.yaml's
+    `adapt.rounds` and `datasets`).
     `config_yaml` None means params.yaml (or the defaults). Relative paths in the config
     (MLflow workspace, Triton repository) resolve against the current directory, as with the
     CLI and dvc. Returns {"status": "SUCCEEDED"|"FAILED", "run_dir", "tasks": {task name:
@@ -86,13 +87,15 @@ def run_local(
         # Expected locally: the image name has no "python" in it, display names are unused.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
-        rounds = {} if adapt_rounds is None else {"adapt_rounds": adapt_rounds}
+        given = {
+            "adapt_rounds": adapt_rounds,
+            "source_dataset": source_dataset,
+            "target_dataset": target_dataset,
+        }
         run = reid_training_pipeline(
             config_yaml=text,
             mlflow_tracking_uri=mlflow_tracking_uri,
-            source_seed=source_seed,
-            target_seed=target_seed,
-            **rounds,
+            **{key: value for key, value in given.items() if value is not None},
         )
     created = sorted(p for p in set(root.iterdir()) - before if p.is_dir())
     if len(created) != 1:

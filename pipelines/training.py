@@ -1,8 +1,12 @@
-"""The training pipeline: synthetic source and target data to a promoted, served student.
+"""The training pipeline: source and target datasets to a promoted, served student.
 
-    synth day ─ preprocess ─┬─ train (teacher) ─┬─ distill (student) ─ export ─ promote
-                            │                   │
-    synth dusk ─ preprocess ┴───────────────────┴─ adapt round 1 ─ … ─ adapt round N (target)
+    fetch source ─ preprocess ─┬─ train (teacher) ─┬─ distill (student) ─ export ─ promote
+                               │                   │
+    fetch target ─ preprocess ─┴───────────────────┴─ adapt round 1 ─ … ─ adapt round N (target)
+
+The datasets are run-form parameters, references as params.yaml's `datasets` spells them
+(`synth:day?seed=0`, `dvc:REPO?path=PATH&rev=REV`, `s3://bucket/prefix`, a folder the pods see);
+each fetch task records what it fetched in its artifact's metadata and the training lineage.
 
 with three evaluations, one per model, each over its test sets (the first is the primary one):
 the teacher on source and target (direct transfer), the student on source (the one promote
@@ -16,7 +20,7 @@ every stage sees the same `ReidConfig`.
 `pipeline_run_id` is `dsl.PIPELINE_JOB_ID_PLACEHOLDER`: on a KFP backend it resolves to the run
 UUID, under `kfp.local` to one random id per pipeline call, shared by all its tasks. Caching
 therefore never reuses a stage across runs (the id is an input), which is intended: a cached
-stage would be missing from the run's MLflow parent. Only `synth` can be cached.
+stage would be missing from the run's MLflow parent.
 
 Deliberately no `from __future__ import annotations`: KFP reads the return annotation.
 """
@@ -69,15 +73,15 @@ class TrainingOutputs(NamedTuple):
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description=(
-        "Re-id training to serving: synthetic source/target data, teacher training, "
+        "Re-id training to serving: source/target datasets by reference, teacher training, "
         "distillation, domain adaptation, evaluation, ONNX export, promotion to Triton."
     ),
 )
 def reid_training_pipeline(
     config_yaml: str = default_config_yaml(),
     mlflow_tracking_uri: str = "",
-    source_seed: int = 0,
-    target_seed: int = 1,
+    source_dataset: str = _params().datasets.source,
+    target_dataset: str = _params().datasets.target,
     adapt_rounds: int = _params().adapt.rounds,
     extra_teachers: list = [],  # noqa: B006 (KFP reads the literal default)
 ) -> TrainingOutputs:
@@ -91,10 +95,10 @@ def reid_training_pipeline(
     source_run = {**run, "config_overrides": [f"data.domain={SOURCE_DOMAIN}"]}
     target_run = {**run, "config_overrides": [f"data.domain={TARGET_DOMAIN}"]}
 
-    source = c.synth(config_yaml=config_yaml, style="day", seed=source_seed)
-    source.set_display_name("synth source (day)")
-    target = c.synth(config_yaml=config_yaml, style="dusk", seed=target_seed)
-    target.set_display_name("synth target (dusk)")
+    source = c.fetch(**run, name=SOURCE_DOMAIN, reference=source_dataset)
+    source.set_display_name("fetch source dataset")
+    target = c.fetch(**run, name=TARGET_DOMAIN, reference=target_dataset)
+    target.set_display_name("fetch target dataset")
     src_data = source.outputs["dataset"]
     tgt_data = target.outputs["dataset"]
 

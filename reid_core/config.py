@@ -39,6 +39,33 @@ class SynthConfig(_Section):
     style: Literal["day", "dusk"] = "day"
 
 
+class DatasetsConfig(_Section):
+    """The pipeline's datasets by reference (`reid_core.sources.references`): `synth:STYLE
+    [?seed=N]`, `dvc:REPO?path=PATH[&rev=REV]`, `s3://bucket/prefix` or a local folder.
+
+    `source` trains the teacher and the student; `target` is the unlabelled domain adaptation
+    runs on. Values are kept in their canonical spelling.
+    """
+
+    source: str = "synth:day?seed=0"
+    target: str = "synth:dusk?seed=1"
+
+    @field_validator("source", "target")
+    @classmethod
+    def _is_reference(cls, value: str) -> str:
+        from reid_core.sources.references import parse_reference
+
+        return str(parse_reference(value))
+
+    def reference(self, name: str):
+        """The parsed reference of dataset `name` (source or target)."""
+        from reid_core.sources.references import parse_reference
+
+        if name not in ("source", "target"):
+            raise ValueError(f"no dataset called {name!r}: datasets are 'source' and 'target'")
+        return parse_reference(getattr(self, name))
+
+
 class DataConfig(_Section):
     """Where a dataset lives, how to read it, and the input size models see."""
 
@@ -391,6 +418,7 @@ class ReidConfig(_Section):
     """The whole pipeline's configuration: what params.yaml holds."""
 
     synth: SynthConfig = SynthConfig()
+    datasets: DatasetsConfig = DatasetsConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     distill: DistillConfig = DistillConfig()

@@ -57,7 +57,7 @@ def project(tmp_path_factory, tiny_config, venv_env) -> Project:
 
 def test_first_repro_runs_every_stage_and_writes_its_outputs(project):
     stages = set(project.run("dvc", "stage", "list", "--name-only").stdout.split())
-    assert {"synth@source", "synth@target", "preprocess@source", "preprocess@target"} <= stages
+    assert {"fetch@source", "fetch@target", "preprocess@source", "preprocess@target"} <= stages
     assert TRAIN_AND_DOWNSTREAM.issubset(stages)
     assert _ran(project.first_repro) == stages
 
@@ -109,23 +109,23 @@ def test_changing_the_learning_rate_reruns_training_and_downstream_only(project)
     assert set(project.status()) == {"train"}
     output = project.run("dvc", "repro", run_id="dvc-test-lr").stdout
     assert _ran(output) == TRAIN_AND_DOWNSTREAM
-    for stage in ("synth@source", "synth@target", "preprocess@source", "preprocess@target"):
+    for stage in ("fetch@source", "fetch@target", "preprocess@source", "preprocess@target"):
         assert f"Stage '{stage}' didn't change, skipping" in output
     assert project.status() == {}
 
 
 def test_push_then_pull_restores_the_dataset_byte_for_byte(project):
-    dataset = project.root / "data" / "synth" / "source"
+    dataset = project.root / "data" / "datasets" / "source"
     before = digest(dataset)
     project.run("dvc", "push")
     assert any((project.root / ".dvcstore").rglob("*.dir")), "the remote holds no directory"
 
     shutil.rmtree(dataset)
     shutil.rmtree(project.root / ".dvc" / "cache")
-    project.run("dvc", "pull", "data/synth/source")
+    project.run("dvc", "pull", "data/datasets/source")
     assert digest(dataset) == before
     # The rest of the emptied cache comes back from the remote too: every output was pushed.
-    assert "synth@target" in project.status()  # 'not in cache' until fetched
+    assert "fetch@target" in project.status()  # 'not in cache' until fetched
     project.run("dvc", "fetch")
     assert project.status() == {}
 
@@ -140,11 +140,11 @@ def test_a_corrupt_query_image_stops_the_pipeline_in_preprocess(project):
     ]
     before = {p: digest(p) for p in downstream}
 
-    victim = sorted((root / "data" / "synth" / "source" / "query").glob("*.jpg"))[0]
+    victim = sorted((root / "data" / "datasets" / "source" / "query").glob("*.jpg"))[0]
     victim.unlink()  # a new file, so no cache entry or link is touched
     victim.write_bytes(b"this is not a JPEG \x00\xff" * 20)
     # The dataset changed: record the new version, as `dvc add`/`dvc commit` would for real data.
-    project.run("dvc", "commit", "--force", "synth@source")
+    project.run("dvc", "commit", "--force", "fetch@source")
     # Stale: every stage that reads the source dataset (every evaluation has it as a test set);
     # the target domain's stages are not.
     assert set(project.status()) == {
@@ -164,3 +164,27 @@ def test_a_corrupt_query_image_stops_the_pipeline_in_preprocess(project):
     assert _ran(proc.stdout) == {"preprocess@source"}
     assert not (root / "work" / "manifests" / "source.parquet").exists()
     assert {p: digest(p) for p in downstream} == before
+
+
+def test_pointing_a_dataset_at_a_local_folder_is_a_params_edit(project):
+    root = project.root
+    project.run("reid", "data", "synth", "incoming/dukelike", "--style", "dusk", "--seed", "7")
+    params_path = root / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["datasets"]["target"] = "incoming/dukelike"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    assert "fetch@target" in project.status()
+    output = project.run("dvc", "repro", "preprocess@target", run_id="dvc-test-local").stdout
+    assert _ran(output) == {"fetch@target", "preprocess@target"}
+    fetched = root / "data" / "datasets" / "target"
+    assert digest(fetched / "query") == digest(root / "incoming" / "dukelike" / "query")
+    record = json.loads((fetched / ".fetch.json").read_text())
+    assert (record["kind"], record["reference"]) == ("local", "incoming/dukelike")
+    # The manifest carries the fetch record on to the checkpoints and the registry.
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(root / "work" / "manifests" / "target.parquet").metadata
+    lineage = json.loads(json.loads(metadata[b"reidflow"])["data_lineage"])
+    assert lineage["reid.dataset.target.reference"] == "incoming/dukelike"
+    assert lineage["reid.dataset.target.content_sha256"] == record["content_sha256"]

@@ -44,7 +44,7 @@ def repro(project: Project, run_id: str) -> dict:
 
 def dataset_md5(project: Project) -> str:
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())
-    (out,) = lock["stages"]["synth@source"]["outs"]
+    (out,) = lock["stages"]["fetch@source"]["outs"]
     return out["md5"]
 
 
@@ -83,7 +83,7 @@ def test_the_better_run_becomes_champion_and_is_served_the_worse_is_refused(
     shutil.copyfile(project.root / "work" / "onnx" / "student" / "model.onnx", first_onnx)
 
     # the datasets go to the S3 remote and come back byte for byte
-    dataset = project.root / "data" / "synth" / "source"
+    dataset = project.root / "data" / "datasets" / "source"
     before = digest(dataset)
     project.run("dvc", "push")
     shutil.rmtree(dataset)

@@ -24,7 +24,6 @@ from components import (  # noqa: E402
     STAGE_COMPONENTS,
     STAGE_EXTRA_PARAMETERS,
     UI_OUTPUTS,
-    synth,
 )
 from pipelines import tools  # noqa: E402
 from pipelines.training import ADAPT_CHAIN  # noqa: E402
@@ -52,7 +51,7 @@ PORT_TYPES = {
 }
 STAGE_PARAMETERS = {"config_yaml", "pipeline_run_id", "mlflow_tracking_uri", "config_overrides"}
 TASKS_PER_FUNCTION = {
-    "synth": 2,
+    "fetch": 2,
     "preprocess": 2,
     "train": 1,
     "distill": 1,
@@ -195,15 +194,22 @@ def test_an_adapt_round_past_the_count_passes_its_model_on(tmp_path: Path) -> No
     assert metrics.logged == {"round_skipped": 1.0}
 
 
-def test_synth_component_makes_one_dataset_from_config_style_and_seed() -> None:
-    pipeline_spec = json_format.MessageToDict(synth.pipeline_spec)
-    (component,) = pipeline_spec["components"].values()
-    inputs, outputs, parameters = _io_definitions(component)
-    assert inputs == {}
-    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
-        "dataset": "system.Dataset"
+def test_fetch_tasks_take_the_run_forms_dataset_parameters(spec: dict[str, Any]) -> None:
+    from pipelines.training import _params
+
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    datasets = _params().datasets
+    assert parameters["source_dataset"]["defaultValue"] == datasets.source
+    assert parameters["target_dataset"]["defaultValue"] == datasets.target
+    fetches = {
+        task["inputs"]["parameters"]["name"]["runtimeValue"]["constant"]: task
+        for task in spec["root"]["dag"]["tasks"].values()
+        if _function_of(spec, task) == "fetch"
     }
-    assert parameters == {"config_yaml", "style", "seed"}
+    assert set(fetches) == {"source", "target"}
+    for name, task in fetches.items():
+        reference = task["inputs"]["parameters"]["reference"]["componentInputParameter"]
+        assert reference == f"{name}_dataset"
 
 
 def test_pipeline_wires_teacher_student_adaptation_and_promotion(spec: dict[str, Any]) -> None:
@@ -211,10 +217,13 @@ def test_pipeline_wires_teacher_student_adaptation_and_promotion(spec: dict[str,
     by_function: dict[str, list[dict[str, Any]]] = {}
     for task in tasks.values():
         by_function.setdefault(_function_of(spec, task), []).append(task)
+    # The dataset each fetch task names, as the domains the assertions below speak of.
     synth_style = {
-        name: task["inputs"]["parameters"]["style"]["runtimeValue"]["constant"]
+        name: {"source": "day", "target": "dusk"}[
+            task["inputs"]["parameters"]["name"]["runtimeValue"]["constant"]
+        ]
         for name, task in tasks.items()
-        if _function_of(spec, task) == "synth"
+        if _function_of(spec, task) == "fetch"
     }
     assert sorted(synth_style.values()) == ["day", "dusk"]
 
@@ -274,9 +283,8 @@ def test_pipeline_wires_teacher_student_adaptation_and_promotion(spec: dict[str,
         assert overrides == [f"data.domain={domain}"]
     for function, group in by_function.items():
         for task in group:
-            if function != "synth":
-                run_id = task["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]
-                assert run_id["constant"] == JOB_ID_PLACEHOLDER
+            run_id = task["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]
+            assert run_id["constant"] == JOB_ID_PLACEHOLDER
             caching = task.get("cachingOptions", {}).get("enableCache", False)
             assert caching is (function != "promote"), f"{function}: caching {caching}"
 
@@ -286,7 +294,7 @@ def test_pipeline_config_default_is_the_full_project_config(spec: dict[str, Any]
     from pipelines.training import default_config_yaml
 
     assert default == default_config_yaml()
-    assert set(yaml.safe_load(default)) >= {"synth", "train", "promote", "tracking"}
+    assert set(yaml.safe_load(default)) >= {"datasets", "synth", "train", "promote", "tracking"}
 
 
 def test_config_yaml_overrides_apply_and_bad_keys_are_named() -> None:
@@ -376,6 +384,16 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
             "and r.key = 'reid.pipeline_run_id'"
         ).fetchall()
     assert {stage for stage, _ in rows} == set(STAGES)
+    # The registered student names the data it was trained on, as the fetch task recorded it.
+    with sqlite3.connect(db) as con:
+        lineage = dict(
+            con.execute(
+                "select key, value from model_version_tags where key like 'reid.dataset.source.%'"
+            ).fetchall()
+        )
+    assert lineage["reid.dataset.source.reference"] == "synth:day?seed=0"
+    assert lineage["reid.dataset.source.kind"] == "synth"
+    assert len(lineage["reid.dataset.source.content_sha256"]) == 64
     assert [stage for stage, _ in rows].count("adapt") == 2, "rounds 1 and 2 adapt, 3 passes on"
     run_ids = {run_id for _, run_id in rows}
     assert len(run_ids) == 1 and JOB_ID_PLACEHOLDER not in run_ids, run_ids

@@ -71,6 +71,12 @@ STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in (
         StageSpec(
+            "fetch",
+            "fetch the dataset datasets.<data.domain> names (the source one by default)",
+            (),
+            (Port("dataset", "dir", "dataset folder to write (with .fetch.json, its record)"),),
+        ),
+        StageSpec(
             "preprocess",
             "read a dataset, write its manifest and validate it",
             (_DATASET,),

@@ -91,6 +91,7 @@ def finish(
         "domain": data_meta.get("domain", ""),
         "data_fingerprint": data_meta.get("fingerprint", ""),
         "dvc_md5": data_meta.get("dvc_md5", ""),
+        "data_lineage": data_meta.get("data_lineage", "{}"),
         "git_commit": git_commit(),
         "config_hash": config.digest(),
         "mlflow_run_id": mlflow.active_run().info.run_id,

@@ -181,11 +181,23 @@ def publish_report(report: Artifact, markdown: Artifact, html: Artifact, roc: Ro
     roc.log_roc_curve(curve["fpr"], curve["tpr"], curve["threshold"])
 
 
-def run_synth(config_yaml: str, style: str, seed: int, out: Artifact) -> dict[str, int]:
-    """Generate the synthetic dataset of `config.synth` with this style and seed into `out`."""
-    from reid_core.data.synth import SynthSpec, generate
+def run_fetch(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: Iterable[str],
+    name: str,
+    reference: str,
+    out: Artifact,
+) -> dict[str, float]:
+    """The fetch stage for dataset `name` from `reference` (the pipeline's run-form parameter,
+    which replaces the config's `datasets.<name>`); the fetch record becomes `out`'s metadata."""
+    from reid_core.sources import read_record
 
-    config = parse_config_yaml(config_yaml, [f"synth.style={style}", f"synth.seed={seed}"])
-    counts = generate(Path(out.path), SynthSpec(**config.synth.model_dump()))
-    out.metadata.update({"style": style, "seed": seed, **counts})
-    return counts
+    overrides = [*config_overrides, f"data.domain={name}", f"datasets.{name}={reference}"]
+    metrics = run_component(
+        "fetch", config_yaml, pipeline_run_id, mlflow_tracking_uri, {}, {"dataset": out}, overrides
+    )
+    record = read_record(out.path)
+    out.metadata.update(record.lineage_tags(name) if record else {})
+    return metrics

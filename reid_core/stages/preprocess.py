@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from reid_core.data.manifest import (
     eval_set_hash,
     write_manifest,
 )
+from reid_core.sources import read_record
 from reid_core.tracking.lineage import dvc_hash
 from reid_core.tracking.runs import stage_run
 
@@ -62,6 +64,13 @@ def run(
                 "fingerprint": dataset_fingerprint(root, df),
                 "dvc_md5": dvc_hash(root),
                 "eval_set_hash": eval_set_hash(df),
+                "data_lineage": json.dumps(_fetched(root, config.data.domain), sort_keys=True),
             },
         )
     return metrics
+
+
+def _fetched(root: Path, domain: str) -> dict[str, str]:
+    """The fetch record's lineage tags, for a dataset the fetch stage wrote (else none)."""
+    record = read_record(root)
+    return record.lineage_tags(domain) if record else {}

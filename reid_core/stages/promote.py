@@ -56,6 +56,8 @@ def run(
             "reid.promote_run_id": run.info.run_id,
             "reid.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
             "reid.pipeline_run_id": run.data.tags.get(PIPELINE_TAG, ""),
+            # where the training data was fetched from (reference, revision, DVC md5, ETags)
+            **json.loads(meta.get("data_lineage") or "{}"),
             # the DVC hash of every dataset behind the figures: training data above, test sets
             **{
                 f"reid.eval_dvc_md5.{name}": test_set.get("dvc_md5", "")
