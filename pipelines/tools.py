@@ -9,13 +9,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from reid_core.atomic import atomic_output
 from reid_core.stages.kfp_glue import parse_config_yaml
@@ -53,65 +59,112 @@ def _config_text(config_yaml: str | None) -> str:
     return text
 
 
+def pipeline_arguments(config_yaml: str, parameters: Mapping[str, str] = {}) -> dict[str, Any]:  # noqa: B006
+    """The run's arguments: the config, the parameters whose defaults follow it (adaptation
+    rounds, datasets) and `parameters` (`--param name=value` strings), typed as the pipeline
+    declares them. Raises ValueError naming an unknown parameter or a bad value."""
+    from pipelines.training import reid_training_pipeline
+    from reid_core.config import DatasetsConfig
+
+    config = parse_config_yaml(config_yaml)
+    arguments: dict[str, Any] = {
+        "config_yaml": config_yaml,
+        "adapt_rounds": config.adapt.rounds,
+        "source_dataset": config.datasets.source,
+        "target_dataset": config.datasets.target,
+    }
+    declared = reid_training_pipeline.component_spec.inputs or {}
+    for name, text in parameters.items():
+        if name not in declared or name == "config_yaml":
+            known = ", ".join(sorted(set(declared) - {"config_yaml"}))
+            raise ValueError(
+                f"unknown pipeline parameter {name!r} (known: {known}; the config goes in "
+                "with --config/--set)"
+            )
+        arguments[name] = _typed(name, declared[name].type, text)
+    # Dataset references are checked here, so a bad one fails before any task starts.
+    try:
+        DatasetsConfig(source=arguments["source_dataset"], target=arguments["target_dataset"])
+    except ValueError as err:
+        raise ValueError(f"pipeline dataset parameters: {err}") from None
+    return arguments
+
+
+def _typed(name: str, kind: str, text: str) -> Any:
+    try:
+        if kind == "Integer":
+            return int(text)
+        if kind == "Float":
+            return float(text)
+        if kind == "Boolean":
+            return {"true": True, "false": False}[text.lower()]
+        if kind in ("List", "Dict"):
+            value = json.loads(text)
+            if not isinstance(value, list if kind == "List" else dict):
+                raise ValueError(kind)
+            return value
+    except (ValueError, KeyError):
+        raise ValueError(f"pipeline parameter {name}: {text!r} is not a {kind}") from None
+    return text
+
+
 def run_local(
     config_yaml: str | None,
     workdir: Path,
     *,
     mlflow_tracking_uri: str = "",
-    source_dataset: str | None = None,
-    target_dataset: str | None = None,
-    adapt_rounds: int | None = None,
+    parameters: Mapping[str, str] = {},  # noqa: B006
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline with kfp.local's SubprocessRunner (current interpreter, no venv).
 
-    `adapt_rounds` and the datasets, None, keep the pipeline's defaults (params.yaml's
-    `adapt.rounds` and `datasets`).
-    `config_yaml` None means params.yaml (or the defaults). Relative paths in the config
-    (MLflow workspace, Triton repository) resolve against the current directory, as with the
-    CLI and dvc. Returns {"status": "SUCCEEDED"|"FAILED", "run_dir", "tasks": {task name:
-    {"display_name", "state": SUCCEEDED|FAILED|NOT_RUN}}, "outputs": {name: {"uri",
-    "metadata"}}}; a failed task does not raise, the caller decides from "status".
+    `config_yaml` None means params.yaml (or the defaults); `parameters` are pipeline parameters
+    as `--param` gives them (see `pipeline_arguments`). Relative paths in the config (MLflow
+    workspace, Triton repository) resolve against the current directory, as with the CLI and
+    dvc. The tasks' own output goes to `kfp_local/run-<time>.log`; with `progress`, a line on the
+    terminal tells when each task starts and ends. Returns {"status": "SUCCEEDED"|"FAILED",
+    "run_dir", "log", "tasks": {task name: {"display_name", "state": SUCCEEDED|FAILED|NOT_RUN}},
+    "outputs": {name: {"uri", "metadata"}}}; a failed task does not raise, the caller decides
+    from "status".
     """
     from kfp import local
 
     from pipelines.training import reid_training_pipeline
 
-    text = _config_text(config_yaml)
+    arguments = pipeline_arguments(_config_text(config_yaml), parameters)
     root = Path(workdir).resolve() / "kfp_local"
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
+    log = root / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=False
     )
-    with warnings.catch_warnings():
-        # Expected locally: the image name has no "python" in it, display names are unused.
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
-        given = {
-            "adapt_rounds": adapt_rounds,
-            "source_dataset": source_dataset,
-            "target_dataset": target_dataset,
-        }
-        run = reid_training_pipeline(
-            config_yaml=text,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            **{key: value for key, value in given.items() if value is not None},
-        )
+    display = {
+        name: spec.task_info.name
+        for name, spec in reid_training_pipeline.pipeline_spec.root.dag.tasks.items()
+    }
+    with _output_to(log) as terminal:
+        watcher = _TaskWatcher(root, before, display, terminal if progress else None)
+        watcher.start()
+        try:
+            with warnings.catch_warnings():
+                # Expected locally: the image name has no "python" in it, display names unused.
+                warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+                warnings.filterwarnings(
+                    "ignore", message=".*have no effect in the current local runner"
+                )
+                run = reid_training_pipeline(mlflow_tracking_uri=mlflow_tracking_uri, **arguments)
+        finally:
+            watcher.stop()
     created = sorted(p for p in set(root.iterdir()) - before if p.is_dir())
     if len(created) != 1:
         raise RuntimeError(f"expected one new run folder under {root}, found {created}")
     run_dir = created[0]
 
-    tasks: dict[str, dict[str, str]] = {}
-    for name, spec in sorted(reid_training_pipeline.pipeline_spec.root.dag.tasks.items()):
-        # kfp.local writes executor_output.json only when the task's function returned.
-        if (run_dir / name / "executor_output.json").is_file():
-            state = "SUCCEEDED"
-        elif (run_dir / name).exists():
-            state = "FAILED"
-        else:
-            state = "NOT_RUN"
-        tasks[name] = {"display_name": spec.task_info.name, "state": state}
+    tasks = {
+        name: {"display_name": display[name], "state": _task_state(run_dir / name)}
+        for name in sorted(display)
+    }
     ok = all(t["state"] == "SUCCEEDED" for t in tasks.values())
     outputs = {
         name: {"uri": artifact.uri, "metadata": dict(artifact.metadata)}
@@ -120,9 +173,72 @@ def run_local(
     return {
         "status": "SUCCEEDED" if ok else "FAILED",
         "run_dir": str(run_dir),
+        "log": str(log),
         "tasks": tasks,
         "outputs": outputs if ok else {},
     }
+
+
+def _task_state(task_dir: Path) -> str:
+    # kfp.local writes executor_output.json only when the task's function returned.
+    if (task_dir / "executor_output.json").is_file():
+        return "SUCCEEDED"
+    return "FAILED" if task_dir.exists() else "NOT_RUN"
+
+
+@contextlib.contextmanager
+def _output_to(log: Path) -> Iterator[TextIO]:
+    """Send this process's and its children's stdout and stderr to `log`; yield the terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    with open(log, "a", buffering=1) as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                yield terminal
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip((1, 2), saved, strict=True):
+                os.dup2(original, fd)
+                os.close(original)
+            terminal.close()
+
+
+class _TaskWatcher(threading.Thread):
+    """Reports tasks starting and ending, from the folders kfp.local writes for them."""
+
+    def __init__(
+        self, root: Path, before: set[Path], display: dict[str, str], terminal: TextIO | None
+    ):
+        super().__init__(daemon=True)
+        self.root, self.before, self.display, self.terminal = root, before, display, terminal
+        self.seen: dict[str, str] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            self.poll()
+        self.poll()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+    def poll(self) -> None:
+        runs = [p for p in self.root.iterdir() if p.is_dir() and p not in self.before]
+        if len(runs) != 1:
+            return
+        for name in sorted(self.display):
+            state = _task_state(runs[0] / name)
+            state = "RUNNING" if state == "FAILED" and not self.done.is_set() else state
+            if state != "NOT_RUN" and self.seen.get(name) != state:
+                self.seen[name] = state
+                if self.terminal is not None:
+                    print(f"{state.lower():<9} {self.display[name]}", file=self.terminal)
 
 
 def _check_reachable(host: str) -> None:
@@ -152,6 +268,7 @@ def submit(
     *,
     mlflow_tracking_uri: str = "",
     package: Path | None = None,
+    parameters: Mapping[str, str] = {},  # noqa: B006
 ) -> str:
     """Start a pipeline run on the KFP API at `host`; return its run id.
 
@@ -159,13 +276,13 @@ def submit(
     On a cluster, pass an MLflow server as `mlflow_tracking_uri` (or set tracking.tracking_uri):
     the default SQLite store would live and die inside each task's container.
     """
-    text = _config_text(config_yaml)
+    arguments = pipeline_arguments(_config_text(config_yaml), parameters)
     _check_reachable(host)
     import kfp
     import kfp_server_api
     import urllib3
 
-    arguments = {"config_yaml": text, "mlflow_tracking_uri": mlflow_tracking_uri}
+    arguments["mlflow_tracking_uri"] = mlflow_tracking_uri
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(package) if package else compile_pipeline(Path(tmp) / "training.yaml")
         if not path.is_file():

@@ -108,7 +108,8 @@ def reid_training_pipeline(
     tgt_manifest = prep_tgt.outputs["manifest"]
 
     teacher = c.train(**run, dataset=src_data, manifest=src_manifest)
-    teacher.set_display_name("train teacher (source)")
+    # Both datasets are fetched before any training: a bad target reference fails the run early.
+    teacher.set_display_name("train teacher (source)").after(target)
     teacher_ckpt = teacher.outputs["checkpoint"]
     student = c.distill(
         **run,

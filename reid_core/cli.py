@@ -7,6 +7,7 @@ subcommand that needs them, so `reid --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -99,6 +100,14 @@ def _build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--experiment", default="reidflow")
     submit.add_argument("--run-name")
     for p in (local, submit):
+        p.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a pipeline parameter, e.g. --param source_dataset=data/market1501 "
+            "--param adapt_rounds=2 (datasets and adapt_rounds default to the config's)",
+        )
         _add_config_args(p)
     pipeline.set_defaults(handler=_pipeline)
 
@@ -237,16 +246,35 @@ def _pipeline(args: argparse.Namespace) -> None:
         print(f"compiled {tools.compile_pipeline(args.out)}")
         return
     config_yaml = _config_yaml(args)
+    parameters = dict(_name_value(text) for text in args.param)
     if args.pipeline_command == "run-local":
-        result = tools.run_local(config_yaml, args.workdir)
-        for name, task in result["tasks"].items():
-            print(f"{task['state']:<10} {task.get('display_name') or name}")
+        result = tools.run_local(config_yaml, args.workdir, parameters=parameters, progress=True)
+        failed = [t["display_name"] for t in result["tasks"].values() if t["state"] == "FAILED"]
         if result["status"] != "SUCCEEDED":
-            raise RuntimeError(f"pipeline run failed; task logs under {result['run_dir']}")
-    else:
+            raise RuntimeError(
+                f"pipeline run failed in {', '.join(failed) or 'a task'}; its output is in "
+                f"{result['log']}"
+            )
+        decision = json.loads(Path(result["outputs"]["decision"]["uri"]).read_text())
+        verdict = "promoted to champion" if decision["promoted"] else "not promoted"
         print(
-            f"submitted run {tools.submit(args.host, config_yaml, args.experiment, args.run_name)}"
+            f"pipeline succeeded; {decision['model_name']} version {decision['version']} {verdict}"
         )
+        for reason in decision.get("reasons", []):
+            print(f"  {reason}")
+        print(f"task output: {result['log']}")
+    else:
+        run_id = tools.submit(
+            args.host, config_yaml, args.experiment, args.run_name, parameters=parameters
+        )
+        print(f"submitted run {run_id}")
+
+
+def _name_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--param takes NAME=VALUE, got {text!r}")
+    return name.strip(), value
 
 
 def _config_yaml(args: argparse.Namespace) -> str:

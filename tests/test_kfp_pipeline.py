@@ -341,7 +341,10 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
     monkeypatch.chdir(tmp_path)
 
     result = tools.run_local(
-        _tiny_config(tmp_path), tmp_path / "work", mlflow_tracking_uri=uri, adapt_rounds=2
+        _tiny_config(tmp_path),
+        tmp_path / "work",
+        mlflow_tracking_uri=uri,
+        parameters={"adapt_rounds": "2"},
     )
 
     states = {name: task["state"] for name, task in result["tasks"].items()}
@@ -397,3 +400,27 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
     assert [stage for stage, _ in rows].count("adapt") == 2, "rounds 1 and 2 adapt, 3 passes on"
     run_ids = {run_id for _, run_id in rows}
     assert len(run_ids) == 1 and JOB_ID_PLACEHOLDER not in run_ids, run_ids
+
+
+def test_pipeline_arguments_follow_the_config_and_take_typed_parameters() -> None:
+    text = "adapt: {rounds: 2}\ndatasets: {source: 'synth:dusk?seed=4', target: data/duke}\n"
+    arguments = tools.pipeline_arguments(text)
+    assert arguments["adapt_rounds"] == 2
+    assert (arguments["source_dataset"], arguments["target_dataset"]) == (
+        "synth:dusk?seed=4",
+        "data/duke",
+    )
+    given = {
+        "adapt_rounds": "3",
+        "source_dataset": "s3://bucket/market",
+        "extra_teachers": '["models:/reid-teacher@champion"]',
+    }
+    arguments = tools.pipeline_arguments(text, given)
+    assert arguments["adapt_rounds"] == 3 and arguments["source_dataset"] == "s3://bucket/market"
+    assert arguments["extra_teachers"] == ["models:/reid-teacher@champion"]
+    with pytest.raises(ValueError, match="unknown pipeline parameter 'adapt_round'"):
+        tools.pipeline_arguments(text, {"adapt_round": "2"})
+    with pytest.raises(ValueError, match="adapt_rounds: 'two' is not a Integer"):
+        tools.pipeline_arguments(text, {"adapt_rounds": "two"})
+    with pytest.raises(ValueError, match="dataset parameters: .*unknown dataset reference"):
+        tools.pipeline_arguments(text, {"target_dataset": "gs://bucket/duke"})
