@@ -21,7 +21,8 @@
 #                      pip download --dest wheels --extra-index-url https://download.pytorch.org/whl/cpu \
 #                          "torch==2.13.0" . setuptools wheel       # on a Linux x86_64 host, Python 3.11
 #                      docker build --build-arg PIP_OPTS="--no-index --find-links /wheels" .
-#                    (the context's wheels/ folder is visible as /wheels in the build stage).
+#                    (the context's wheels/ folder is mounted at /wheels while installing; make
+#                    image does all this).
 #   GIT_COMMIT       the commit being built; becomes REID_GIT_COMMIT, which
 #                    reid_core/tracking/lineage.py reads where there is no .git (inside containers).
 
@@ -41,10 +42,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 
 # Dependencies first, in a layer of their own: a change to the sources rebuilds only the last step.
-# /wheels is the wheelhouse from the build context (only its README when building online).
+# /wheels is the context's wheelhouse (only its README when building online), mounted for the
+# steps that install, so its gigabytes never become a layer.
 COPY setup.cfg pyproject.toml constraints.txt README.md /src/
-COPY wheels/ /wheels/
-RUN python3 -m venv /opt/venv \
+RUN --mount=type=bind,source=wheels,target=/wheels \
+    python3 -m venv /opt/venv \
     && python3 -c 'import configparser; c = configparser.ConfigParser(); c.read("setup.cfg"); \
 print(c["options"]["install_requires"])' > /tmp/requirements.txt \
     && /opt/venv/bin/pip install ${PIP_OPTS} --extra-index-url "${TORCH_INDEX_URL}" \
@@ -55,7 +57,8 @@ print(c["options"]["install_requires"])' > /tmp/requirements.txt \
     fi
 
 COPY reid_core /src/reid_core
-RUN /opt/venv/bin/pip install ${PIP_OPTS} --no-deps . \
+RUN --mount=type=bind,source=wheels,target=/wheels \
+    /opt/venv/bin/pip install ${PIP_OPTS} --no-deps . \
     && /opt/venv/bin/reid --help > /dev/null
 
 # ---- runtime: the virtualenv only (no sources, wheelhouse or build tooling) -----------------------

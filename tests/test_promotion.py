@@ -13,7 +13,7 @@ def failed(decision):
 
 def test_first_model_becomes_champion():
     decision = decide(cand(1, 0.3), None, Policy())
-    assert decision.promote and "no current champion" in decision.summary()
+    assert decision.promote and "no champion on evaluation set" in decision.summary()
 
 
 def test_better_model_on_the_same_set_is_promoted_with_its_gain():

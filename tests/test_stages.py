@@ -212,7 +212,8 @@ def test_a_better_model_replaces_the_champion_and_rollback_restores_it(workspace
     assert again.returncode == 1 and "nothing to roll back to" in again.stderr
 
     table = reid("models", "compare", *sets, cwd=ws, env=env).stdout.splitlines()
-    assert table[0] == "|  | v2 | v1 |" and table[2] == "| aliases | — | champion |"
+    own_set = f"champion-{evaluation['eval_set_hash'][:12]}"  # v1's set's champion again too
+    assert table[0] == "|  | v2 | v1 |" and table[2] == f"| aliases | — | champion, {own_set} |"
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table}
     assert rows["Triton version"].endswith("| 2 | 3 |")  # v1 served again as version 3
     assert rows["replaced"].endswith("| 1 | — |")
@@ -270,6 +271,33 @@ def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(
     assert open_repository(repo).served(name) == [published[-1]]  # and Triton serves it
     if len(promoted) == 2:  # the worse one went first; the better one then replaced it
         assert champion.tags["reid.previous_champion"] == str(decisions[0]["version"])
+
+
+def test_a_model_on_a_new_evaluation_set_is_judged_against_that_sets_champion(workspace):
+    import mlflow
+
+    ws, env = workspace
+    evaluation = json.loads((ws / "eval.json").read_text())
+    other = {**evaluation, "eval_set_hash": "f" * 16, "mAP": evaluation["mAP"] - 0.2}
+    (ws / "eval_other_set.json").write_text(json.dumps(other))
+    name = "reid-two-sets"
+    sets = ("--set", f"promote.model_name={name}", "--set", f"triton.repository={ws / 'two'}")
+    for i, ev in enumerate(("eval.json", "eval_other_set.json", "eval.json")):
+        outputs = ("--decision", f"ts{i}.json", "--markdown", f"ts{i}.md")
+        reid("promote", "--onnx", "onnx", "--model", "student", "--evaluation", ev, *outputs,
+             *sets, cwd=ws, env=env)  # fmt: skip
+    first, second, third = (json.loads((ws / f"ts{i}.json").read_text()) for i in range(3))
+    assert first["promoted"]
+    # A worse mAP on another set is no reason to refuse: that set had no champion yet.
+    assert second["promoted"] and second["evaluation_set"] == "f" * 16
+    assert second["reasons"][-1] == f"pass champion: no champion on evaluation set {'f' * 12} yet"
+    assert f"Judged on evaluation set `{'f' * 12}`" in (ws / "ts1.md").read_text()
+    # Back on the first set, the comparison is with that set's champion (v1), not the served v2.
+    assert not third["promoted"] and "vs champion v1's" in third["reasons"][0]
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    aliases = client.get_registered_model(name).aliases
+    assert int(aliases["champion"]) == 2 and int(aliases[f"champion-{'f' * 12}"]) == 2
+    assert int(aliases[f"champion-{evaluation['eval_set_hash'][:12]}"]) == 1
 
 
 def test_promote_registers_then_refuses_an_equal_model(workspace):

@@ -72,8 +72,11 @@ def run(
             l2_normalize=parity["l2_normalized"],
         )
         with open_repository(config.triton.repository).lock(cfg.model_name):
-            current = registry.champion(cfg.model_name)
             challenger = registry.candidate(cfg.model_name, version)
+            # Judged against the champion on its own evaluation set: a first model on a new
+            # dataset is compared with nothing, not refused for another set's champion.
+            serving = registry.champion(cfg.model_name)
+            current = registry.champion(cfg.model_name, challenger.eval_set_hash)
             decision = decide(challenger, current, cfg.policy())
             published, triton_version = "", None
             if decision.promote:
@@ -85,7 +88,7 @@ def run(
                     parity["width"],
                     parity["embedding_dim"],
                 )
-                registry.set_champion(cfg.model_name, version, current)
+                registry.set_champion(cfg.model_name, version, serving)
         client = mlflow.MlflowClient()
         client.set_model_version_tag(
             cfg.model_name, str(version), "reid.promotion", decision.summary()
@@ -100,7 +103,8 @@ def run(
             "version": version,
             "promoted": decision.promote,
             "reasons": decision.reasons,
-            "previous_champion": current.version if current else None,
+            "previous_champion": serving.version if serving else None,
+            "evaluation_set": challenger.eval_set_hash,
             "triton_version": triton_version,
             "triton_version_path": published,
             "triton_repository": str(config.triton.repository),

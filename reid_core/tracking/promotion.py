@@ -77,6 +77,9 @@ class Decision:
         lines = [
             f"# Promotion of {model_name} v{challenger.version}: {verdict}",
             "",
+            f"Judged on evaluation set `{challenger.eval_set_hash[:12]}`, against that set's "
+            "champion.",
+            "",
             f"| | v{challenger.version} (challenger) | {against} |",
             "| --- | --- | --- |",
             *(f"| {name} | {new} | {old} |" for name, new, old in rows),
@@ -114,7 +117,13 @@ def decide(challenger: Candidate, champion: Candidate | None, policy: Policy) ->
             )
         )
     if champion is None:
-        checks.append(Check("champion", True, "no current champion"))
+        checks.append(
+            Check(
+                "champion",
+                True,
+                f"no champion on evaluation set {challenger.eval_set_hash[:12]} yet",
+            )
+        )
         return Decision(all(c.passed for c in checks), checks)
     same_set = champion.eval_set_hash == challenger.eval_set_hash
     checks.append(

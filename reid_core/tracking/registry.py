@@ -196,22 +196,36 @@ def candidate(model_name: str, version: int) -> Candidate:
     )
 
 
-def champion(model_name: str) -> Candidate | None:
+def set_champion_alias(eval_set_hash: str) -> str:
+    """The alias of the champion on one evaluation set (what promotion compares within)."""
+    return f"{CHAMPION}-{eval_set_hash[:12]}"
+
+
+def champion(model_name: str, eval_set_hash: str = "") -> Candidate | None:
+    """The served champion; with `eval_set_hash`, the champion on that evaluation set instead
+    (its own alias, or the served champion when that one was judged on the set), or None."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    try:
-        mv = mlflow.MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        return None
-    return candidate(model_name, int(mv.version))
+    client = mlflow.MlflowClient()
+    aliases = [set_champion_alias(eval_set_hash)] if eval_set_hash else []
+    for alias in [*aliases, CHAMPION]:
+        try:
+            mv = client.get_model_version_by_alias(model_name, alias)
+        except MlflowException:
+            continue
+        found = candidate(model_name, int(mv.version))
+        if not eval_set_hash or found.eval_set_hash == eval_set_hash:
+            return found
+    return None
 
 
 PREVIOUS_TAG = "reid.previous_champion"
 
 
 def set_champion(model_name: str, version: int, old: Candidate | None) -> None:
-    """Move `champion` to `version`; the replaced one keeps the `previous` alias.
+    """Make `version` the served champion and the champion on its evaluation set; the replaced
+    served one keeps the `previous` alias.
 
     The new champion's `reid.previous_champion` tag remembers the one it replaced, so
     rollbacks can walk back more than one step.
@@ -222,6 +236,10 @@ def set_champion(model_name: str, version: int, old: Candidate | None) -> None:
     if old is not None:
         client.set_model_version_tag(model_name, str(version), PREVIOUS_TAG, str(old.version))
         client.set_registered_model_alias(model_name, PREVIOUS, str(old.version))
+    new = candidate(model_name, version)
+    client.set_registered_model_alias(
+        model_name, set_champion_alias(new.eval_set_hash), str(version)
+    )
     client.set_registered_model_alias(model_name, CHAMPION, str(version))
 
 

@@ -16,7 +16,7 @@ from reid_core.config import ReidConfig
 from reid_core.export.onnx import onnx_interface
 from reid_core.export.repositories import open_repository
 from reid_core.export.triton import publish_next_version
-from reid_core.tracking.registry import CHAMPION, PREVIOUS, PREVIOUS_TAG
+from reid_core.tracking.registry import CHAMPION, PREVIOUS, PREVIOUS_TAG, set_champion_alias
 
 
 class RollbackError(RuntimeError):
@@ -67,6 +67,10 @@ def rollback(config: ReidConfig) -> Rollback:
             )
         restored = client.get_model_version(name, target)
         client.set_registered_model_alias(name, CHAMPION, target)
+        # It is its evaluation set's champion again too (the one rolled back may be of that set).
+        set_hash = restored.tags.get("reid.eval_set_hash", "")
+        if set_hash:
+            client.set_registered_model_alias(name, set_champion_alias(set_hash), target)
         earlier = restored.tags.get(PREVIOUS_TAG, "")
         if earlier:
             client.set_registered_model_alias(name, PREVIOUS, earlier)
