@@ -96,5 +96,9 @@ start=$(date +%s)
   --build-arg GPU_SPEC="$gpu_spec" \
   --build-arg GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || true)" \
   .
+if [ "$variant" = cuda ]; then  # a CPU wheel slipping into the wheelhouse would pass silently
+  "$tool" run --rm --entrypoint python "$tag" -c 'import sys, torch; sys.exit(torch.version.cuda is None)' \
+    || { echo "build-image.sh: $tag holds a CPU build of torch" >&2; exit 1; }
+fi
 size=$("$tool" image inspect "$tag" --format '{{.Size}}')
 echo "build-image.sh: $tag built in $(( $(date +%s) - start )) s, $(( size / 1000000 )) MB"
