@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from reid_core.atomic import atomic_output
+from reid_core.sources import parse_reference
 from reid_core.stages.kfp_glue import parse_config_yaml
 
 PIPELINE_FILE = Path(__file__).resolve().parent / "training.yaml"
@@ -64,7 +65,6 @@ def pipeline_arguments(config_yaml: str, parameters: Mapping[str, str] = {}) -> 
     rounds, datasets) and `parameters` (`--param name=value` strings), typed as the pipeline
     declares them. Raises ValueError naming an unknown parameter or a bad value."""
     from pipelines.training import reid_training_pipeline
-    from reid_core.config import DatasetsConfig
 
     config = parse_config_yaml(config_yaml)
     arguments: dict[str, Any] = {
@@ -83,10 +83,11 @@ def pipeline_arguments(config_yaml: str, parameters: Mapping[str, str] = {}) -> 
             )
         arguments[name] = _typed(name, declared[name].type, text)
     # Dataset references are checked here, so a bad one fails before any task starts.
-    try:
-        DatasetsConfig(source=arguments["source_dataset"], target=arguments["target_dataset"])
-    except ValueError as err:
-        raise ValueError(f"pipeline dataset parameters: {err}") from None
+    for name in ("source_dataset", "target_dataset"):
+        try:
+            parse_reference(arguments[name])
+        except ValueError as err:
+            raise ValueError(f"pipeline parameter {name}: {err}") from None
     return arguments
 
 

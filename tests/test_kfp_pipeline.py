@@ -422,5 +422,5 @@ def test_pipeline_arguments_follow_the_config_and_take_typed_parameters() -> Non
         tools.pipeline_arguments(text, {"adapt_round": "2"})
     with pytest.raises(ValueError, match="adapt_rounds: 'two' is not a Integer"):
         tools.pipeline_arguments(text, {"adapt_rounds": "two"})
-    with pytest.raises(ValueError, match="dataset parameters: .*unknown dataset reference"):
+    with pytest.raises(ValueError, match="target_dataset: unknown dataset reference scheme"):
         tools.pipeline_arguments(text, {"target_dataset": "gs://bucket/duke"})

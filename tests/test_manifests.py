@@ -560,10 +560,13 @@ def test_dockerfile_installs_the_project_with_a_pinned_cpu_torch_and_pip_options
     assert args["TORCH_SPEC"] == ["torch==2.13.0"]
     assert "PIP_OPTS" in args
     runs = " ".join(rest for stage in all_stages for keyword, rest in stage if keyword == "RUN")
-    install = re.search(r"pip install ([^&;]*)", runs)
-    assert install, "no pip install"
-    words = install.group(1).split()
-    assert "${PIP_OPTS}" in words and '"${TORCH_SPEC}"' in words and "." in words
+    installs = [match.split() for match in re.findall(r"pip install ([^&;]*)", runs)]
+    assert installs, "no pip install"
+    # The dependencies (pinned torch first among them), then the project alone, offline-able.
+    dependencies = next(words for words in installs if '"${TORCH_SPEC}"' in words)
+    assert "${PIP_OPTS}" in dependencies and "constraints.txt" in dependencies
+    project = next(words for words in installs if "." in words)
+    assert "${PIP_OPTS}" in project and "--no-deps" in project
 
 
 def test_dockerfile_uses_only_variables_its_stage_declares() -> None:
