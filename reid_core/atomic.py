@@ -30,6 +30,7 @@ def atomic_output(dest: str | Path, *, directory: bool = False) -> Iterator[Path
         _remove(tmp)
         raise
     if directory:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make a shared dataset private
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")

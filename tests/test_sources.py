@@ -77,6 +77,7 @@ def test_synthetic_reference_generates_the_dataset_its_style_and_seed_name(tmp_p
     generate(tmp_path / "direct", SynthSpec(**SMALL, style="dusk", seed=5))
     direct = fetch_dataset(LocalReference(tmp_path / "direct"), tmp_path / "copy")
     assert record.kind == "synth" and record.reference == "synth:dusk?seed=5"
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755  # readable by others, as a dataset
     assert record.content_sha256 == direct.content_sha256
     assert record.files == direct.files > 0
 
