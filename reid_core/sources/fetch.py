@@ -83,8 +83,7 @@ def fetch_dataset(
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise FetchError(f"dataset destination {dest} exists and is not a folder")
-    fetchers = {
-        SynthReference: _fetch_synth,
+    fetchers = {  # the generator also takes the synth sizes, so it is called apart
         DvcReference: _fetch_dvc,
         S3Reference: _fetch_s3,
         LocalReference: _fetch_local,
