@@ -2,8 +2,9 @@
 
 - compile: writes pipelines/training.yaml; the same code and params.yaml give identical bytes,
   so a test can tell when the checked-in file is stale.
-- run-local: executes every task as a subprocess of this interpreter with `kfp.local` (no
-  cluster, no containers); outputs go under `<workdir>/kfp_local/`.
+- run-local: executes every task with `kfp.local`, as a subprocess of this interpreter or, with
+  the docker runner, in a container of the project image (as in a pod); outputs go under
+  `<workdir>/kfp_local/`.
 - submit: compiles afresh (honouring REID_IMAGE) and starts a run on a Kubeflow Pipelines API.
 """
 
@@ -23,8 +24,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from reid_core.atomic import atomic_output
-from reid_core.sources import parse_reference
+from reid_core.config import DatasetsConfig
 from reid_core.stages.kfp_glue import parse_config_yaml
 
 PIPELINE_FILE = Path(__file__).resolve().parent / "training.yaml"
@@ -82,12 +85,17 @@ def pipeline_arguments(config_yaml: str, parameters: Mapping[str, str] = {}) -> 
                 "with --config/--set)"
             )
         arguments[name] = _typed(name, declared[name].type, text)
-    # Dataset references are checked here, so a bad one fails before any task starts.
-    for name in ("source_dataset", "target_dataset"):
-        try:
-            parse_reference(arguments[name])
-        except ValueError as err:
-            raise ValueError(f"pipeline parameter {name}: {err}") from None
+    # Dataset references are checked (as the config checks them) and put in their canonical
+    # spelling here, so a bad one fails before any task starts.
+    try:
+        datasets = DatasetsConfig(
+            source=arguments["source_dataset"], target=arguments["target_dataset"]
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"pipeline parameter {first['loc'][0]}_dataset: {message}") from None
+    arguments["source_dataset"], arguments["target_dataset"] = datasets.source, datasets.target
     return arguments
 
 
@@ -109,6 +117,25 @@ def _typed(name: str, kind: str, text: str) -> Any:
     return text
 
 
+RUNNERS = ("subprocess", "docker")
+# What a task container is given from this environment, when set: where MLflow and S3 are and
+# the credentials for them (the values go to the container engine, never to a log).
+CONTAINER_ENVIRONMENT = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+)
+
+
 def run_local(
     config_yaml: str | None,
     workdir: Path,
@@ -116,34 +143,47 @@ def run_local(
     mlflow_tracking_uri: str = "",
     parameters: Mapping[str, str] = {},  # noqa: B006
     progress: bool = False,
+    runner: str = "subprocess",
 ) -> dict[str, Any]:
-    """Run the whole pipeline with kfp.local's SubprocessRunner (current interpreter, no venv).
+    """Run the whole pipeline with kfp.local.
+
+    `runner` "subprocess" runs each task in this interpreter's environment; "docker" runs it in
+    a container of the components' image (REID_IMAGE) through the Docker API (DOCKER_HOST: a
+    Docker daemon or podman's `podman system service`), on the host's network, with the
+    CONTAINER_ENVIRONMENT variables set here. Containers see only the pipeline root, so the
+    docker runner needs an MLflow server and an s3:// Triton repository (checked first).
 
     `config_yaml` None means params.yaml (or the defaults); `parameters` are pipeline parameters
     as `--param` gives them (see `pipeline_arguments`). Relative paths in the config (MLflow
     workspace, Triton repository) resolve against the current directory, as with the CLI and
     dvc. The tasks' own output goes to `kfp_local/run-<time>.log`; with `progress`, a line on the
     terminal tells when each task starts and ends. Returns {"status": "SUCCEEDED"|"FAILED",
-    "run_dir", "log", "tasks": {task name: {"display_name", "state": SUCCEEDED|FAILED|NOT_RUN}},
-    "outputs": {name: {"uri", "metadata"}}}; a failed task does not raise, the caller decides
-    from "status".
+    "run_dir", "log", "tasks": {task name: {"display_name", "state", "outputs"}}, "outputs":
+    {name: {"uri", "metadata"}}}: a task's state is SUCCEEDED, FAILED, NOT_RUN or SKIPPED (in a
+    branch the run did not take) and its outputs {port: {"uri", "metadata"}}. A failed task
+    does not raise, the caller decides from "status".
     """
     from kfp import local
 
     from pipelines.training import reid_training_pipeline
 
-    arguments = pipeline_arguments(_config_text(config_yaml), parameters)
+    config_text = _config_text(config_yaml)
+    arguments = pipeline_arguments(config_text, parameters)
+    if runner == "docker":
+        task_runner = _docker_runner(config_text, mlflow_tracking_uri)
+    elif runner == "subprocess":
+        task_runner = local.SubprocessRunner(use_venv=False)
+    else:
+        raise ValueError(f"unknown runner {runner!r}: one of {', '.join(RUNNERS)}")
     root = Path(workdir).resolve() / "kfp_local"
     root.mkdir(parents=True, exist_ok=True)
+    if runner == "docker":
+        root.chmod(0o1777)  # the image's unprivileged user writes each run's folder here
     before = set(root.iterdir())
     log = root / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=False
-    )
-    display = {
-        name: spec.task_info.name
-        for name, spec in reid_training_pipeline.pipeline_spec.root.dag.tasks.items()
-    }
+    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=False)
+    executors = _executor_tasks(reid_training_pipeline.pipeline_spec)
+    display = {name: shown for name, (shown, _) in executors.items()}
     with _output_to(log) as terminal:
         watcher = _TaskWatcher(root, before, display, terminal if progress else None)
         watcher.start()
@@ -162,11 +202,19 @@ def run_local(
         raise RuntimeError(f"expected one new run folder under {root}, found {created}")
     run_dir = created[0]
 
-    tasks = {
-        name: {"display_name": display[name], "state": _task_state(run_dir / name)}
-        for name in sorted(display)
-    }
-    ok = all(t["state"] == "SUCCEEDED" for t in tasks.values())
+    states = {name: _task_state(run_dir / name) for name in executors}
+    failed = "FAILED" in states.values()
+    tasks = {}
+    for name, (shown, branch) in sorted(executors.items()):
+        state = states[name]
+        if state == "NOT_RUN" and branch and not failed:
+            state = "SKIPPED"
+        tasks[name] = {
+            "display_name": shown,
+            "state": state,
+            "outputs": _task_outputs(run_dir / name),
+        }
+    ok = all(t["state"] in ("SUCCEEDED", "SKIPPED") for t in tasks.values())
     outputs = {
         name: {"uri": artifact.uri, "metadata": dict(artifact.metadata)}
         for name, artifact in sorted(run.outputs.items())
@@ -177,6 +225,91 @@ def run_local(
         "log": str(log),
         "tasks": tasks,
         "outputs": outputs if ok else {},
+    }
+
+
+def _docker_runner(config_yaml: str, mlflow_tracking_uri: str) -> Any:
+    """kfp.local's DockerRunner for the project image, after checking what containers need."""
+    import docker
+    from kfp import local
+
+    from components import IMAGE
+
+    config = parse_config_yaml(config_yaml)
+    tracking = (
+        mlflow_tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI", "")
+        or config.tracking.tracking_uri
+    )
+    if not tracking.startswith(("http://", "https://")):
+        raise ValueError(
+            "the docker runner needs an MLflow server (tasks run in separate containers): set "
+            "tracking.tracking_uri or MLFLOW_TRACKING_URI to its http(s) URL"
+        )
+    if not config.triton.repository.startswith("s3://"):
+        raise ValueError(
+            "the docker runner needs an s3:// Triton repository (triton.repository): a folder "
+            f"like {config.triton.repository!r} would be written inside the promote container"
+        )
+    try:
+        client = docker.from_env()
+        try:
+            tags = {tag for image in client.images.list() for tag in image.tags}
+        finally:
+            client.close()
+    except docker.errors.DockerException as err:
+        raise ConnectionError(
+            f"no container engine answers ({err}): start one (podman system service --time=0 "
+            "unix:///PATH/podman.sock, then DOCKER_HOST=unix:///PATH/podman.sock)"
+        ) from None
+    if IMAGE not in tags:
+        local_name = f"localhost/{IMAGE}"
+        hint = (
+            f"; podman names it {local_name}: set REID_IMAGE={local_name}"
+            if (local_name in tags)
+            else ": build it with `make image`"
+        )
+        raise ValueError(f"image {IMAGE} is not in the container engine{hint}")
+    environment = {key: os.environ[key] for key in CONTAINER_ENVIRONMENT if key in os.environ}
+    environment["MLFLOW_TRACKING_URI"] = tracking
+    # kfp.local hands a task's command to the container as its arguments, after the image's
+    # entrypoint (`reid`); Kubernetes replaces the entrypoint with it. env runs it as given.
+    return local.DockerRunner(
+        entrypoint=["/usr/bin/env"], network_mode="host", environment=environment
+    )
+
+
+def _executor_tasks(pipeline_spec: Any) -> dict[str, tuple[str, bool]]:
+    """Every task that runs a component, in the DAG and its condition branches: {task name:
+    (display name, whether it is inside a branch)}. kfp.local names task folders so."""
+    found: dict[str, tuple[str, bool]] = {}
+
+    def walk(dag: Any, in_branch: bool) -> None:
+        for name, task in dag.tasks.items():
+            component = pipeline_spec.components[task.component_ref.name]
+            branch = in_branch or bool(task.trigger_policy.condition)
+            if component.HasField("dag"):
+                walk(component.dag, branch)
+            else:
+                found[name] = (task.task_info.name, branch)
+
+    walk(pipeline_spec.root.dag, False)
+    return found
+
+
+def _task_outputs(task_dir: Path) -> dict[str, dict[str, Any]]:
+    """A finished task's output artifacts, from the executor output kfp.local keeps."""
+    path = task_dir / "executor_output.json"
+    if not path.is_file():
+        return {}
+    artifacts = json.loads(path.read_text()).get("artifacts", {})
+    return {
+        port: {
+            "uri": listing["artifacts"][0]["uri"],
+            "metadata": listing["artifacts"][0].get("metadata", {}),
+        }
+        for port, listing in artifacts.items()
+        if listing.get("artifacts")
     }
 
 

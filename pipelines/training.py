@@ -7,6 +7,8 @@
 The datasets are run-form parameters, references as params.yaml's `datasets` spells them
 (`synth:day?seed=0`, `dvc:REPO?path=PATH&rev=REV`, `s3://bucket/prefix`, a folder the pods see);
 each fetch task records what it fetched in its artifact's metadata and the training lineage.
+An empty `target_dataset` skips the target's preprocessing, the adaptation and the evaluations
+on the target (a `dsl.If` branch); the teacher is then evaluated on the source only.
 
 with three evaluations, one per model, each over its test sets (the first is the primary one):
 the teacher on source and target (direct transfer), the student on source (the one promote
@@ -62,9 +64,7 @@ def default_config_yaml() -> str:
 class TrainingOutputs(NamedTuple):
     decision: Artifact
     student_onnx: Model
-    teacher_metrics: Metrics
     student_metrics: Metrics
-    adapted_metrics: Metrics
     student_table: Markdown
     student_report: HTML
     student_roc: ClassificationMetrics
@@ -103,9 +103,7 @@ def reid_training_pipeline(
     tgt_data = target.outputs["dataset"]
 
     prep_src = c.preprocess(**source_run, dataset=src_data).set_display_name("preprocess source")
-    prep_tgt = c.preprocess(**target_run, dataset=tgt_data).set_display_name("preprocess target")
     src_manifest = prep_src.outputs["manifest"]
-    tgt_manifest = prep_tgt.outputs["manifest"]
 
     teacher = c.train(**run, dataset=src_data, manifest=src_manifest)
     # Both datasets are fetched before any training: a bad target reference fails the run early.
@@ -120,28 +118,34 @@ def reid_training_pipeline(
     )
     student.set_display_name("distill student (source)")
     student_ckpt = student.outputs["checkpoint"]
-    adapted_ckpt = teacher_ckpt
-    for number in range(1, ADAPT_CHAIN + 1):
-        adapted = c.adapt(
-            **run,
-            round_number=number,
-            rounds=adapt_rounds,
-            chain_length=ADAPT_CHAIN,
-            dataset=tgt_data,
-            manifest=tgt_manifest,
-            model=adapted_ckpt,
-        )
-        adapted.set_display_name(f"adapt round {number} (target)")
-        adapted_ckpt = adapted.outputs["checkpoint"]
 
     def evaluate(name: str, model, *test_sets) -> dsl.PipelineTask:
         task = c.evaluate(**run, model=model, **c.evaluate_inputs(*test_sets))
         return task.set_display_name(f"evaluate {name}")
 
-    source_set, target_set = (src_data, src_manifest), (tgt_data, tgt_manifest)
-    ev_teacher = evaluate("teacher @ source, target", teacher_ckpt, source_set, target_set)
+    source_set = (src_data, src_manifest)
+    with dsl.If(target_dataset != "", "a target dataset is given"):
+        prep_tgt = c.preprocess(**target_run, dataset=tgt_data)
+        prep_tgt.set_display_name("preprocess target")
+        target_set = (tgt_data, prep_tgt.outputs["manifest"])
+        adapted_ckpt = teacher_ckpt
+        for number in range(1, ADAPT_CHAIN + 1):
+            adapted = c.adapt(
+                **run,
+                round_number=number,
+                rounds=adapt_rounds,
+                chain_length=ADAPT_CHAIN,
+                dataset=tgt_data,
+                manifest=prep_tgt.outputs["manifest"],
+                model=adapted_ckpt,
+            )
+            adapted.set_display_name(f"adapt round {number} (target)")
+            adapted_ckpt = adapted.outputs["checkpoint"]
+        evaluate("teacher @ source, target", teacher_ckpt, source_set, target_set)
+        evaluate("adapted @ target, source", adapted_ckpt, target_set, source_set)
+    with dsl.Else("no target dataset: no adaptation"):
+        evaluate("teacher @ source", teacher_ckpt, source_set)
     ev_student = evaluate("student @ source", student_ckpt, source_set)
-    ev_adapted = evaluate("adapted @ target, source", adapted_ckpt, target_set, source_set)
 
     exported = c.export(**run, dataset=src_data, manifest=src_manifest, model=student_ckpt)
     exported.set_display_name("export student (ONNX)")
@@ -157,9 +161,7 @@ def reid_training_pipeline(
     return TrainingOutputs(
         decision=promoted.outputs["decision"],
         student_onnx=exported.outputs["onnx"],
-        teacher_metrics=ev_teacher.outputs["metrics"],
         student_metrics=ev_student.outputs["metrics"],
-        adapted_metrics=ev_adapted.outputs["metrics"],
         student_table=ev_student.outputs["metrics_table"],
         student_report=ev_student.outputs["report_page"],
         student_roc=ev_student.outputs["roc"],

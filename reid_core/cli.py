@@ -95,6 +95,13 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", type=Path, default=Path("pipelines/training.yaml"))
     local = psub.add_parser("run-local", help="run the pipeline here with kfp.local")
     local.add_argument("--workdir", type=Path, default=Path("work/kfp"))
+    local.add_argument(
+        "--runner",
+        choices=("subprocess", "docker"),
+        default="subprocess",
+        help="run each task here (subprocess) or in a container of the project image (docker: "
+        "DOCKER_HOST, REID_IMAGE, an MLflow server and an s3:// Triton repository)",
+    )
     submit = psub.add_parser("submit", help="submit the compiled pipeline to a KFP host")
     submit.add_argument("--host", required=True)
     submit.add_argument("--experiment", default="reidflow")
@@ -248,7 +255,9 @@ def _pipeline(args: argparse.Namespace) -> None:
     config_yaml = _config_yaml(args)
     parameters = dict(_name_value(text) for text in args.param)
     if args.pipeline_command == "run-local":
-        result = tools.run_local(config_yaml, args.workdir, parameters=parameters, progress=True)
+        result = tools.run_local(
+            config_yaml, args.workdir, parameters=parameters, progress=True, runner=args.runner
+        )
         failed = [t["display_name"] for t in result["tasks"].values() if t["state"] == "FAILED"]
         if result["status"] != "SUCCEEDED":
             raise RuntimeError(

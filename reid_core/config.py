@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -44,7 +45,8 @@ class DatasetsConfig(_Section):
     [?seed=N]`, `dvc:REPO?path=PATH[&rev=REV]`, `s3://bucket/prefix` or a local folder.
 
     `source` trains the teacher and the student; `target` is the unlabelled domain adaptation
-    runs on. Values are kept in their canonical spelling.
+    runs on, or empty for none (the Kubeflow pipeline then skips adaptation). Values are kept in
+    their canonical spelling.
     """
 
     source: str = "synth:day?seed=0"
@@ -52,18 +54,21 @@ class DatasetsConfig(_Section):
 
     @field_validator("source", "target")
     @classmethod
-    def _is_reference(cls, value: str) -> str:
+    def _is_reference(cls, value: str, info: ValidationInfo) -> str:
         from reid_core.sources.references import parse_reference
 
+        if info.field_name == "target" and not value.strip():
+            return ""
         return str(parse_reference(value))
 
     def reference(self, name: str):
-        """The parsed reference of dataset `name` (source or target)."""
+        """The parsed reference of dataset `name` (source or target); None for no target."""
         from reid_core.sources.references import parse_reference
 
         if name not in ("source", "target"):
             raise ValueError(f"no dataset called {name!r}: datasets are 'source' and 'target'")
-        return parse_reference(getattr(self, name))
+        text = getattr(self, name)
+        return parse_reference(text) if text else None
 
 
 class DataConfig(_Section):

@@ -56,7 +56,7 @@ TASKS_PER_FUNCTION = {
     "train": 1,
     "distill": 1,
     "adapt": ADAPT_CHAIN,
-    "evaluate": 3,
+    "evaluate": 4,  # teacher (with a target, or without), student, adapted
     "export": 1,
     "promote": 1,
 }
@@ -73,6 +73,37 @@ def spec(compiled: Path) -> dict[str, Any]:
     return yaml.safe_load(compiled.read_text())
 
 
+@pytest.fixture(scope="module")
+def tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task that runs a component, the condition branches' included, each with `sources`:
+    its inputs traced through the branches to a producer `(task, output)` or a pipeline
+    parameter `("pipeline", name)`; and `condition`: the branch's, or "" outside one."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(dag: dict[str, Any], outer: dict[str, tuple[str, str]], condition: str) -> None:
+        for name, task in dag["tasks"].items():
+            sources = {}
+            for kind in ("artifacts", "parameters"):
+                for port, source in task.get("inputs", {}).get(kind, {}).items():
+                    if "taskOutputArtifact" in source:
+                        output = source["taskOutputArtifact"]
+                        sources[port] = (output["producerTask"], output["outputArtifactKey"])
+                    elif "componentInputArtifact" in source:
+                        sources[port] = outer[source["componentInputArtifact"]]
+                    elif "componentInputParameter" in source:
+                        given = source["componentInputParameter"]
+                        sources[port] = outer.get(given, ("pipeline", given))
+            branch = task.get("triggerPolicy", {}).get("condition", "") or condition
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                walk(component["dag"], sources, branch)
+            else:
+                found[name] = {**task, "sources": sources, "condition": branch}
+
+    walk(spec["root"]["dag"], {}, "")
+    return found
+
+
 def _function_of(spec: dict[str, Any], task: dict[str, Any]) -> str:
     """The Python function (= component) a compiled task runs."""
     component = spec["components"][task["componentRef"]["name"]]
@@ -80,10 +111,12 @@ def _function_of(spec: dict[str, Any], task: dict[str, Any]) -> str:
     return args[args.index("--function_to_execute") + 1]
 
 
-def _producer(spec: dict[str, Any], task: dict[str, Any], port: str) -> tuple[str, str]:
+def _producer(
+    spec: dict[str, Any], tasks: dict[str, dict[str, Any]], task: dict[str, Any], port: str
+) -> tuple[str, str]:
     """(function, task name) of the task whose output feeds `port` of `task`."""
-    name = task["inputs"]["artifacts"][port]["taskOutputArtifact"]["producerTask"]
-    return _function_of(spec, spec["root"]["dag"]["tasks"][name]), name
+    name = task["sources"][port][0]
+    return _function_of(spec, tasks[name]), name
 
 
 def _round_number(task: dict[str, Any]) -> int:
@@ -121,8 +154,9 @@ def test_compiling_twice_gives_identical_bytes(compiled: Path, tmp_path: Path) -
     assert again.read_bytes() == compiled.read_bytes()
 
 
-def test_compiled_pipeline_runs_each_stage_with_its_artifact_types(spec: dict[str, Any]) -> None:
-    tasks = spec["root"]["dag"]["tasks"]
+def test_compiled_pipeline_runs_each_stage_with_its_artifact_types(
+    spec: dict[str, Any], tasks: dict[str, dict[str, Any]]
+) -> None:
     functions = [_function_of(spec, task) for task in tasks.values()]
     assert {f: functions.count(f) for f in set(functions)} == TASKS_PER_FUNCTION
     assert set(STAGES) <= set(functions)
@@ -194,7 +228,9 @@ def test_an_adapt_round_past_the_count_passes_its_model_on(tmp_path: Path) -> No
     assert metrics.logged == {"round_skipped": 1.0}
 
 
-def test_fetch_tasks_take_the_run_forms_dataset_parameters(spec: dict[str, Any]) -> None:
+def test_fetch_tasks_take_the_run_forms_dataset_parameters(
+    spec: dict[str, Any], tasks: dict[str, dict[str, Any]]
+) -> None:
     from pipelines.training import _params
 
     parameters = spec["root"]["inputDefinitions"]["parameters"]
@@ -203,17 +239,18 @@ def test_fetch_tasks_take_the_run_forms_dataset_parameters(spec: dict[str, Any])
     assert parameters["target_dataset"]["defaultValue"] == datasets.target
     fetches = {
         task["inputs"]["parameters"]["name"]["runtimeValue"]["constant"]: task
-        for task in spec["root"]["dag"]["tasks"].values()
+        for task in tasks.values()
         if _function_of(spec, task) == "fetch"
     }
     assert set(fetches) == {"source", "target"}
     for name, task in fetches.items():
-        reference = task["inputs"]["parameters"]["reference"]["componentInputParameter"]
-        assert reference == f"{name}_dataset"
+        assert task["sources"]["reference"] == ("pipeline", f"{name}_dataset")
+        assert not task["condition"], "both datasets are fetched (checked) in every run"
 
 
-def test_pipeline_wires_teacher_student_adaptation_and_promotion(spec: dict[str, Any]) -> None:
-    tasks = spec["root"]["dag"]["tasks"]
+def test_pipeline_wires_teacher_student_adaptation_and_promotion(
+    spec: dict[str, Any], tasks: dict[str, dict[str, Any]]
+) -> None:
     by_function: dict[str, list[dict[str, Any]]] = {}
     for task in tasks.values():
         by_function.setdefault(_function_of(spec, task), []).append(task)
@@ -227,55 +264,76 @@ def test_pipeline_wires_teacher_student_adaptation_and_promotion(spec: dict[str,
     }
     assert sorted(synth_style.values()) == ["day", "dusk"]
 
+    def producer(task: dict[str, Any], port: str) -> tuple[str, str]:
+        return _producer(spec, tasks, task, port)
+
     def domain_of(task: dict[str, Any]) -> str:
-        return synth_style[_producer(spec, task, "dataset")[1]]
+        return synth_style[producer(task, "dataset")[1]]
 
     (promote,) = by_function["promote"]
-    evaluation, evaluation_name = _producer(spec, promote, "evaluation")
+    evaluation, evaluation_name = producer(promote, "evaluation")
     assert evaluation == "evaluate"
     evaluated = tasks[evaluation_name]
-    assert _producer(spec, evaluated, "model")[0] == "distill"
+    assert producer(evaluated, "model")[0] == "distill"
     assert domain_of(evaluated) == "day"
-    assert _producer(spec, promote, "model")[0] == "distill"
-    assert _producer(spec, promote, "onnx")[0] == "export"
+    assert producer(promote, "model")[0] == "distill"
+    assert producer(promote, "onnx")[0] == "export"
     (export,) = by_function["export"]
-    assert _producer(spec, export, "model")[0] == "distill"
+    assert producer(export, "model")[0] == "distill"
     (distill,) = by_function["distill"]
-    assert _producer(spec, distill, "teacher")[0] == "train"
+    assert producer(distill, "teacher")[0] == "train"
     rounds = sorted(by_function["adapt"], key=_round_number)
     assert [_round_number(t) for t in rounds] == list(range(1, ADAPT_CHAIN + 1))
-    assert _producer(spec, rounds[0], "model")[0] == "train"
+    assert producer(rounds[0], "model")[0] == "train"
     for before, after in zip(rounds, rounds[1:], strict=False):
-        assert tasks[_producer(spec, after, "model")[1]] is before, "rounds form one chain"
+        assert tasks[producer(after, "model")[1]] is before, "rounds form one chain"
     for task in rounds:
         assert domain_of(task) == "dusk"
-        rounds_param = task["inputs"]["parameters"]["rounds"]["componentInputParameter"]
-        assert rounds_param == "adapt_rounds"
+        assert task["sources"]["rounds"] == ("pipeline", "adapt_rounds")
     evaluated_adapted = next(
-        t for t in by_function["evaluate"] if _producer(spec, t, "model")[0] == "adapt"
+        t for t in by_function["evaluate"] if producer(t, "model")[0] == "adapt"
     )
-    assert tasks[_producer(spec, evaluated_adapted, "model")[1]] is rounds[-1]
+    assert tasks[producer(evaluated_adapted, "model")[1]] is rounds[-1]
 
     def test_sets_of(task: dict[str, Any]) -> tuple[str, ...]:
         """The synth style of each test set an evaluate task takes, primary first."""
         styles = []
         for i in range(1, MAX_TEST_SETS + 1):
             suffix = "" if i == 1 else f"_{i}"
-            if f"dataset{suffix}" not in task["inputs"]["artifacts"]:
+            if f"dataset{suffix}" not in task["sources"]:
                 break
-            style = synth_style[_producer(spec, task, f"dataset{suffix}")[1]]
-            prep = tasks[_producer(spec, task, f"manifest{suffix}")[1]]
+            style = synth_style[producer(task, f"dataset{suffix}")[1]]
+            prep = tasks[producer(task, f"manifest{suffix}")[1]]
             assert domain_of(prep) == style, "each dataset comes with its own manifest"
             styles.append(style)
         return tuple(styles)
 
-    evaluations = {_producer(spec, t, "model")[0]: test_sets_of(t) for t in by_function["evaluate"]}
-    assert evaluations == {
-        "train": ("day", "dusk"),
-        "distill": ("day",),
-        "adapt": ("dusk", "day"),
-    }
-    assert test_sets_of(evaluated) == ("day",)
+    # With a target: the teacher on both domains, the adapted teacher target first. Without
+    # one (the Else branch): the teacher on the source only. The student's is in every run.
+    with_target, without_target = "!= ''", "!(inputs"
+    evaluations = sorted(
+        (producer(t, "model")[0], test_sets_of(t), t["condition"].startswith("!("))
+        for t in by_function["evaluate"]
+    )
+    assert evaluations == [
+        ("adapt", ("dusk", "day"), False),
+        ("distill", ("day",), False),
+        ("train", ("day",), True),
+        ("train", ("day", "dusk"), False),
+    ]
+    assert test_sets_of(evaluated) == ("day",) and not evaluated["condition"]
+    for task in tasks.values():
+        function = _function_of(spec, task)
+        uses_target = function in ("preprocess", "adapt", "evaluate") and (
+            "dusk" in test_sets_of(task) if function == "evaluate" else domain_of(task) == "dusk"
+        )
+        if uses_target:
+            assert with_target in task["condition"] and not task["condition"].startswith("!(")
+        elif function == "evaluate" and producer(task, "model")[0] == "train":
+            assert task["condition"].startswith(without_target)
+        else:
+            assert not task["condition"], f"{task['taskInfo']['name']} runs in every run"
+        assert "pipelinechannel--target_dataset" in task["condition"] or not task["condition"]
 
     for task in by_function["preprocess"]:
         overrides = task["inputs"]["parameters"]["config_overrides"]["runtimeValue"]["constant"]
@@ -348,17 +406,28 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
     )
 
     states = {name: task["state"] for name, task in result["tasks"].items()}
-    assert set(states.values()) == {"SUCCEEDED"}, states
+    assert set(states.values()) == {"SUCCEEDED", "SKIPPED"}, states
     assert result["status"] == "SUCCEEDED"
     assert len(states) == sum(TASKS_PER_FUNCTION.values())
     decision_file = Path(result["outputs"]["decision"]["uri"])
     decision = json.loads(decision_file.read_text())
     assert isinstance(decision, dict) and decision
     outputs = result["outputs"]
-    for name in ("teacher_metrics", "student_metrics", "adapted_metrics"):
-        assert outputs[name]["metadata"], f"{name}: no metrics logged to KFP"
-    teacher = outputs["teacher_metrics"]["metadata"]
+    evaluations = {
+        task["display_name"]: task["outputs"]["metrics"]["metadata"]
+        for task in result["tasks"].values()
+        if task["display_name"].startswith("evaluate") and task["state"] == "SUCCEEDED"
+    }
+    assert sorted(evaluations) == [
+        "evaluate adapted @ target, source",
+        "evaluate student @ source",
+        "evaluate teacher @ source, target",
+    ]
+    assert all(evaluations.values()), "every evaluation logs its metrics to KFP"
+    teacher = evaluations["evaluate teacher @ source, target"]
     assert teacher["rank1"] == teacher["source/rank1"] and "target/mAP" in teacher
+    skipped = [t["display_name"] for t in result["tasks"].values() if t["state"] == "SKIPPED"]
+    assert skipped == ["evaluate teacher @ source"], "the branch for no target is not taken"
     evaluation = json.loads(Path(outputs["student_metrics"]["uri"]).read_text())
     assert set(evaluation["test_sets"]) == {"source"}
     # The evaluate task's views for the KFP UI: the table, the page, the primary ROC.
@@ -400,6 +469,45 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
     assert [stage for stage, _ in rows].count("adapt") == 2, "rounds 1 and 2 adapt, 3 passes on"
     run_ids = {run_id for _, run_id in rows}
     assert len(run_ids) == 1 and JOB_ID_PLACEHOLDER not in run_ids, run_ids
+
+
+@pytest.mark.integration
+def test_run_local_without_a_target_skips_adaptation_and_its_evaluations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+
+    result = tools.run_local(
+        _tiny_config(tmp_path),
+        tmp_path / "work",
+        mlflow_tracking_uri=uri,
+        parameters={"target_dataset": ""},
+    )
+
+    assert result["status"] == "SUCCEEDED", result["tasks"]
+    ran = sorted(t["display_name"] for t in result["tasks"].values() if t["state"] == "SUCCEEDED")
+    assert ran == [
+        "distill student (source)",
+        "evaluate student @ source",
+        "evaluate teacher @ source",
+        "export student (ONNX)",
+        "fetch source dataset",
+        "fetch target dataset",
+        "preprocess source",
+        "promote student",
+        "train teacher (source)",
+    ]
+    skipped = [t for t in result["tasks"].values() if t["state"] == "SKIPPED"]
+    assert len(skipped) == ADAPT_CHAIN + 3  # preprocess target, the rounds, two evaluations
+    target = next(
+        t for t in result["tasks"].values() if t["display_name"] == "fetch target dataset"
+    )
+    metadata = target["outputs"]["dataset"]["metadata"]
+    assert metadata == {"reid.dataset.target.kind": "none", "reid.dataset.target.files": "0"}
+    decision = json.loads(Path(result["outputs"]["decision"]["uri"]).read_text())
+    assert decision["promoted"], decision
 
 
 def test_pipeline_arguments_follow_the_config_and_take_typed_parameters() -> None:

@@ -3,7 +3,13 @@ repository at a revision, a folder under an S3 prefix, or a local folder. One sp
 CLI, params.yaml/dvc.yaml and the KFP pipeline (`references`); `fetch` materialises a reference
 as a dataset folder and records exactly what it fetched."""
 
-from reid_core.sources.fetch import FetchError, FetchRecord, fetch_dataset, read_record
+from reid_core.sources.fetch import (
+    NO_DATASET,
+    FetchError,
+    FetchRecord,
+    fetch_dataset,
+    read_record,
+)
 from reid_core.sources.references import (
     DatasetReference,
     DvcReference,
@@ -14,6 +20,7 @@ from reid_core.sources.references import (
 )
 
 __all__ = [
+    "NO_DATASET",
     "DatasetReference",
     "DvcReference",
     "FetchError",

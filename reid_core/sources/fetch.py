@@ -26,6 +26,7 @@ _CREDENTIALS = re.compile(r"://[^/@\s]+@")
 
 
 RECORD_FILE = ".fetch.json"  # the record, inside the dataset folder it describes
+NO_DATASET = "none"  # the record's kind for no dataset (an empty reference: no target)
 
 
 class FetchError(RuntimeError):
@@ -73,12 +74,14 @@ class FetchRecord:
 
 
 def fetch_dataset(
-    reference: DatasetReference, dest: str | Path, *, synth_options: dict | None = None
+    reference: DatasetReference | None, dest: str | Path, *, synth_options: dict | None = None
 ) -> FetchRecord:
     """Write the dataset `reference` names to `dest` (replaced only on success).
 
     `synth_options` are the generator's sizes (SynthSpec fields other than style and seed).
-    Raises FetchError, with nothing written, for anything that stops the fetch.
+    None (no dataset: an empty `datasets.target`) writes a folder holding only a record of kind
+    NO_DATASET, so a pipeline's data flow stays the same shape. Raises FetchError, with nothing
+    written, for anything that stops the fetch.
     """
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
@@ -89,23 +92,26 @@ def fetch_dataset(
         LocalReference: _fetch_local,
     }
     with atomic_output(dest, directory=True) as tmp:
-        if isinstance(reference, SynthReference):
-            provenance = _fetch_synth(reference, tmp, synth_options or {})
+        if reference is None:
+            record = FetchRecord(reference="", kind=NO_DATASET, files=0, bytes=0, content_sha256="")
         else:
-            provenance = fetchers[type(reference)](reference, tmp)
-        files, size, digest = _content(tmp)
-        if files == 0:
-            raise FetchError(f"dataset {_public(str(reference))} is empty: no files to fetch")
-        record = FetchRecord(
-            reference=_public(str(reference)),
-            kind=reference.kind,
-            files=files,
-            bytes=size,
-            content_sha256=digest,
-            **provenance,
-        )
+            if isinstance(reference, SynthReference):
+                provenance = _fetch_synth(reference, tmp, synth_options or {})
+            else:
+                provenance = fetchers[type(reference)](reference, tmp)
+            files, size, digest = _content(tmp)
+            if files == 0:
+                raise FetchError(f"dataset {_public(str(reference))} is empty: no files to fetch")
+            record = FetchRecord(
+                reference=_public(str(reference)),
+                kind=reference.kind,
+                files=files,
+                bytes=size,
+                content_sha256=digest,
+                **provenance,
+            )
         (tmp / RECORD_FILE).write_text(record.to_json())
-    log.info("fetched %s into %s: %d files", record.reference, dest, files)
+    log.info("fetched %s into %s: %d files", record.reference or "no dataset", dest, record.files)
     return record
 
 

@@ -15,7 +15,7 @@ from reid_core.data.manifest import (
     eval_set_hash,
     write_manifest,
 )
-from reid_core.sources import read_record
+from reid_core.sources import NO_DATASET, read_record
 from reid_core.tracking.lineage import dvc_hash
 from reid_core.tracking.runs import stage_run
 
@@ -33,6 +33,13 @@ def run(
 
     root = inputs["dataset"]
     remove_outputs(outputs["manifest"])
+    record = read_record(root)
+    if record is not None and record.kind == NO_DATASET:
+        raise DatasetError(
+            f"{root}: no dataset to preprocess (datasets.{config.data.domain} is empty). The "
+            "local pipeline (dvc.yaml) adapts to a target dataset: name one in params.yaml; "
+            "only the Kubeflow pipeline skips adaptation for an empty target."
+        )
     with stage_run("preprocess", config):
         mlflow.set_tag("reid.domain", config.data.domain)
         df = build_manifest(root, config.data.format, domain=config.data.domain)
@@ -64,13 +71,9 @@ def run(
                 "fingerprint": dataset_fingerprint(root, df),
                 "dvc_md5": dvc_hash(root),
                 "eval_set_hash": eval_set_hash(df),
-                "data_lineage": json.dumps(_fetched(root, config.data.domain), sort_keys=True),
+                "data_lineage": json.dumps(
+                    record.lineage_tags(config.data.domain) if record else {}, sort_keys=True
+                ),
             },
         )
     return metrics
-
-
-def _fetched(root: Path, domain: str) -> dict[str, str]:
-    """The fetch record's lineage tags, for a dataset the fetch stage wrote (else none)."""
-    record = read_record(root)
-    return record.lineage_tags(domain) if record else {}
