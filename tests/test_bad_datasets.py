@@ -91,3 +91,14 @@ def test_query_identity_absent_from_gallery(clean_dataset, tmp_path):
     assert proc.returncode != 0
     assert f"query pid {int(pid)} has no gallery image from another camera" in proc.stderr
     assert not manifest.exists()
+
+
+def test_no_dataset_from_an_empty_target_says_the_local_pipeline_needs_one(tmp_path):
+    from reid_core.sources import fetch_dataset
+
+    fetch_dataset(None, tmp_path / "target")
+    proc, manifest = preprocess(tmp_path / "target", tmp_path)
+    assert proc.returncode != 0
+    assert "no dataset to preprocess (datasets.source is empty)" in proc.stderr
+    assert "name one in params.yaml" in proc.stderr and "Traceback" not in proc.stderr
+    assert not manifest.exists()

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from reid_core.config import ConfigError, load_config
 from reid_core.data.synth import SynthSpec, generate
 from reid_core.export.s3_repository import s3_client
 from reid_core.sources import (
+    NO_DATASET,
     DvcReference,
     FetchError,
     FetchRecord,
@@ -22,6 +24,7 @@ from reid_core.sources import (
     SynthReference,
     fetch_dataset,
     parse_reference,
+    read_record,
 )
 
 SMALL = {"num_ids": 8, "num_cams": 2, "images_per_id": 4, "height": 32, "width": 16}
@@ -112,6 +115,28 @@ def test_a_failed_fetch_keeps_the_previous_dataset(tmp_path):
     with pytest.raises(FetchError):
         fetch_dataset(LocalReference(tmp_path / "nothing"), tmp_path / "d")
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "d").rglob("*")) == before
+
+
+def test_an_empty_target_means_no_dataset_and_an_empty_source_is_refused(tmp_path):
+    config = tmp_path / "params.yaml"
+    config.write_text("datasets: {target: ' '}\n")
+    datasets = load_config([config]).datasets
+    assert datasets.target == "" and datasets.reference("target") is None
+    assert isinstance(datasets.reference("source"), SynthReference)
+    config.write_text("datasets: {source: ''}\n")
+    with pytest.raises(ConfigError, match="datasets.source.*empty dataset reference"):
+        load_config([config])
+
+
+def test_no_dataset_is_fetched_as_a_folder_holding_only_its_record(tmp_path):
+    record = fetch_dataset(None, tmp_path / "target")
+    assert [p.name for p in (tmp_path / "target").iterdir()] == [".fetch.json"]
+    assert read_record(tmp_path / "target") == record
+    assert (record.kind, record.files, record.reference) == (NO_DATASET, 0, "")
+    assert record.lineage_tags("target") == {
+        "reid.dataset.target.kind": "none",
+        "reid.dataset.target.files": "0",
+    }
 
 
 # ---- S3 ------------------------------------------------------------------------------------------
