@@ -8,7 +8,7 @@ hidden ids) and target rank-1/mAP; and which fraction of the direct-transfer →
 the rounds closed (goal: at least half).
 
     make demo   # once: the data, manifests and the source model under data/ and work/
-    python benchmarks/uda_synthetic.py --set adapt.rounds=3
+    python benchmarks/uda_synthetic.py --set adapt.rounds=6   # the figures in the README
 """
 
 from __future__ import annotations

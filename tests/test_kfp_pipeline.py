@@ -532,3 +532,19 @@ def test_pipeline_arguments_follow_the_config_and_take_typed_parameters() -> Non
         tools.pipeline_arguments(text, {"adapt_rounds": "two"})
     with pytest.raises(ValueError, match="target_dataset: unknown dataset reference scheme"):
         tools.pipeline_arguments(text, {"target_dataset": "gs://bucket/duke"})
+
+
+def test_the_docker_runner_first_asks_for_what_containers_cannot_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = _tiny_config(tmp_path)
+    with pytest.raises(ValueError, match="docker runner needs an MLflow server"):
+        tools.run_local(config, tmp_path / "work", runner="docker")
+    with pytest.raises(ValueError, match="docker runner needs an s3:// Triton repository"):
+        tools.run_local(
+            config, tmp_path / "work", runner="docker", mlflow_tracking_uri="http://127.0.0.1:1"
+        )
+    with pytest.raises(ValueError, match="unknown runner 'kubernetes'"):
+        tools.run_local(config, tmp_path / "work", runner="kubernetes")
+    assert not (tmp_path / "work").exists(), "nothing is written before the checks pass"
