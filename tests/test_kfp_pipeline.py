@@ -389,21 +389,24 @@ def _tiny_config(tmp_path: Path) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def _run_tiny_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **parameters: str
+) -> dict[str, Any]:
+    """run_local on the tiny config in `tmp_path`, MLflow in `tmp_path/mlflow.db`."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return tools.run_local(
+        _tiny_config(tmp_path), tmp_path / "work", mlflow_tracking_uri=uri, parameters=parameters
+    )
+
+
 @pytest.mark.integration
 def test_run_local_executes_every_task_and_promotes_to_triton(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-
-    result = tools.run_local(
-        _tiny_config(tmp_path),
-        tmp_path / "work",
-        mlflow_tracking_uri=uri,
-        parameters={"adapt_rounds": "2"},
-    )
+    result = _run_tiny_pipeline(tmp_path, monkeypatch, adapt_rounds="2")
 
     states = {name: task["state"] for name, task in result["tasks"].items()}
     assert set(states.values()) == {"SUCCEEDED", "SKIPPED"}, states
@@ -475,16 +478,7 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
 def test_run_local_without_a_target_skips_adaptation_and_its_evaluations(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-
-    result = tools.run_local(
-        _tiny_config(tmp_path),
-        tmp_path / "work",
-        mlflow_tracking_uri=uri,
-        parameters={"target_dataset": ""},
-    )
+    result = _run_tiny_pipeline(tmp_path, monkeypatch, target_dataset="")
 
     assert result["status"] == "SUCCEEDED", result["tasks"]
     ran = sorted(t["display_name"] for t in result["tasks"].values() if t["state"] == "SUCCEEDED")
