@@ -53,7 +53,7 @@ image:
 	VARIANT=$(VARIANT) PYTHON=$(PYTHON) containers/build-image.sh
 
 # The tests that run the built image (tests/containers); `make test` leaves them out.
-test-containers: $(BIN)/.installed-dev image
+test-containers: $(BIN)/.installed-dev triton image
 	$(BIN)/python -m pytest -q -m containers tests/containers
 
 # FastReID 1.4.0, the reference of benchmarks/parity_fastreid.py, in a venv of its own: it needs
