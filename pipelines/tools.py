@@ -27,27 +27,28 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from reid_core.atomic import atomic_output
-from reid_core.config import DatasetsConfig
+from reid_core.config import DatasetsConfig, ReidConfig
 from reid_core.stages.kfp_glue import parse_config_yaml
 
 PIPELINE_FILE = Path(__file__).resolve().parent / "training.yaml"
 _REACH_TIMEOUT_S = 10.0
 
 
-def compile_pipeline(out: Path = PIPELINE_FILE) -> Path:
-    """Compile the training pipeline to `out` (YAML); its config default is params.yaml now."""
+def compile_pipeline(out: Path = PIPELINE_FILE, config: ReidConfig | None = None) -> Path:
+    """Compile the training pipeline to `out` (YAML) from `config` (default: params.yaml): its
+    parameters' defaults, and its `kubeflow` section's resources, accelerators and Secret."""
     from kfp import compiler
 
-    from pipelines.training import default_config_yaml, reid_training_pipeline
+    from pipelines.training import build_pipeline, default_config_yaml
 
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         # KFP picks the format from the suffix, so compile to a .yaml name, then move in.
         staged = Path(tmp) / "pipeline.yaml"
         compiler.Compiler().compile(
-            reid_training_pipeline,
+            build_pipeline(config),
             str(staged),
-            pipeline_parameters={"config_yaml": default_config_yaml()},
+            pipeline_parameters={"config_yaml": default_config_yaml(config)},
         )
         with atomic_output(out) as dest:
             dest.write_bytes(staged.read_bytes())

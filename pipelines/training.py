@@ -33,8 +33,10 @@ from typing import NamedTuple
 import yaml
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Markdown, Metrics, Model
+from kfp.dsl.graph_component import GraphComponent
 
 from components import stages as c
+from pipelines.placement import place
 from reid_core.config import ReidConfig, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -50,14 +52,14 @@ def _params() -> ReidConfig:
     return load_config([PARAMS_FILE]) if PARAMS_FILE.is_file() else ReidConfig()
 
 
-def default_config_yaml() -> str:
-    """params.yaml (validated, every key spelled out) or, without it, the default config.
+def default_config_yaml(config: ReidConfig | None = None) -> str:
+    """`config` (default: params.yaml, or without it the defaults), every key spelled out.
 
     One line of flow-style YAML: KFP copies string defaults unescaped into the compiled file's
     header comment, so a multi-line default makes that file invalid YAML (kubeflow/pipelines
     issue 10438); one line is also what the KFP UI's parameter field edits comfortably.
     """
-    tree = _params().model_dump(mode="json")
+    tree = (config or _params()).model_dump(mode="json")
     return yaml.safe_dump(tree, default_flow_style=True, sort_keys=False, width=2**31).strip()
 
 
@@ -70,99 +72,119 @@ class TrainingOutputs(NamedTuple):
     student_roc: ClassificationMetrics
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description=(
-        "Re-id training to serving: source/target datasets by reference, teacher training, "
-        "distillation, domain adaptation, evaluation, ONNX export, promotion to Triton."
-    ),
-)
-def reid_training_pipeline(
-    config_yaml: str = default_config_yaml(),
-    mlflow_tracking_uri: str = "",
-    source_dataset: str = _params().datasets.source,
-    target_dataset: str = _params().datasets.target,
-    adapt_rounds: int = _params().adapt.rounds,
-    extra_teachers: list = [],  # noqa: B006 (KFP reads the literal default)
-) -> TrainingOutputs:
-    run = {
-        "config_yaml": config_yaml,
-        "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        "mlflow_tracking_uri": mlflow_tracking_uri,
-        "config_overrides": [],
-    }
-    # Manifest rows name their domain (as dvc.yaml's `--set data.domain=...`); all else is shared.
-    source_run = {**run, "config_overrides": [f"data.domain={SOURCE_DOMAIN}"]}
-    target_run = {**run, "config_overrides": [f"data.domain={TARGET_DOMAIN}"]}
+def build_pipeline(config: ReidConfig | None = None) -> GraphComponent:
+    """The training pipeline with `config` (default: params.yaml) as its parameters' defaults
+    and its `kubeflow` section's resources, accelerators and credentials on every task."""
+    config = config or _params()
 
-    source = c.fetch(**run, name=SOURCE_DOMAIN, reference=source_dataset)
-    source.set_display_name("fetch source dataset")
-    target = c.fetch(**run, name=TARGET_DOMAIN, reference=target_dataset)
-    target.set_display_name("fetch target dataset")
-    src_data = source.outputs["dataset"]
-    tgt_data = target.outputs["dataset"]
+    def task(stage: str, **inputs) -> dsl.PipelineTask:
+        return place(c.STAGE_COMPONENTS[stage](**inputs), stage, config.kubeflow)
 
-    prep_src = c.preprocess(**source_run, dataset=src_data).set_display_name("preprocess source")
-    src_manifest = prep_src.outputs["manifest"]
-
-    teacher = c.train(**run, dataset=src_data, manifest=src_manifest)
-    # Both datasets are fetched before any training: a bad target reference fails the run early.
-    teacher.set_display_name("train teacher (source)").after(target)
-    teacher_ckpt = teacher.outputs["checkpoint"]
-    student = c.distill(
-        **run,
-        dataset=src_data,
-        manifest=src_manifest,
-        teacher=teacher_ckpt,
-        teacher_uris=extra_teachers,
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description=(
+            "Re-id training to serving: source/target datasets by reference, teacher training, "
+            "distillation, domain adaptation, evaluation, ONNX export, promotion to Triton."
+        ),
     )
-    student.set_display_name("distill student (source)")
-    student_ckpt = student.outputs["checkpoint"]
+    def reid_training_pipeline(
+        config_yaml: str = default_config_yaml(config),
+        mlflow_tracking_uri: str = "",
+        source_dataset: str = config.datasets.source,
+        target_dataset: str = config.datasets.target,
+        adapt_rounds: int = config.adapt.rounds,
+        extra_teachers: list = [],  # noqa: B006 (KFP reads the literal default)
+    ) -> TrainingOutputs:
+        run = {
+            "config_yaml": config_yaml,
+            "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            "mlflow_tracking_uri": mlflow_tracking_uri,
+            "config_overrides": [],
+        }
+        # Manifest rows name their domain (dvc.yaml's `--set data.domain=...`); all else is shared.
+        source_run = {**run, "config_overrides": [f"data.domain={SOURCE_DOMAIN}"]}
+        target_run = {**run, "config_overrides": [f"data.domain={TARGET_DOMAIN}"]}
 
-    def evaluate(name: str, model, *test_sets) -> dsl.PipelineTask:
-        task = c.evaluate(**run, model=model, **c.evaluate_inputs(*test_sets))
-        return task.set_display_name(f"evaluate {name}")
+        source = task("fetch", **run, name=SOURCE_DOMAIN, reference=source_dataset)
+        source.set_display_name("fetch source dataset")
+        target = task("fetch", **run, name=TARGET_DOMAIN, reference=target_dataset)
+        target.set_display_name("fetch target dataset")
+        src_data = source.outputs["dataset"]
+        tgt_data = target.outputs["dataset"]
 
-    source_set = (src_data, src_manifest)
-    with dsl.If(target_dataset != "", "a target dataset is given"):
-        prep_tgt = c.preprocess(**target_run, dataset=tgt_data)
-        prep_tgt.set_display_name("preprocess target")
-        target_set = (tgt_data, prep_tgt.outputs["manifest"])
-        adapted_ckpt = teacher_ckpt
-        for number in range(1, ADAPT_CHAIN + 1):
-            adapted = c.adapt(
-                **run,
-                round_number=number,
-                rounds=adapt_rounds,
-                chain_length=ADAPT_CHAIN,
-                dataset=tgt_data,
-                manifest=prep_tgt.outputs["manifest"],
-                model=adapted_ckpt,
-            )
-            adapted.set_display_name(f"adapt round {number} (target)")
-            adapted_ckpt = adapted.outputs["checkpoint"]
-        evaluate("teacher @ source, target", teacher_ckpt, source_set, target_set)
-        evaluate("adapted @ target, source", adapted_ckpt, target_set, source_set)
-    with dsl.Else("no target dataset: no adaptation"):
-        evaluate("teacher @ source", teacher_ckpt, source_set)
-    ev_student = evaluate("student @ source", student_ckpt, source_set)
+        prep_src = task("preprocess", **source_run, dataset=src_data).set_display_name(
+            "preprocess source"
+        )
+        src_manifest = prep_src.outputs["manifest"]
 
-    exported = c.export(**run, dataset=src_data, manifest=src_manifest, model=student_ckpt)
-    exported.set_display_name("export student (ONNX)")
-    promoted = c.promote(
-        **run,
-        onnx=exported.outputs["onnx"],
-        model=student_ckpt,
-        evaluation=ev_student.outputs["metrics"],
-    )
-    # Registers a model version and rewrites the Triton repository: never reuse a cached one.
-    promoted.set_display_name("promote student").set_caching_options(enable_caching=False)
+        teacher = task("train", **run, dataset=src_data, manifest=src_manifest)
+        # Both datasets are fetched before any training: a bad target reference fails the run early.
+        teacher.set_display_name("train teacher (source)").after(target)
+        teacher_ckpt = teacher.outputs["checkpoint"]
+        student = task(
+            "distill",
+            **run,
+            dataset=src_data,
+            manifest=src_manifest,
+            teacher=teacher_ckpt,
+            teacher_uris=extra_teachers,
+        )
+        student.set_display_name("distill student (source)")
+        student_ckpt = student.outputs["checkpoint"]
 
-    return TrainingOutputs(
-        decision=promoted.outputs["decision"],
-        student_onnx=exported.outputs["onnx"],
-        student_metrics=ev_student.outputs["metrics"],
-        student_table=ev_student.outputs["metrics_table"],
-        student_report=ev_student.outputs["report_page"],
-        student_roc=ev_student.outputs["roc"],
-    )
+        def evaluate(name: str, model, *test_sets) -> dsl.PipelineTask:
+            evaluation = task("evaluate", **run, model=model, **c.evaluate_inputs(*test_sets))
+            return evaluation.set_display_name(f"evaluate {name}")
+
+        source_set = (src_data, src_manifest)
+        with dsl.If(target_dataset != "", "a target dataset is given"):
+            prep_tgt = task("preprocess", **target_run, dataset=tgt_data)
+            prep_tgt.set_display_name("preprocess target")
+            target_set = (tgt_data, prep_tgt.outputs["manifest"])
+            adapted_ckpt = teacher_ckpt
+            for number in range(1, ADAPT_CHAIN + 1):
+                adapted = task(
+                    "adapt",
+                    **run,
+                    round_number=number,
+                    rounds=adapt_rounds,
+                    chain_length=ADAPT_CHAIN,
+                    dataset=tgt_data,
+                    manifest=prep_tgt.outputs["manifest"],
+                    model=adapted_ckpt,
+                )
+                adapted.set_display_name(f"adapt round {number} (target)")
+                adapted_ckpt = adapted.outputs["checkpoint"]
+            evaluate("teacher @ source, target", teacher_ckpt, source_set, target_set)
+            evaluate("adapted @ target, source", adapted_ckpt, target_set, source_set)
+        with dsl.Else("no target dataset: no adaptation"):
+            evaluate("teacher @ source", teacher_ckpt, source_set)
+        ev_student = evaluate("student @ source", student_ckpt, source_set)
+
+        exported = task(
+            "export", **run, dataset=src_data, manifest=src_manifest, model=student_ckpt
+        )
+        exported.set_display_name("export student (ONNX)")
+        promoted = task(
+            "promote",
+            **run,
+            onnx=exported.outputs["onnx"],
+            model=student_ckpt,
+            evaluation=ev_student.outputs["metrics"],
+        )
+        # Registers a model version and rewrites the Triton repository: never reuse a cached one.
+        promoted.set_display_name("promote student").set_caching_options(enable_caching=False)
+
+        return TrainingOutputs(
+            decision=promoted.outputs["decision"],
+            student_onnx=exported.outputs["onnx"],
+            student_metrics=ev_student.outputs["metrics"],
+            student_table=ev_student.outputs["metrics_table"],
+            student_report=ev_student.outputs["report_page"],
+            student_roc=ev_student.outputs["roc"],
+        )
+
+    return reid_training_pipeline
+
+
+reid_training_pipeline = build_pipeline()

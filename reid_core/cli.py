@@ -93,6 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     psub = pipeline.add_subparsers(dest="pipeline_command", required=True)
     comp = psub.add_parser("compile", help="compile pipelines/training.py to its YAML")
     comp.add_argument("--out", type=Path, default=Path("pipelines/training.yaml"))
+    _add_config_args(comp)  # e.g. --set kubeflow.accelerator.type=nvidia.com/gpu
     local = psub.add_parser("run-local", help="run the pipeline here with kfp.local")
     local.add_argument("--workdir", type=Path, default=Path("work/kfp"))
     local.add_argument(
@@ -250,7 +251,7 @@ def _pipeline(args: argparse.Namespace) -> None:
     except ImportError as err:
         raise SystemExit(f"error: run `reid pipeline` from the project checkout ({err})") from None
     if args.pipeline_command == "compile":
-        print(f"compiled {tools.compile_pipeline(args.out)}")
+        print(f"compiled {tools.compile_pipeline(args.out, _config(args))}")
         return
     config_yaml = _config_yaml(args)
     parameters = dict(_name_value(text) for text in args.param)

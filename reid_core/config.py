@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -419,6 +420,163 @@ class TrackingConfig(_Section):
     connect_backoff_s: float = Field(1.0, ge=0)
 
 
+def _whole(pattern: str, *, empty: bool = False) -> str:
+    """`pattern` matching a whole value (or, with `empty`, nothing at all)."""
+    return f"^(?:{pattern}){'?' if empty else ''}$"
+
+
+_CPU = _whole(r"\d+(?:\.\d+)?m?")  # Kubernetes CPU quantities: 2, 0.5, 500m
+_MEMORY = _whole(r"\d+(?:\.\d+)?(?:[KMGTPE]i?)?")  # memory quantities: 512Mi, 4Gi, 1G
+_LABEL = r"(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_DNS_NAME = r"[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?"
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+KUBEFLOW_STAGES = (
+    "fetch",
+    "preprocess",
+    "train",
+    "distill",
+    "adapt",
+    "evaluate",
+    "export",
+    "promote",
+)
+ACCELERATED_STAGES = ("train", "distill", "adapt", "evaluate", "export")
+"""The stages that compute with the model, which a GPU pipeline runs on accelerators."""
+
+
+class TaskResources(_Section):
+    """CPU and memory one stage's pod requests and is limited to (Kubernetes quantities)."""
+
+    cpu_request: str = Field("1", pattern=_CPU)
+    cpu_limit: str = Field("2", pattern=_CPU)
+    memory_request: str = Field("2Gi", pattern=_MEMORY)
+    memory_limit: str = Field("4Gi", pattern=_MEMORY)
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", mode="before")
+    @classmethod
+    def _number_as_quantity(cls, value: Any) -> Any:
+        return (
+            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        )
+
+    @model_validator(mode="after")
+    def _request_within_limit(self) -> TaskResources:
+        for kind, parse in (("cpu", _cpu_cores), ("memory", _memory_bytes)):
+            request, limit = getattr(self, f"{kind}_request"), getattr(self, f"{kind}_limit")
+            if parse(request) > parse(limit):
+                raise ValueError(f"{kind}_request {request} is more than {kind}_limit {limit}")
+        return self
+
+
+def _cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _memory_bytes(quantity: str) -> float:
+    number = re.match(r"^[\d.]+", quantity).group()
+    suffix = quantity[len(number) :]
+    powers = "KMGTPE"
+    if not suffix:
+        return float(number)
+    base = 1024 if suffix.endswith("i") else 1000
+    return float(number) * base ** (powers.index(suffix[0]) + 1)
+
+
+def _default_resources() -> dict[str, TaskResources]:
+    light = TaskResources()
+    evaluating = TaskResources(
+        cpu_request="2", cpu_limit="4", memory_request="4Gi", memory_limit="8Gi"
+    )
+    training = TaskResources(
+        cpu_request="4", cpu_limit="8", memory_request="16Gi", memory_limit="32Gi"
+    )
+    sizes = {"train": training, "distill": training, "adapt": training}
+    sizes |= {"preprocess": evaluating, "evaluate": evaluating, "export": evaluating}
+    return {stage: sizes.get(stage, light) for stage in KUBEFLOW_STAGES}
+
+
+class Toleration(_Section):
+    """A Kubernetes toleration, so accelerated pods may run on tainted GPU nodes."""
+
+    key: str = Field("", pattern=_whole(_LABEL, empty=True))
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+
+class AcceleratorConfig(_Section):
+    """GPUs for the ACCELERATED_STAGES of the compiled pipeline; empty `type` compiles for CPU.
+
+    `image` is those tasks' image (empty: the CPU image's name with `-cuda`, as `make image
+    VARIANT=cuda` tags it); `node_selector` and `tolerations` place their pods.
+    """
+
+    type: str = Field("", pattern=_whole(_LABEL, empty=True))  # e.g. nvidia.com/gpu
+    count: int = Field(1, ge=1, le=16)
+    image: str = ""
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(_LABEL, key):
+                raise ValueError(f"{key!r} is not a Kubernetes label key")
+        return value
+
+
+class KubeflowConfig(_Section):
+    """How the compiled pipeline's pods are sized, placed and given credentials on a cluster.
+
+    `resources` by stage (stages not named keep their defaults: training stages larger than
+    evaluation and export, the rest small). `credentials_secret` names a Kubernetes Secret in
+    the run's namespace (empty: none); each of its keys in `credentials_keys` that it holds
+    becomes the environment variable of that name in every task, so no secret value enters the
+    pipeline. A missing Secret or key is no error: a run that needs none starts anyway.
+    """
+
+    resources: dict[str, TaskResources] = Field(default_factory=_default_resources)
+    accelerator: AcceleratorConfig = AcceleratorConfig()
+    credentials_secret: str = Field("reidflow-s3", pattern=_whole(_DNS_NAME, empty=True))
+    credentials_keys: list[str] = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+    ]
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _per_stage(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(set(value) - set(KUBEFLOW_STAGES))
+        if unknown:
+            raise ValueError(f"no stage called {', '.join(map(repr, unknown))}: {KUBEFLOW_STAGES}")
+        defaults = _default_resources()
+        merged = {}
+        for stage in KUBEFLOW_STAGES:
+            given = value.get(stage) or {}
+            if isinstance(given, TaskResources):
+                given = given.model_dump()
+            merged[stage] = {**defaults[stage].model_dump(), **given}
+        return merged
+
+    @field_validator("credentials_keys")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(_ENV_NAME, name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+
 class ReidConfig(_Section):
     """The whole pipeline's configuration: what params.yaml holds."""
 
@@ -435,6 +593,7 @@ class ReidConfig(_Section):
     index: IndexConfig = IndexConfig()
     tracking: TrackingConfig = TrackingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    kubeflow: KubeflowConfig = KubeflowConfig()
 
     @model_validator(mode="after")
     def _batch_fits(self) -> ReidConfig:

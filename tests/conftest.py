@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the project root
+    sys.path.insert(0, str(ROOT))
 # The bin folder of the interpreter running the tests (the project venv): reid, dvc, mlflow.
 VENV_BIN = Path(sys.executable).parent
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,7 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the project root
-    sys.path.insert(0, str(ROOT))
-
-from components import (  # noqa: E402
+from components import (
     IMAGE,
     MAX_TEST_SETS,
     MULTIPLE_SLOTS,
@@ -25,11 +20,13 @@ from components import (  # noqa: E402
     STAGE_EXTRA_PARAMETERS,
     UI_OUTPUTS,
 )
-from pipelines import tools  # noqa: E402
-from pipelines.training import ADAPT_CHAIN  # noqa: E402
-from reid_core.config import ConfigError  # noqa: E402
-from reid_core.stages import STAGES, PortError  # noqa: E402
-from reid_core.stages.kfp_glue import parse_config_yaml, port_paths  # noqa: E402
+from pipelines import tools
+from pipelines.training import ADAPT_CHAIN
+from reid_core.config import ConfigError
+from reid_core.stages import STAGES, PortError
+from reid_core.stages.kfp_glue import parse_config_yaml, port_paths
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # What each port's artifact is in KFP (the component signatures must agree).
 PORT_TYPES = {
@@ -70,7 +67,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def spec(compiled: Path) -> dict[str, Any]:
-    return yaml.safe_load(compiled.read_text())
+    return next(yaml.safe_load_all(compiled.read_text()))  # the platform spec follows
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from reid_core.data.synth import SynthSpec, generate
 from reid_core.export.s3_repository import s3_client
 from reid_core.serving.client import TritonEmbedder
 from reid_core.serving.server import TritonServer, free_ports
+from reid_core.stages import STAGES
 
 from .conftest import ROOT
 
@@ -197,16 +198,7 @@ def test_pipeline_runs_in_containers_and_its_promoted_model_is_served(
         r.data.tags.get("reid.stage")
         for r in registry.search_runs([experiment.experiment_id], max_results=200)
     }
-    assert {
-        "fetch",
-        "preprocess",
-        "train",
-        "distill",
-        "adapt",
-        "evaluate",
-        "export",
-        "promote",
-    } <= stages
+    assert set(STAGES) <= stages
     adapt_runs = registry.search_runs(
         [experiment.experiment_id], "tags.`reid.stage` = 'adapt'", max_results=10
     )

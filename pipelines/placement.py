@@ -1,0 +1,43 @@
+"""Where and how big each task's pod is on a cluster, and the credentials it gets: the
+`kubeflow` section of the config applied to the compiled pipeline's tasks (kfp-kubernetes)."""
+
+from kfp import dsl, kubernetes
+
+from components import IMAGE
+from reid_core.config import ACCELERATED_STAGES, KubeflowConfig
+
+
+def gpu_image(settings: KubeflowConfig) -> str:
+    """The accelerated tasks' image: the configured one, or the CPU image's `-cuda` variant."""
+    return settings.accelerator.image or f"{IMAGE}-cuda"
+
+
+def place(task: dsl.PipelineTask, stage: str, settings: KubeflowConfig) -> dsl.PipelineTask:
+    """Give `task` (of `stage`) its resources, accelerator, image, node placement and the
+    credentials Secret as `settings` say."""
+    resources = settings.resources[stage]
+    task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
+    task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
+    accelerator = settings.accelerator
+    if accelerator.type and stage in ACCELERATED_STAGES:
+        task.set_accelerator_type(accelerator.type).set_accelerator_limit(accelerator.count)
+        task.container_spec.image = gpu_image(settings)
+        for key, value in sorted(accelerator.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for toleration in accelerator.tolerations:
+            kubernetes.add_toleration(
+                task,
+                key=toleration.key or None,
+                operator=toleration.operator,
+                value=toleration.value or None,
+                effect=toleration.effect or None,
+            )
+    if settings.credentials_secret:
+        # optional: a Secret holding only some of the keys (a token, not a password) is fine
+        kubernetes.use_secret_as_env(
+            task,
+            secret_name=settings.credentials_secret,
+            secret_key_to_env={key: key for key in settings.credentials_keys},
+            optional=True,
+        )
+    return task
