@@ -4,7 +4,10 @@
 from kfp import dsl, kubernetes
 
 from components import IMAGE
-from reid_core.config import ACCELERATED_STAGES, KubeflowConfig
+from reid_core.config import ACCELERATED_STAGES, TRAINING_STAGES, KubeflowConfig
+
+STATE_MOUNT = "/var/lib/reidflow/state"
+"""Where a training task's pod mounts `kubeflow.state_volume`."""
 
 
 def gpu_image(settings: KubeflowConfig) -> str:
@@ -12,9 +15,17 @@ def gpu_image(settings: KubeflowConfig) -> str:
     return settings.accelerator.image or f"{IMAGE}-cuda"
 
 
+def stage_overrides(stage: str, settings: KubeflowConfig) -> list[str]:
+    """Config overrides a `stage` task needs on the cluster: its training state on the volume
+    (kfp_glue keys it further by pipeline run)."""
+    if settings.state_volume and stage in TRAINING_STAGES:
+        return [f"runtime.state_dir={STATE_MOUNT}"]
+    return []
+
+
 def place(task: dsl.PipelineTask, stage: str, settings: KubeflowConfig) -> dsl.PipelineTask:
-    """Give `task` (of `stage`) its resources, accelerator, image, node placement and the
-    credentials Secret as `settings` say."""
+    """Give `task` (of `stage`) its resources, accelerator, image, node placement, retries,
+    state volume and the credentials Secret as `settings` say."""
     resources = settings.resources[stage]
     task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
     task.set_memory_request(resources.memory_request).set_memory_limit(resources.memory_limit)
@@ -32,6 +43,15 @@ def place(task: dsl.PipelineTask, stage: str, settings: KubeflowConfig) -> dsl.P
                 value=toleration.value or None,
                 effect=toleration.effect or None,
             )
+    if stage in TRAINING_STAGES:
+        if settings.retries:
+            task.set_retry(
+                num_retries=settings.retries,
+                backoff_duration=f"{settings.retry_backoff_s}s",
+                backoff_factor=2.0,
+            )
+        if settings.state_volume:
+            kubernetes.mount_pvc(task, pvc_name=settings.state_volume, mount_path=STATE_MOUNT)
     if settings.credentials_secret:
         # optional: a Secret holding only some of the keys (a token, not a password) is fine
         kubernetes.use_secret_as_env(

@@ -36,7 +36,7 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Markdown, Metrics, Mo
 from kfp.dsl.graph_component import GraphComponent
 
 from components import stages as c
-from pipelines.placement import place
+from pipelines.placement import place, stage_overrides
 from reid_core.config import ReidConfig, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,8 @@ def build_pipeline(config: ReidConfig | None = None) -> GraphComponent:
     config = config or _params()
 
     def task(stage: str, **inputs) -> dsl.PipelineTask:
+        overrides = stage_overrides(stage, config.kubeflow)
+        inputs["config_overrides"] = [*inputs["config_overrides"], *overrides]
         return place(c.STAGE_COMPONENTS[stage](**inputs), stage, config.kubeflow)
 
     @dsl.pipeline(

@@ -442,6 +442,8 @@ KUBEFLOW_STAGES = (
 )
 ACCELERATED_STAGES = ("train", "distill", "adapt", "evaluate", "export")
 """The stages that compute with the model, which a GPU pipeline runs on accelerators."""
+TRAINING_STAGES = ("train", "distill", "adapt")
+"""The stages that keep resumable training state, which a retry resumes from."""
 
 
 class TaskResources(_Section):
@@ -530,7 +532,10 @@ class KubeflowConfig(_Section):
     """How the compiled pipeline's pods are sized, placed and given credentials on a cluster.
 
     `resources` by stage (stages not named keep their defaults: training stages larger than
-    evaluation and export, the rest small). `credentials_secret` names a Kubernetes Secret in
+    evaluation and export, the rest small). Training tasks are retried `retries` times, the
+    first after `retry_backoff_s`; a retry resumes from the task's saved training state, which
+    lives on the PersistentVolumeClaim `state_volume` when one is named (else in the task's
+    container, which a retried pod does not see). `credentials_secret` names a Kubernetes Secret in
     the run's namespace (empty: none); each of its keys in `credentials_keys` that it holds
     becomes the environment variable of that name in every task, so no secret value enters the
     pipeline. A missing Secret or key is no error: a run that needs none starts anyway.
@@ -538,6 +543,9 @@ class KubeflowConfig(_Section):
 
     resources: dict[str, TaskResources] = Field(default_factory=_default_resources)
     accelerator: AcceleratorConfig = AcceleratorConfig()
+    retries: int = Field(2, ge=0, le=10)  # training tasks, with doubling backoff
+    retry_backoff_s: int = Field(30, ge=0)
+    state_volume: str = Field("", pattern=_whole(_DNS_NAME, empty=True))  # a PVC
     credentials_secret: str = Field("reidflow-s3", pattern=_whole(_DNS_NAME, empty=True))
     credentials_keys: list[str] = [
         "AWS_ACCESS_KEY_ID",

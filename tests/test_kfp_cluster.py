@@ -11,9 +11,11 @@ import yaml
 
 from components import IMAGE
 from pipelines import tools
+from pipelines.placement import STATE_MOUNT
 from reid_core.config import (
     ACCELERATED_STAGES,
     KUBEFLOW_STAGES,
+    TRAINING_STAGES,
     ConfigError,
     ReidConfig,
     load_config,
@@ -128,3 +130,44 @@ def test_no_credential_value_reaches_the_compiled_pipeline(tmp_path, monkeypatch
 def test_bad_cluster_settings_are_refused_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+
+
+def test_training_tasks_retry_with_backoff_and_keep_their_state_on_the_volume(tmp_path):
+    spec, platform = _compile(
+        tmp_path, ["kubeflow.state_volume=reidflow-state", "kubeflow.retries=3"]
+    )
+    executors = platform["deploymentSpec"]["executors"]
+    tasks = {}
+    for dag in [
+        spec["root"]["dag"],
+        *(c["dag"] for c in spec["components"].values() if "dag" in c),
+    ]:
+        tasks.update(dag["tasks"])
+    labels = {
+        label: stage for stage, found in _executors_by_stage(spec).items() for label, _ in found
+    }
+    for name, task in tasks.items():
+        component = spec["components"][task["componentRef"]["name"]]
+        if "executorLabel" not in component:
+            continue
+        label = component["executorLabel"]
+        stage = labels[label]
+        overrides = task["inputs"]["parameters"]["config_overrides"]["runtimeValue"]["constant"]
+        if stage in TRAINING_STAGES:
+            assert task["retryPolicy"] == {
+                "maxRetryCount": 3,
+                "backoffDuration": "30s",
+                "backoffFactor": 2.0,
+                "backoffMaxDuration": "3600s",
+            }, name
+            assert executors[label]["pvcMount"] == [
+                {
+                    "constant": "reidflow-state",
+                    "mountPath": STATE_MOUNT,
+                    "pvcNameParameter": {"runtimeValue": {"constant": "reidflow-state"}},
+                }
+            ], name
+            assert f"runtime.state_dir={STATE_MOUNT}" in overrides, name
+        else:
+            assert "retryPolicy" not in task and "pvcMount" not in executors[label], name
+            assert not any(o.startswith("runtime.state_dir") for o in overrides), name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -121,6 +122,10 @@ def run_component(
     """
     config = parse_config_yaml(config_yaml, config_overrides)
     set_run_environment(config, pipeline_run_id, mlflow_tracking_uri)
+    if pipeline_run_id and pipeline_run_id != _UNRESOLVED_RUN_ID:
+        # a retried task finds its own run's training state, never another run's
+        run_key = re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline_run_id)
+        config.runtime.state_dir = Path(config.runtime.state_dir) / run_key
     metrics = run_stage(stage, config, port_paths(stage, inputs), port_paths(stage, outputs))
     for artifact in outputs.values():
         log_metric = getattr(artifact, "log_metric", None)  # only kfp.dsl.Metrics has it
