@@ -185,7 +185,10 @@ def run_local(
     local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=False)
     executors = _executor_tasks(reid_training_pipeline.pipeline_spec)
     display = {name: shown for name, (shown, _) in executors.items()}
-    with _output_to(log) as terminal:
+    containers = (
+        _containers_removed_after_exit() if runner == "docker" else contextlib.nullcontext()
+    )
+    with _output_to(log) as terminal, containers:
         watcher = _TaskWatcher(root, before, display, terminal if progress else None)
         watcher.start()
         try:
@@ -278,6 +281,33 @@ def _docker_runner(config_yaml: str, mlflow_tracking_uri: str) -> Any:
     return local.DockerRunner(
         entrypoint=["/usr/bin/env"], network_mode="host", environment=environment
     )
+
+
+@contextlib.contextmanager
+def _containers_removed_after_exit() -> Iterator[None]:
+    """Run kfp.local's task containers without auto-remove, removing each once its exit status
+    is read. kfp.local (2.17) starts them with auto-remove, then reads their logs and status:
+    a task that ends within moments is gone by then, which podman answers with an error (500)
+    and Docker with NotFound, which kfp.local counts as success even for a failed task."""
+    from kfp.local import docker_task_handler
+
+    def run_container(client, image, command, volumes, **run_args) -> int:
+        container = client.containers.run(
+            image=image, command=command, volumes=volumes, detach=True, **run_args
+        )
+        try:
+            for chunk in container.logs(stream=True, follow=True):
+                print(chunk.decode(errors="replace"), end="")
+            return int(container.wait()["StatusCode"])
+        finally:
+            container.remove(force=True)
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = run_container
+    try:
+        yield
+    finally:
+        docker_task_handler.run_docker_container = original
 
 
 def _executor_tasks(pipeline_spec: Any) -> dict[str, tuple[str, bool]]:

@@ -169,7 +169,6 @@ def test_pipeline_runs_in_containers_and_its_promoted_model_is_served(
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n--- task output ---\n{tail}"
     print(f"containerized pipeline run: {elapsed:.0f} s")
     assert f"{MODEL_NAME} version 1 promoted to champion" in proc.stdout, proc.stdout
-    assert "Found image" in logs[-1].read_text(), "the tasks ran in the project image"
     written = list((tmp_path / "work" / "kfp_local").glob("*/*/executor_output.json"))
     assert len(written) >= 12 and {path.stat().st_uid for path in written} == {10001}, (
         "every task wrote its outputs from a container, as the image's unprivileged user"
