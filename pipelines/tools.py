@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from reid_core.atomic import atomic_output
 from reid_core.config import DatasetsConfig, ReidConfig
 from reid_core.stages.kfp_glue import parse_config_yaml
+from reid_core.tracking.runs import configured_tracking_uri
 
 PIPELINE_FILE = Path(__file__).resolve().parent / "training.yaml"
 _REACH_TIMEOUT_S = 10.0
@@ -119,22 +120,10 @@ def _typed(name: str, kind: str, text: str) -> Any:
 
 
 RUNNERS = ("subprocess", "docker")
-# What a task container is given from this environment, when set: where MLflow and S3 are and
-# the credentials for them (the values go to the container engine, never to a log).
-CONTAINER_ENVIRONMENT = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-)
+# Where a task container finds S3, besides what the credentials Secret gives a pod on a cluster
+# (`kubeflow.credentials_keys`): both are passed on from this environment when set, the values
+# to the container engine only, never to a log.
+CONTAINER_LOCATIONS = ("AWS_REGION", "AWS_ENDPOINT_URL_S3")
 
 
 def run_local(
@@ -150,9 +139,10 @@ def run_local(
 
     `runner` "subprocess" runs each task in this interpreter's environment; "docker" runs it in
     a container of the components' image (REID_IMAGE) through the Docker API (DOCKER_HOST: a
-    Docker daemon or podman's `podman system service`), on the host's network, with the
-    CONTAINER_ENVIRONMENT variables set here. Containers see only the pipeline root, so the
-    docker runner needs an MLflow server and an s3:// Triton repository (checked first).
+    Docker daemon or podman's `podman system service`), on the host's network, given the
+    tracking URI and those of CONTAINER_LOCATIONS and `kubeflow.credentials_keys` set here.
+    Containers see only the pipeline root, so the docker runner needs an MLflow server and an
+    s3:// Triton repository (checked first).
 
     `config_yaml` None means params.yaml (or the defaults); `parameters` are pipeline parameters
     as `--param` gives them (see `pipeline_arguments`). Relative paths in the config (MLflow
@@ -172,8 +162,10 @@ def run_local(
     arguments = pipeline_arguments(config_text, parameters)
     if runner == "docker":
         task_runner = _docker_runner(config_text, mlflow_tracking_uri)
+        containers = _containers_removed_after_exit()
     elif runner == "subprocess":
         task_runner = local.SubprocessRunner(use_venv=False)
+        containers = contextlib.nullcontext()
     else:
         raise ValueError(f"unknown runner {runner!r}: one of {', '.join(RUNNERS)}")
     root = Path(workdir).resolve() / "kfp_local"
@@ -185,9 +177,6 @@ def run_local(
     local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=False)
     executors = _executor_tasks(reid_training_pipeline.pipeline_spec)
     display = {name: shown for name, (shown, _) in executors.items()}
-    containers = (
-        _containers_removed_after_exit() if runner == "docker" else contextlib.nullcontext()
-    )
     with _output_to(log) as terminal, containers:
         watcher = _TaskWatcher(root, before, display, terminal if progress else None)
         watcher.start()
@@ -240,11 +229,7 @@ def _docker_runner(config_yaml: str, mlflow_tracking_uri: str) -> Any:
     from components import IMAGE
 
     config = parse_config_yaml(config_yaml)
-    tracking = (
-        mlflow_tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI", "")
-        or config.tracking.tracking_uri
-    )
+    tracking = mlflow_tracking_uri or configured_tracking_uri(config)
     if not tracking.startswith(("http://", "https://")):
         raise ValueError(
             "the docker runner needs an MLflow server (tasks run in separate containers): set "
@@ -274,7 +259,8 @@ def _docker_runner(config_yaml: str, mlflow_tracking_uri: str) -> Any:
             else ": build it with `make image`"
         )
         raise ValueError(f"image {IMAGE} is not in the container engine{hint}")
-    environment = {key: os.environ[key] for key in CONTAINER_ENVIRONMENT if key in os.environ}
+    passed_on = (*CONTAINER_LOCATIONS, *config.kubeflow.credentials_keys)
+    environment = {key: os.environ[key] for key in passed_on if key in os.environ}
     environment["MLFLOW_TRACKING_URI"] = tracking
     # kfp.local hands a task's command to the container as its arguments, after the image's
     # entrypoint (`reid`); Kubernetes replaces the entrypoint with it. env runs it as given.

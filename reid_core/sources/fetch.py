@@ -86,33 +86,34 @@ def fetch_dataset(
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise FetchError(f"dataset destination {dest} exists and is not a folder")
-    fetchers = {  # the generator also takes the synth sizes, so it is called apart
-        DvcReference: _fetch_dvc,
-        S3Reference: _fetch_s3,
-        LocalReference: _fetch_local,
-    }
     with atomic_output(dest, directory=True) as tmp:
         if reference is None:
             record = FetchRecord(reference="", kind=NO_DATASET, files=0, bytes=0, content_sha256="")
         else:
-            if isinstance(reference, SynthReference):
-                provenance = _fetch_synth(reference, tmp, synth_options or {})
-            else:
-                provenance = fetchers[type(reference)](reference, tmp)
-            files, size, digest = _content(tmp)
-            if files == 0:
-                raise FetchError(f"dataset {_public(str(reference))} is empty: no files to fetch")
-            record = FetchRecord(
-                reference=_public(str(reference)),
-                kind=reference.kind,
-                files=files,
-                bytes=size,
-                content_sha256=digest,
-                **provenance,
-            )
+            record = _fetch_into(reference, tmp, synth_options or {})
         (tmp / RECORD_FILE).write_text(record.to_json())
     log.info("fetched %s into %s: %d files", record.reference or "no dataset", dest, record.files)
     return record
+
+
+def _fetch_into(reference: DatasetReference, tmp: Path, synth_options: dict) -> FetchRecord:
+    """Write the dataset `reference` names into the empty folder `tmp`; its record."""
+    if isinstance(reference, SynthReference):  # the generator also takes the synth sizes
+        provenance = _fetch_synth(reference, tmp, synth_options)
+    else:
+        fetchers = {DvcReference: _fetch_dvc, S3Reference: _fetch_s3, LocalReference: _fetch_local}
+        provenance = fetchers[type(reference)](reference, tmp)
+    files, size, digest = _content(tmp)
+    if files == 0:
+        raise FetchError(f"dataset {_public(str(reference))} is empty: no files to fetch")
+    return FetchRecord(
+        reference=_public(str(reference)),
+        kind=reference.kind,
+        files=files,
+        bytes=size,
+        content_sha256=digest,
+        **provenance,
+    )
 
 
 def read_record(dataset: str | Path) -> FetchRecord | None:

@@ -50,13 +50,18 @@ def parse_config_yaml(text: str, overrides: Iterable[str] = ()) -> ReidConfig:
     return config_from_yaml(text, overrides, where="config_yaml")
 
 
+def _resolved(pipeline_run_id: str) -> bool:
+    """Whether KFP filled in the run id (kfp.local and a cluster do; a bare call may not)."""
+    return bool(pipeline_run_id) and pipeline_run_id != _UNRESOLVED_RUN_ID
+
+
 def set_run_environment(config: ReidConfig, pipeline_run_id: str, mlflow_tracking_uri: str) -> None:
     """Export the run id (one MLflow parent per pipeline run) and the tracking URI, if given.
 
     The tracking URI is a pipeline parameter, and KFP cannot put a runtime parameter into a
     task's environment (`set_env_variable` takes constants only), so the component sets it.
     """
-    if pipeline_run_id and pipeline_run_id != _UNRESOLVED_RUN_ID:
+    if _resolved(pipeline_run_id):
         os.environ[PIPELINE_RUN_ENV] = pipeline_run_id
     else:
         print(
@@ -122,7 +127,7 @@ def run_component(
     """
     config = parse_config_yaml(config_yaml, config_overrides)
     set_run_environment(config, pipeline_run_id, mlflow_tracking_uri)
-    if pipeline_run_id and pipeline_run_id != _UNRESOLVED_RUN_ID:
+    if _resolved(pipeline_run_id):
         # a retried task finds its own run's training state, never another run's
         run_key = re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline_run_id)
         config.runtime.state_dir = Path(config.runtime.state_dir) / run_key

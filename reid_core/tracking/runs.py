@@ -24,12 +24,16 @@ if TYPE_CHECKING:
 PIPELINE_TAG = "reid.pipeline_run_id"
 
 
+def configured_tracking_uri(config: ReidConfig) -> str:
+    """MLFLOW_TRACKING_URI, else the configured URI; "" when neither names one."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
+
+
 def tracking_uri(config: ReidConfig) -> str:
     """MLFLOW_TRACKING_URI, else the configured URI, else the embedded SQLite store."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if config.tracking.tracking_uri:
-        return config.tracking.tracking_uri
+    configured = configured_tracking_uri(config)
+    if configured:
+        return configured
     db = Path(config.tracking.workspace).resolve() / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
