@@ -128,6 +128,33 @@ def train(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_job(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: list[str],
+    image: str,
+    dataset: Input[Dataset],
+    manifest: Input[Dataset],
+    checkpoint: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train the teacher as a PyTorchJob of Kubeflow's training operator on `image`
+    (`kubeflow.training_job`), waiting for it and reporting its progress."""
+    from reid_core.stages.kfp_glue import run_training_job
+
+    run_training_job(
+        config_yaml,
+        pipeline_run_id,
+        mlflow_tracking_uri,
+        config_overrides,
+        image,
+        inputs={"dataset": dataset, "manifest": manifest},
+        outputs={"checkpoint": checkpoint, "metrics": metrics},
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def distill(
     config_yaml: str,
     pipeline_run_id: str,

@@ -36,7 +36,7 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Markdown, Metrics, Mo
 from kfp.dsl.graph_component import GraphComponent
 
 from components import stages as c
-from pipelines.placement import place, stage_overrides
+from pipelines.placement import launches_job, place, stage_overrides, training_image
 from reid_core.config import ReidConfig, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,11 @@ def build_pipeline(config: ReidConfig | None = None) -> GraphComponent:
     def task(stage: str, **inputs) -> dsl.PipelineTask:
         overrides = stage_overrides(stage, config.kubeflow)
         inputs["config_overrides"] = [*inputs["config_overrides"], *overrides]
-        return place(c.STAGE_COMPONENTS[stage](**inputs), stage, config.kubeflow)
+        component = c.STAGE_COMPONENTS[stage]
+        if launches_job(stage, config.kubeflow):
+            component = c.train_job
+            inputs["image"] = training_image(config.kubeflow)
+        return place(component(**inputs), stage, config.kubeflow)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,

@@ -406,6 +406,9 @@ class RuntimeConfig(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     # resumable training state of unfinished runs (removed when a run completes)
     state_dir: Path = Path(".reidflow/state")
+    # data-parallel training processes on this machine (one per GPU): the train stage starts
+    # them itself (torchrun); a training-operator pod's PET_NPROC_PER_NODE takes precedence
+    procs_per_node: int = Field(1, ge=1, le=64)
 
 
 class TrackingConfig(_Section):
@@ -444,6 +447,10 @@ ACCELERATED_STAGES = ("train", "distill", "adapt", "evaluate", "export")
 """The stages that compute with the model, which a GPU pipeline runs on accelerators."""
 TRAINING_STAGES = ("train", "distill", "adapt")
 """The stages that keep resumable training state, which a retry resumes from."""
+STATE_MOUNT = "/var/lib/reidflow/state"
+"""Where a cluster pod mounts `kubeflow.state_volume`."""
+DATA_PARALLEL_STAGES = ("train",)
+"""The stages that train data-parallel over several processes (GPUs, pods)."""
 
 
 class TaskResources(_Section):
@@ -528,6 +535,22 @@ class AcceleratorConfig(_Section):
         return value
 
 
+class TrainingJobConfig(_Section):
+    """Train on Kubeflow's training operator instead of in the pipeline's own pod.
+
+    With `nodes` ≥ 1 the pipeline's train task creates a PyTorchJob of that many pods, each
+    running `reid train` on `kubeflow.accelerator.count` GPUs (one process per GPU), and waits
+    for it; the pods share the dataset, the training state and the checkpoint through the
+    `kubeflow.state_volume` claim, which must then be ReadWriteMany. `namespace` empty: the
+    pipeline run's own. 0 trains in the pipeline's pod.
+    """
+
+    nodes: int = Field(0, ge=0, le=1024)
+    namespace: str = Field("", pattern=_whole(_DNS_NAME, empty=True))
+    timeout_s: int = Field(7 * 24 * 3600, ge=60)  # the whole job, queueing included
+    poll_s: int = Field(30, ge=1)
+
+
 class KubeflowConfig(_Section):
     """How the compiled pipeline's pods are sized, placed and given credentials on a cluster.
 
@@ -546,6 +569,7 @@ class KubeflowConfig(_Section):
     retries: int = Field(2, ge=0, le=10)  # training tasks, with doubling backoff
     retry_backoff_s: int = Field(30, ge=0)
     state_volume: str = Field("", pattern=_whole(_DNS_NAME, empty=True))  # a PVC
+    training_job: TrainingJobConfig = TrainingJobConfig()
     credentials_secret: str = Field("reidflow-s3", pattern=_whole(_DNS_NAME, empty=True))
     credentials_keys: list[str] = [
         "AWS_ACCESS_KEY_ID",
@@ -583,6 +607,20 @@ class KubeflowConfig(_Section):
             if not re.fullmatch(_ENV_NAME, name):
                 raise ValueError(f"{name!r} is not an environment variable name")
         return value
+
+    @model_validator(mode="after")
+    def _job_shares_a_volume(self) -> KubeflowConfig:
+        if self.training_job.nodes and not self.state_volume:
+            raise ValueError(
+                "training_job.nodes needs state_volume: the job's pods read the dataset and "
+                "write the checkpoint on that (ReadWriteMany) claim"
+            )
+        return self
+
+    @property
+    def gpus_per_task(self) -> int:
+        """GPUs each accelerated pod gets (0 for a CPU pipeline)."""
+        return self.accelerator.count if self.accelerator.type else 0
 
 
 class ReidConfig(_Section):

@@ -28,6 +28,8 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
+from reid_core.cluster.openapi import SchemaError
+from reid_core.cluster.pytorchjob import CONTAINER, PORT_NAME, validate_pytorchjob
 from reid_core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,7 @@ K8S_VERSION = "1.31.0"
 NAMESPACE = "reidflow"
 S3_SECRET = "reidflow-s3"
 TARGETS = ("base", "overlays/local", "overlays/gpu")
-POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
+POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet", "PyTorchJob"}
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole"}
 
 Obj = dict[str, Any]
@@ -81,13 +83,28 @@ def _ident(obj: Obj) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
 
+def pod_templates(obj: Obj) -> list[Obj]:
+    """A workload's pod templates: one, or a PyTorchJob's one per replica type."""
+    if obj["kind"] == "PyTorchJob":
+        return [r["template"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
+    return [obj["spec"]["template"]]
+
+
 def pod_spec(obj: Obj) -> Obj:
-    return obj["spec"]["template"]["spec"]
+    (template,) = pod_templates(obj)
+    return template["spec"]
+
+
+def pod_specs(obj: Obj) -> list[Obj]:
+    return [template["spec"] for template in pod_templates(obj)]
 
 
 def containers(obj: Obj) -> list[Obj]:
-    spec = pod_spec(obj)
-    return list(spec.get("initContainers", [])) + list(spec["containers"])
+    return [
+        container
+        for spec in pod_specs(obj)
+        for container in [*spec.get("initContainers", []), *spec["containers"]]
+    ]
 
 
 def workloads(objs: list[Obj]) -> Iterator[Obj]:
@@ -130,13 +147,31 @@ def test_every_rendered_object_validates_strictly_against_kubernetes_1_31(target
     problems = []
     for obj in objs:
         try:
-            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+            if obj["kind"] == "PyTorchJob":  # a custom resource: the operator SDK's models
+                validate_pytorchjob(obj)
+                for template in pod_templates(obj):
+                    kubernetes_validate.validate(
+                        _as_pod_template(template), K8S_VERSION, strict=True
+                    )
+            else:
+                kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except SchemaError as err:
+            problems.append(f"{_ident(obj)}: {err}")
         except kubernetes_validate.ValidationError as err:
             where = ".".join(str(p) for p in err.path)
             problems.append(f"{_ident(obj)}: {where}: {err.message}")
         except kubernetes_validate.SchemaNotFoundError as err:
             problems.append(f"{_ident(obj)}: {err.message}")
     assert not problems, f"manifests/{target}:\n" + "\n".join(problems)
+
+
+def _as_pod_template(template: Obj) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {"name": "t"},
+        "template": template,
+    }
 
 
 def test_strict_validation_rejects_a_misspelt_field() -> None:
@@ -178,10 +213,10 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(target: str) -> 
 @pytest.mark.parametrize("target", TARGETS)
 def test_pods_run_as_non_root_without_privilege_escalation(target: str) -> None:
     for obj in workloads(render(target)):
-        spec = pod_spec(obj)
-        assert spec.get("securityContext", {}).get("runAsNonRoot") is True, _ident(obj)
-        # Services named mlflow/minio would otherwise inject MLFLOW_PORT=tcp://..., MINIO_*.
-        assert spec.get("enableServiceLinks") is False, _ident(obj)
+        for spec in pod_specs(obj):
+            assert spec.get("securityContext", {}).get("runAsNonRoot") is True, _ident(obj)
+            # Services named mlflow/minio would otherwise inject MLFLOW_PORT=tcp://..., MINIO_*.
+            assert spec.get("enableServiceLinks") is False, _ident(obj)
         for container in containers(obj):
             context = container.get("securityContext", {})
             assert context.get("allowPrivilegeEscalation") is False, _ident(obj)
@@ -209,7 +244,7 @@ def test_services_select_pods_and_target_their_named_ports(target: str) -> None:
         matches = [
             o
             for o in workloads(objs)
-            if selector.items() <= o["spec"]["template"]["metadata"]["labels"].items()
+            if any(selector.items() <= t["metadata"]["labels"].items() for t in pod_templates(o))
         ]
         assert len(matches) == 1, f"{_ident(service)} selects {[_ident(m) for m in matches]}"
         names = {p["name"] for c in containers(matches[0]) for p in c.get("ports", [])}
@@ -223,7 +258,7 @@ def test_volumes_refer_to_rendered_claims_and_config_maps(target: str) -> None:
     claims = {o["metadata"]["name"] for o in objs if o["kind"] == "PersistentVolumeClaim"}
     config_maps = {o["metadata"]["name"] for o in objs if o["kind"] == "ConfigMap"}
     for obj in workloads(objs):
-        for volume in pod_spec(obj).get("volumes", []):
+        for volume in (v for spec in pod_specs(obj) for v in spec.get("volumes", [])):
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims, _ident(obj)
             if "configMap" in volume:
@@ -357,6 +392,33 @@ def test_gpu_overlay_gives_triton_and_training_one_gpu_on_gpu_nodes() -> None:
         assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1", name
         assert pod_spec(obj)["nodeSelector"], name
         assert any(t["key"] == "nvidia.com/gpu" for t in pod_spec(obj)["tolerations"]), name
+
+
+def test_gpu_overlay_trains_on_several_gpu_nodes_through_the_training_operator() -> None:
+    from reid_core.cli import _build_parser
+
+    objs = render("overlays/gpu")
+    job = find(objs, "PyTorchJob", "reid-train-distributed")
+    spec = job["spec"]
+    assert spec["runPolicy"]["suspend"] is True  # applying it starts nothing
+    replicas = spec["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] >= 1
+    assert replicas["Master"]["template"] == replicas["Worker"]["template"]
+    for spec_ in pod_specs(job):
+        container = next(c for c in spec_["containers"] if c["name"] == CONTAINER)
+        # one training process per GPU of the pod
+        assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == spec["nprocPerNode"]
+        assert any(p["name"] == PORT_NAME for p in container["ports"])
+        assert spec_["nodeSelector"] and spec_["tolerations"]
+        parsed = _build_parser().parse_args(container["args"])  # exits on an unknown flag
+        assert parsed.command == "train"
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec_["volumes"]}
+        claim_name = volumes[mounts["/workspace"]]["persistentVolumeClaim"]["claimName"]
+        claim = find(objs, "PersistentVolumeClaim", claim_name)
+        # every pod reads the dataset and resumes from the state on the same volume
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert any(a.startswith("--set=runtime.state_dir=/workspace/") for a in container["args"])
 
 
 @pytest.mark.parametrize("target", ["base", "overlays/local"])

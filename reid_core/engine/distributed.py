@@ -37,6 +37,27 @@ class DistributedContext:
 
 
 SINGLE_PROCESS = DistributedContext()
+OPERATOR_PROCS_ENV = "PET_NPROC_PER_NODE"
+"""Processes per pod, as Kubeflow's training operator sets it (torchrun reads PET_* too)."""
+
+
+def processes_per_node(configured: int) -> int:
+    """How many training processes this machine runs: the training operator's
+    PET_NPROC_PER_NODE when set (a number, or `auto`/`gpu` for one per visible GPU), else
+    `configured`."""
+    given = os.environ.get(OPERATOR_PROCS_ENV, "").strip()
+    if not given:
+        return configured
+    if given in ("auto", "gpu"):
+        return max(torch.cuda.device_count(), 1)
+    if not given.isdigit() or int(given) < 1:
+        raise ValueError(f"{OPERATOR_PROCS_ENV}={given!r}: expected a positive count, auto or gpu")
+    return int(given)
+
+
+def is_launched_worker() -> bool:
+    """Whether a launcher (torchrun) started this process as one of its workers."""
+    return "LOCAL_RANK" in os.environ
 
 
 def context_from_env(device: torch.device) -> DistributedContext:

@@ -7,17 +7,18 @@ in `components/`. Nothing here computes anything: the stage functions do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from reid_core.atomic import atomic_output, write_json
-from reid_core.config import ReidConfig, config_from_yaml
+from reid_core.config import STATE_MOUNT, ReidConfig, config_from_yaml, config_to_yaml
 from reid_core.stages import STAGES, PortError, run_stage
 
 PIPELINE_RUN_ENV = "REID_PIPELINE_RUN_ID"
@@ -125,19 +126,99 @@ def run_component(
     which, and writes its outputs there (KFP uploads what it finds after the task). A multiple
     port takes a sequence of optional artifacts (see `port_paths`).
     """
-    config = parse_config_yaml(config_yaml, config_overrides)
+    config = _task_config(config_yaml, pipeline_run_id, mlflow_tracking_uri, config_overrides)
+    metrics = run_stage(stage, config, port_paths(stage, inputs), port_paths(stage, outputs))
+    _log_metrics(outputs, metrics)
+    return metrics
+
+
+def _task_config(
+    config_yaml: str, pipeline_run_id: str, mlflow_tracking_uri: str, overrides: Iterable[str]
+) -> ReidConfig:
+    """The task's config, with the run's environment set and its training state kept apart
+    from other runs' (a retried task finds its own run's state, never another run's)."""
+    config = parse_config_yaml(config_yaml, overrides)
     set_run_environment(config, pipeline_run_id, mlflow_tracking_uri)
     if _resolved(pipeline_run_id):
-        # a retried task finds its own run's training state, never another run's
-        run_key = re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline_run_id)
-        config.runtime.state_dir = Path(config.runtime.state_dir) / run_key
-    metrics = run_stage(stage, config, port_paths(stage, inputs), port_paths(stage, outputs))
+        config.runtime.state_dir = Path(config.runtime.state_dir) / _run_key(pipeline_run_id)
+    return config
+
+
+def _run_key(pipeline_run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline_run_id)
+
+
+def _log_metrics(outputs: Mapping[str, Artifact], metrics: Mapping[str, float]) -> None:
     for artifact in outputs.values():
         log_metric = getattr(artifact, "log_metric", None)  # only kfp.dsl.Metrics has it
         if log_metric is not None:
             for key, value in sorted(metrics.items()):
                 log_metric(key, float(value))
+
+
+def run_training_job(
+    config_yaml: str,
+    pipeline_run_id: str,
+    mlflow_tracking_uri: str,
+    config_overrides: Iterable[str],
+    image: str,
+    inputs: Mapping[str, Artifact],
+    outputs: Mapping[str, Artifact],
+) -> dict[str, float]:
+    """The train stage as a training-operator PyTorchJob (`kubeflow.training_job`): put the
+    dataset, manifest and config on the shared claim, run the job to its end, and take its
+    checkpoint and metrics as this task's outputs."""
+    from reid_core.cluster.pytorchjob import JobFolder, build_pytorchjob, run_pytorchjob
+    from reid_core.tracking.runs import configured_tracking_uri
+
+    config = _task_config(config_yaml, pipeline_run_id, mlflow_tracking_uri, config_overrides)
+    settings = config.kubeflow
+    run_key = _run_key(pipeline_run_id) if _resolved(pipeline_run_id) else "unkeyed"
+    folder = JobFolder(PurePosixPath(STATE_MOUNT) / run_key / "train-job")
+    Path(folder.root).mkdir(parents=True, exist_ok=True)
+    if not Path(folder.dataset).is_dir():  # a retried task finds it there already
+        with atomic_output(Path(folder.dataset), directory=True) as tmp:
+            shutil.copytree(inputs["dataset"].path, tmp, dirs_exist_ok=True)
+    shutil.copyfile(inputs["manifest"].path, folder.manifest)
+    config.runtime.state_dir = Path(folder.state)
+    Path(folder.config).write_text(config_to_yaml(config))
+    env = {PIPELINE_RUN_ENV: pipeline_run_id} if _resolved(pipeline_run_id) else {}
+    if tracking_uri := configured_tracking_uri(config):
+        env[TRACKING_URI_ENV] = tracking_uri
+    namespace = settings.training_job.namespace or _own_namespace()
+    job = build_pytorchjob(
+        name=_job_name(run_key),
+        namespace=namespace,
+        image=image,
+        folder=folder,
+        settings=settings,
+        env=env,
+        labels={"reidflow.dev/pipeline-run": run_key[:63].strip("-_.")},
+    )
+    run_pytorchjob(job, settings.training_job.timeout_s, settings.training_job.poll_s, print)
+    with atomic_output(outputs["checkpoint"].path, directory=True) as tmp:
+        shutil.copytree(folder.checkpoint, tmp, dirs_exist_ok=True)
+    Path(outputs["metrics"].path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder.metrics, outputs["metrics"].path)
+    metrics = json.loads(Path(folder.metrics).read_text())
+    _log_metrics(outputs, metrics)
     return metrics
+
+
+def _job_name(run_key: str) -> str:
+    """A DNS-1035 name, unique per pipeline run and short enough for the pods' names."""
+    digest = hashlib.sha256(run_key.encode()).hexdigest()[:12]
+    return f"reid-train-{digest}"
+
+
+def _own_namespace() -> str:
+    """The namespace of the pod this runs in (Kubernetes mounts it with the service account)."""
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    if not path.is_file():
+        raise RuntimeError(
+            "kubeflow.training_job: not in a Kubernetes pod, so set training_job.namespace"
+        )
+    return path.read_text().strip()
 
 
 def run_adapt_round(

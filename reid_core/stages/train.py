@@ -1,8 +1,10 @@
 """Stage: supervised teacher training on the manifest's train split.
 
-Runs as one process or under torchrun (`torchrun --nproc_per_node N -m reid_core.cli train
-...`); only rank 0 logs and writes outputs. An interrupted run resumes from its last
-training state in `runtime.state_dir`, logging into the same MLflow run.
+Runs as one process, under torchrun (`torchrun --nproc_per_node N -m reid_core.cli train
+...`), or as `runtime.procs_per_node` workers it starts itself (one per GPU; in a
+training-operator pod, PET_NPROC_PER_NODE of them); only rank 0 logs and writes outputs. An
+interrupted run resumes from its last training state in `runtime.state_dir`, logging into the
+same MLflow run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import torch
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.device import resolve_device
-from reid_core.engine.distributed import context_from_env, local_device
+from reid_core.engine.distributed import (
+    context_from_env,
+    is_launched_worker,
+    local_device,
+    processes_per_node,
+)
 from reid_core.engine.hooks import default_hooks
 from reid_core.engine.trainer import TrainData, fit
 from reid_core.modeling import create_model, load_pretrained_backbone
@@ -30,6 +37,7 @@ from reid_core.stages._fit import (
     main_process_only,
     state_dir,
 )
+from reid_core.stages.data_parallel import run_as_workers
 from reid_core.tracking.runs import stage_run
 
 
@@ -38,6 +46,9 @@ def run(
 ) -> dict[str, float]:
     import mlflow
 
+    procs = processes_per_node(config.runtime.procs_per_node)
+    if procs > 1 and not is_launched_worker():
+        return run_as_workers("train", config, inputs, outputs, procs)
     cfg = config.train
     device = resolve_device(config.runtime.device)
     context = context_from_env(device)
