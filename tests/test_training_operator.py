@@ -27,6 +27,7 @@ from reid_core.cluster.pytorchjob import (
     validate_pytorchjob,
 )
 from reid_core.config import STATE_MOUNT, KubeflowConfig, config_to_yaml, load_config
+from tests.support.local_operator import operator_environment, run_job_locally
 
 TINY = ROOT / "configs" / "tiny.yaml"
 K8S_VERSION = "1.31"
@@ -186,33 +187,6 @@ def test_progress_lines_follow_the_job_status_the_api_returns():
 # ------------------------------------------------------------------ rendezvous, locally
 
 
-def operator_environment(job: dict, kind: str, index: int, master_addr: str) -> dict[str, str]:
-    """The variables the training operator (kubeflow.org/v1, 1.9) adds to a replica's training
-    container: rendezvous address and port, WORLD_SIZE = pods × processes per pod, RANK = the
-    pod's rank (Master 0, Worker i → i + 1) and the PET_* variables torchrun reads."""
-    spec = job["spec"]
-    replicas = spec["pytorchReplicaSpecs"]
-    pods = sum(r["replicas"] for r in replicas.values())
-    nproc = spec.get("nprocPerNode", "1")
-    container = next(
-        c for c in replicas["Master"]["template"]["spec"]["containers"] if c["name"] == CONTAINER
-    )
-    port = next(p["containerPort"] for p in container["ports"] if p["name"] == PORT_NAME)
-    rank = index + (1 if kind == "Worker" else 0)
-    return {
-        "PYTHONUNBUFFERED": "1",
-        "MASTER_PORT": str(port),
-        "PET_MASTER_PORT": str(port),
-        "MASTER_ADDR": master_addr,
-        "PET_MASTER_ADDR": master_addr,
-        "WORLD_SIZE": str(pods * (int(nproc) if nproc.isdigit() else 1)),
-        "RANK": str(rank),
-        "PET_NODE_RANK": str(rank),
-        "PET_NPROC_PER_NODE": nproc,
-        "PET_NNODES": str(pods),
-    }
-
-
 @pytest.fixture(scope="module")
 def tiny_source(tmp_path_factory, venv_env):
     """A generated dataset and its manifest, as the launcher task puts them on the claim."""
@@ -246,11 +220,6 @@ def _reid_train_env(venv_env, tmp_path, run_id: str, **operator) -> dict[str, st
     )
 
 
-def _container_command(job: dict, kind: str) -> list[str]:
-    container = job["spec"]["pytorchReplicaSpecs"][kind]["template"]["spec"]["containers"][0]
-    return [str(VENV_BIN / container["command"][0]), *container["args"]]
-
-
 def _assert_same_weights(a, b) -> None:
     a, b = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -275,21 +244,14 @@ def torchrun_reference(tmp_path_factory, tiny_source, venv_env):
 
 
 def test_two_pods_of_one_process_in_the_operators_environment_train_as_one(
-    tmp_path, tiny_source, torchrun_reference, venv_env, start_process, free_port
+    tmp_path, tiny_source, torchrun_reference, venv_env, free_port
 ):
     folder = _job_folder(tmp_path, tiny_source, "job")
     job = build_pytorchjob("reid-train-2x1", "default", "reidflow", folder,
                            _settings(training_job={"nodes": 2}), env={})  # fmt: skip
-    _container(job)["ports"][0]["containerPort"] = (
-        free_port  # the operator's fixed port may be taken on this machine
-    )
-    pods = []
-    for kind in ("Master", "Worker"):
-        env = _reid_train_env(venv_env, tmp_path, "operator-2x1",
-                              **operator_environment(job, kind, 0, "127.0.0.1"))  # fmt: skip
-        pods.append(start_process(_container_command(job, kind), tmp_path / f"{kind}.log", env))
-    for kind, pod in zip(("Master", "Worker"), pods, strict=True):
-        assert pod.wait(timeout=600) == 0, (tmp_path / f"{kind}.log").read_text()
+    assert operator_environment(job, "Worker", 0, "m")["RANK"] == "1"
+    env = _reid_train_env(venv_env, tmp_path, "operator-2x1")
+    run_job_locally(job, env, tmp_path, free_port, VENV_BIN)
     _assert_same_weights(torchrun_reference, folder.checkpoint)
     assert folder.metrics.is_file()
 
@@ -301,15 +263,58 @@ def test_one_pod_of_two_processes_starts_its_workers_from_the_operators_environm
     settings = _settings(training_job={"nodes": 1},
                          accelerator={"type": "nvidia.com/gpu", "count": 2})  # fmt: skip
     job = build_pytorchjob("reid-train-1x2", "default", "reidflow", folder, settings, env={})
-    _container(job)["ports"][0]["containerPort"] = free_port
-    env = _reid_train_env(venv_env, tmp_path, "operator-1x2",
-                          **operator_environment(job, "Master", 0, "127.0.0.1"))  # fmt: skip
-    assert env["PET_NPROC_PER_NODE"] == "2" and env["WORLD_SIZE"] == "2"
-    proc = subprocess.run(_container_command(job, "Master"), env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 data-parallel workers" in proc.stderr
+    environment = operator_environment(job, "Master", 0, "127.0.0.1")
+    assert environment["PET_NPROC_PER_NODE"] == "2" and environment["WORLD_SIZE"] == "2"
+    run_job_locally(job, _reid_train_env(venv_env, tmp_path, "operator-1x2"), tmp_path,
+                    free_port, VENV_BIN)  # fmt: skip
+    assert "2 data-parallel workers" in (tmp_path / "master-0.log").read_text()
     _assert_same_weights(torchrun_reference, folder.checkpoint)
+
+
+def test_the_train_task_stages_the_job_on_the_claim_and_returns_its_checkpoint(
+    tmp_path, tiny_source, torchrun_reference, venv_env, free_port, monkeypatch
+):
+    from kfp.dsl import Dataset, Metrics, Model
+
+    from reid_core.stages.kfp_glue import run_training_job
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)  # restored after the test, as is
+    monkeypatch.setenv("REID_PIPELINE_RUN_ID", "unset")  # what the task sets here
+    env = venv_env(OMP_NUM_THREADS="1")
+    jobs = []
+
+    def run_here(job, timeout_s, poll_s, report):
+        jobs.append(job)
+        run_job_locally(job, env, tmp_path, free_port, VENV_BIN)
+
+    out = tmp_path / "outputs"
+    outputs = {"checkpoint": Model(uri=str(out / "checkpoint")),
+               "metrics": Metrics(uri=str(out / "metrics.json"))}  # fmt: skip
+    metrics = run_training_job(
+        config_to_yaml(load_config([TINY], ["train.solver.epochs=2"])),
+        "run-42",
+        "",
+        ["kubeflow.state_volume=reid-state", "kubeflow.training_job.nodes=2",
+         "kubeflow.training_job.namespace=team-a"],
+        "reidflow:test",
+        inputs={"dataset": Dataset(uri=str(tiny_source / "dataset")),
+                "manifest": Dataset(uri=str(tiny_source / "manifest.parquet"))},
+        outputs=outputs,
+        mount=str(tmp_path / "claim"),
+        run_job=run_here,
+    )  # fmt: skip
+    (job,) = jobs
+    assert job["metadata"]["namespace"] == "team-a"
+    assert job["metadata"]["labels"]["reidflow.dev/pipeline-run"] == "run-42"
+    (container,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    env_values = {e["name"]: e.get("value") for e in container["env"]}
+    assert env_values["REID_PIPELINE_RUN_ID"] == "run-42"
+    assert env_values["MLFLOW_TRACKING_URI"] == tracking
+    assert (tmp_path / "claim" / "run-42" / "train-job" / "dataset").is_dir()
+    _assert_same_weights(torchrun_reference, out / "checkpoint")
+    assert metrics["train_images"] > 0
+    assert outputs["metrics"].metadata["train_images"] == metrics["train_images"]
 
 
 def test_the_pipeline_option_compiles_a_light_launcher_for_the_gpu_job(tmp_path):

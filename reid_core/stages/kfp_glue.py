@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -34,6 +34,10 @@ class Artifact(Protocol):
     def path(self) -> str: ...
 
     metadata: dict[str, Any]
+
+
+JobRunner = Callable[[Mapping[str, Any], float, float, Callable[[str], None]], None]
+"""Runs a job object to its end: (job, timeout_s, poll_s, report)."""
 
 
 class RocArtifact(Protocol):
@@ -164,17 +168,20 @@ def run_training_job(
     image: str,
     inputs: Mapping[str, Artifact],
     outputs: Mapping[str, Artifact],
+    mount: str = STATE_MOUNT,
+    run_job: JobRunner | None = None,
 ) -> dict[str, float]:
     """The train stage as a training-operator PyTorchJob (`kubeflow.training_job`): put the
-    dataset, manifest and config on the shared claim, run the job to its end, and take its
-    checkpoint and metrics as this task's outputs."""
+    dataset, manifest and config on the shared claim (mounted at `mount`), run the job to its
+    end (`run_job`, default: on the cluster), and take its checkpoint and metrics as this
+    task's outputs."""
     from reid_core.cluster.pytorchjob import JobFolder, build_pytorchjob, run_pytorchjob
     from reid_core.tracking.runs import configured_tracking_uri
 
     config = _task_config(config_yaml, pipeline_run_id, mlflow_tracking_uri, config_overrides)
     settings = config.kubeflow
     run_key = _run_key(pipeline_run_id) if _resolved(pipeline_run_id) else "unkeyed"
-    folder = JobFolder(PurePosixPath(STATE_MOUNT) / run_key / "train-job")
+    folder = JobFolder(PurePosixPath(mount) / run_key / "train-job")
     Path(folder.root).mkdir(parents=True, exist_ok=True)
     if not Path(folder.dataset).is_dir():  # a retried task finds it there already
         with atomic_output(Path(folder.dataset), directory=True) as tmp:
@@ -195,7 +202,8 @@ def run_training_job(
         env=env,
         labels={"reidflow.dev/pipeline-run": run_key[:63].strip("-_.")},
     )
-    run_pytorchjob(job, settings.training_job.timeout_s, settings.training_job.poll_s, print)
+    run = run_job or run_pytorchjob
+    run(job, settings.training_job.timeout_s, settings.training_job.poll_s, print)
     with atomic_output(outputs["checkpoint"].path, directory=True) as tmp:
         shutil.copytree(folder.checkpoint, tmp, dirs_exist_ok=True)
     Path(outputs["metrics"].path).parent.mkdir(parents=True, exist_ok=True)
