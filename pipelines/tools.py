@@ -423,19 +423,24 @@ def submit(
 ) -> str:
     """Start a pipeline run on the KFP API at `host`; return its run id.
 
-    Submits `package` if given, else a fresh compile of the current code (with REID_IMAGE).
+    Submits `package` if given, else a fresh compile of the current code with this config
+    (REID_IMAGE names the image). `mlflow_tracking_uri`, when given, wins over the parameter.
     On a cluster, pass an MLflow server as `mlflow_tracking_uri` (or set tracking.tracking_uri):
     the default SQLite store would live and die inside each task's container.
     """
-    arguments = pipeline_arguments(_config_text(config_yaml), parameters)
+    config_text = _config_text(config_yaml)
+    arguments = pipeline_arguments(config_text, parameters)
     _check_reachable(host)
     import kfp
     import kfp_server_api
     import urllib3
 
-    arguments["mlflow_tracking_uri"] = mlflow_tracking_uri
+    if mlflow_tracking_uri:
+        arguments["mlflow_tracking_uri"] = mlflow_tracking_uri
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(package) if package else compile_pipeline(Path(tmp) / "training.yaml")
+        # compiled with this config, so its `kubeflow` section places the tasks
+        config = parse_config_yaml(config_text)
+        path = Path(package) if package else compile_pipeline(Path(tmp) / "training.yaml", config)
         if not path.is_file():
             raise FileNotFoundError(f"pipeline package not found: {path}")
         try:

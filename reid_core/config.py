@@ -716,8 +716,17 @@ def _merge_yaml(
         if not path.is_file():
             raise ConfigError(f"{where}: {BASE_KEY} file not found: {path}")
         _merge_yaml(tree, path.read_text(), str(path), path.parent, (*seen, path))
-    for key, value in _flatten(loaded):
-        _set_dotted(tree, key, value)
+    _merge_tree(tree, loaded)
+
+
+def _merge_tree(tree: dict[str, Any], loaded: Mapping[str, Any]) -> None:
+    """Merge `loaded` into `tree` section by section (later values win). Keys are taken as
+    written: a map such as a node selector may have dots in its keys."""
+    for key, value in loaded.items():
+        if isinstance(value, Mapping) and isinstance(tree.get(key), dict):
+            _merge_tree(tree[key], value)
+        else:
+            tree[key] = dict(value) if isinstance(value, Mapping) else value
 
 
 def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> ReidConfig:

@@ -57,3 +57,19 @@ def test_params_yaml_and_presets_are_valid():
     root = Path(__file__).parents[1]
     load_config([root / "params.yaml"])
     load_config([root / "params.yaml", root / "configs" / "tiny.yaml"])
+
+
+def test_map_keys_with_dots_in_a_config_file_stay_whole(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        "kubeflow:\n  accelerator:\n    type: nvidia.com/gpu\n"
+        "    node_selector: {nvidia.com/gpu.product: NVIDIA-H200}\n"
+    )
+    later = tmp_path / "later.yaml"
+    later.write_text("kubeflow: {accelerator: {node_selector: {pool.example/tier: gpu}}}\n")
+    config = load_config([path, later], ["kubeflow.accelerator.count=2"])
+    assert config.kubeflow.accelerator.node_selector == {
+        "nvidia.com/gpu.product": "NVIDIA-H200",
+        "pool.example/tier": "gpu",
+    }
+    assert config.kubeflow.accelerator.count == 2
