@@ -56,6 +56,9 @@ def _embedder(args: argparse.Namespace, config):
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        DEBUG_FLAG, action="store_true", help="on a failure, show the traceback (any position)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     for spec in STAGES.values():
@@ -409,30 +412,44 @@ def _summary(args: argparse.Namespace) -> None:
     print(pipeline_summary(args.reports, _config(args)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    from reid_core.config import ConfigError
-    from reid_core.data.errors import DatasetError
-    from reid_core.serving.gallery import GalleryIndexError
-    from reid_core.stages import PortError
-    from reid_core.tracking.compare import UnknownVersionError
+BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+"""Failures that come from what the user gave (a file, a value): exit code 2, as do the
+lookups of names reidflow itself refuses (an unknown model version, say)."""
+DEBUG_FLAG = "--debug"
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. An expected failure prints one `error:` line (the file and the
+    problem) and returns 2 for bad input, 1 for a failed run; `--debug`, anywhere on the
+    command line, shows the traceback instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = DEBUG_FLAG in argv
+    args = _build_parser().parse_args([a for a in argv if a != DEBUG_FLAG])
     try:
         args.handler(args)
-    except (
-        ConfigError,
-        DatasetError,
-        PortError,
-        GalleryIndexError,
-        UnknownVersionError,
-        FileNotFoundError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (RuntimeError, ConnectionError) as err:  # parity, pseudo labels, unreachable hosts
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        if debug:
+            raise
+        print(f"error: {_message(err)}", file=sys.stderr)
+        return 2 if _bad_input(err) else 1
     return 0
+
+
+def _ours(err: Exception) -> bool:
+    return type(err).__module__.startswith("reid_core")
+
+
+def _bad_input(err: Exception) -> bool:
+    return isinstance(err, BAD_INPUT_ERRORS) or (isinstance(err, LookupError) and _ours(err))
+
+
+def _message(err: Exception) -> str:
+    """The error's own message; for one reidflow did not expect, its type and a hint."""
+    text = str(err).strip() or type(err).__name__
+    if _ours(err) or isinstance(err, BAD_INPUT_ERRORS):
+        return text
+    first = text.splitlines()[0]
+    return f"{type(err).__name__}: {first} (rerun with {DEBUG_FLAG} for the traceback)"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -283,7 +283,8 @@ class EvaluateConfig(_Section):
     metric: Literal["cosine", "euclidean"] = "cosine"
     batch_size: int = Field(128, ge=1)
     max_rank: int = Field(50, ge=1)
-    fars: list[float] = [1e-4, 1e-3, 1e-2]  # verification: TAR at these false accept rates
+    # verification: TAR at these false accept rates, each in (0, 1]
+    fars: list[Annotated[float, Field(gt=0, le=1)]] = Field([1e-4, 1e-3, 1e-2], min_length=1)
     flip: bool = False  # average each image's features with its mirror image's
     query_expansion: Literal["none", "average", "alpha"] = "none"
     qe_k: int = Field(5, ge=1)
@@ -705,9 +706,13 @@ def _merge_yaml(
     try:
         loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+        # where and what, never the text itself: a file named by mistake may hold secrets
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "unreadable"
+        raise ConfigError(f"{where} is not a YAML config file: {problem}{at}") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{where}: top level must be a mapping")
+        raise ConfigError(f"{where}: not a config file (its top level must be a mapping)")
     bases = loaded.pop(BASE_KEY, [])
     for base in [bases] if isinstance(bases, str) else bases:
         path = (folder / base).resolve()

@@ -1,5 +1,6 @@
 """A bad dataset fails in preprocess with a message naming the problem, and writes no manifest."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from reid_core.data.synth import SynthSpec, generate
 
@@ -102,3 +104,23 @@ def test_no_dataset_from_an_empty_target_says_the_local_pipeline_needs_one(tmp_p
     assert "no dataset to preprocess (datasets.source is empty)" in proc.stderr
     assert "name one in params.yaml" in proc.stderr and "Traceback" not in proc.stderr
     assert not manifest.exists()
+
+
+def test_every_unreadable_image_is_listed_and_a_stale_report_removed(clean_dataset, tmp_path):
+    root = broken_copy(clean_dataset, tmp_path)
+    proc, manifest = preprocess(root, tmp_path)  # a clean run leaves a report that passed
+    assert proc.returncode == 0 and json.loads((tmp_path / "r.json").read_text())["success"]
+    victims = sorted((root / "bounding_box_train").iterdir())[:3]
+    victims[0].write_bytes(b"\xff\xd8 definitely not a jpeg")  # the header does not parse
+    victims[1].write_bytes(victims[1].read_bytes()[:300])  # truncated after the header
+    Image.new("1", (8000, 8000)).save(victims[2], format="PNG")  # more pixels than allowed
+    proc, manifest = preprocess(root, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    listed = json.loads((tmp_path / "r.json").read_text())["summary"]["undecodable_images"]
+    assert sorted(Path(p).name for p in listed) == sorted(v.name for v in victims)
+    assert not manifest.exists()
+    # a run that fails before validation leaves no report at all, stale or new
+    shutil.rmtree(root / "query")
+    proc, _ = preprocess(root, tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "r.json").exists()
+    assert not (tmp_path / "r.html").exists()

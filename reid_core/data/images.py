@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +13,37 @@ from PIL import Image, UnidentifiedImageError
 
 from reid_core.data.errors import DatasetError
 
+MAX_IMAGE_PIXELS = 40_000_000
+"""The largest image (width × height) reidflow decodes. Person and vehicle crops are far
+smaller; a bigger file is refused from its header, before decoding (a decompression bomb)."""
+
+
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """The image at `path`, opened lazily (header only), refused with a DatasetError naming the
+    file when it is unreadable or over MAX_IMAGE_PIXELS; decoding errors inside the block are
+    turned into the same error."""
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DatasetError(
+                    f"image {path} is {w}×{h} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed"
+                )
+            yield image
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"image {path} refused: {err}") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise DatasetError(f"cannot decode image {path}: {err}") from None
+
 
 def decode_resized(path: Path, height: int, width: int) -> np.ndarray:
     """One image as an H×W×3 uint8 RGB array, resized bilinearly to (height, width)."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as err:
-        raise DatasetError(f"cannot decode image {path}: {err}") from None
+    with open_image(path) as img:
+        img = img.convert("RGB")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
 
 
 def load_images(

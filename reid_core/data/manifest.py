@@ -17,6 +17,7 @@ import pandas as pd
 
 from reid_core.atomic import atomic_output
 from reid_core.data.errors import DatasetError
+from reid_core.data.images import open_image
 from reid_core.data.readers import read_dataset
 
 MANIFEST_COLUMNS = ("path", "pid", "camid", "split", "domain", "width", "height")
@@ -26,22 +27,28 @@ _INT_COLUMNS = ("pid", "camid", "width", "height")
 _THREADS = 4
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
+def _image_size(path: Path, strict: bool) -> tuple[int, int]:
     try:
-        with Image.open(path) as image:  # lazy: reads the header only
+        with open_image(path) as image:  # lazy: reads the header only
             return image.size
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DatasetError(f"cannot read image {path}: {err}") from err
+    except DatasetError:
+        if strict:
+            raise
+        return 0, 0
 
 
-def build_manifest(root: str | Path, fmt: str, domain: str = "source") -> pd.DataFrame:
-    """Read the dataset and add each image's size (from its header) and the `domain` label."""
+def build_manifest(
+    root: str | Path, fmt: str, domain: str = "source", *, strict: bool = True
+) -> pd.DataFrame:
+    """Read the dataset and add each image's size (from its header) and the `domain` label.
+
+    An unreadable image raises a DatasetError; with `strict=False` its size is 0×0 instead,
+    so a validation that decodes every image can report all of them at once.
+    """
     root = Path(root)
     df = read_dataset(root, fmt)
     with ThreadPoolExecutor(_THREADS) as pool:
-        sizes = list(pool.map(_image_size, [root / p for p in df["path"]]))
+        sizes = list(pool.map(lambda p: _image_size(root / p, strict), df["path"]))
     df["domain"] = pd.Series([domain] * len(df), dtype=str)
     size_array = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
     df["width"] = size_array[:, 0]

@@ -35,14 +35,76 @@ def save_checkpoint(dest: str | Path, model: ReidModel, meta: dict[str, Any]) ->
         (tmp / META).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
 
 
+MAX_CLASSES = 1_000_000  # far above any re-id training set; a bigger count is a corrupt file
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message names the file and the problem."""
+
+
 def load_checkpoint(path: str | Path) -> tuple[ReidModel, dict[str, Any]]:
     """Rebuild the model from its YAML and load the weights (strictly: every key must match)."""
     path = Path(path)
     for name in (WEIGHTS, MODEL_YAML, META):
         if not (path / name).is_file():
             raise FileNotFoundError(f"not a reidflow checkpoint: {path} has no {name}")
-    spec = yaml.safe_load((path / MODEL_YAML).read_text())
-    model = create_model(ModelConfig.model_validate(spec["model"]), spec["num_classes"])
-    model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
-    meta = json.loads((path / META).read_text())
+    config, num_classes = _model_spec(path / MODEL_YAML)
+    meta = _meta(path / META)
+    model = create_model(config, num_classes)
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path / WEIGHTS}: not readable safetensors ({err})") from None
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1:2] or [str(err)]
+        raise CheckpointError(
+            f"{path / WEIGHTS}: the weights do not fit the model {MODEL_YAML} describes: "
+            f"{first[0].strip()}"
+        ) from None
     return model.eval(), meta
+
+
+def _model_spec(file: Path) -> tuple[ModelConfig, int]:
+    try:
+        spec = yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = str(err).splitlines()[0]
+        raise CheckpointError(f"{file}: not plain YAML ({problem})") from None
+    if not isinstance(spec, dict) or not {"model", "num_classes"} <= set(spec):
+        raise CheckpointError(f"{file}: expected a mapping with 'model' and 'num_classes'")
+    num_classes = spec["num_classes"]
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise CheckpointError(f"{file}: num_classes must be an integer, got {num_classes!r}")
+    if not 0 <= num_classes <= MAX_CLASSES:
+        raise CheckpointError(f"{file}: num_classes {num_classes} is outside 0..{MAX_CLASSES}")
+    try:
+        return ModelConfig.model_validate(spec["model"]), num_classes
+    except ValueError as err:
+        raise CheckpointError(f"{file}: model: {_first_problem(err)}") from None
+
+
+def _meta(file: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: not JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    for key in ("height", "width"):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+            raise CheckpointError(
+                f"{file}: '{key}' must be an image size in 1..4096, got {value!r}"
+            )
+    return meta
+
+
+def _first_problem(err: ValueError) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']}" if where else first["msg"]
+    return str(err).splitlines()[0]

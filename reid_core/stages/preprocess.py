@@ -29,10 +29,11 @@ def run(
 ) -> dict[str, float]:
     import mlflow
 
-    from reid_core.validation.suite import validate_manifest, write_report
+    from reid_core.validation.suite import html_report_path, validate_manifest, write_report
 
     root = inputs["dataset"]
-    remove_outputs(outputs["manifest"])
+    # a failed run must not leave the previous run's manifest or its "passed" report behind
+    remove_outputs(outputs["manifest"], outputs["report"], html_report_path(outputs["report"]))
     record = read_record(root)
     if record is not None and record.kind == NO_DATASET:
         raise DatasetError(
@@ -42,7 +43,8 @@ def run(
         )
     with stage_run("preprocess", config):
         mlflow.set_tag("reid.domain", config.data.domain)
-        df = build_manifest(root, config.data.format, domain=config.data.domain)
+        # unreadable images get size 0×0: validation decodes all and lists every one
+        df = build_manifest(root, config.data.format, domain=config.data.domain, strict=False)
         report = validate_manifest(
             df, root, min_side=config.data.min_image_side, max_side=config.data.max_image_side
         )

@@ -11,6 +11,7 @@ from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import META
 from reid_core.export.repositories import open_repository
 from reid_core.export.triton import MODEL_FILES, publish_next_version
+from reid_core.json_files import Number, read_json_object
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import PIPELINE_TAG, stage_run
@@ -33,10 +34,19 @@ def run(
     import mlflow
 
     cfg = config.promote
-    parity = json.loads((inputs["onnx"] / "parity.json").read_text())
+    parity = read_json_object(
+        inputs["onnx"] / "parity.json",
+        {"max_abs_diff": Number, "min_cosine": Number, "parity_passed": bool,
+         "l2_normalized": bool, "height": int, "width": int, "embedding_dim": int},
+        "reid export",
+    )  # fmt: skip
     served = _served_file(inputs["onnx"], config.triton.backend)
-    meta = json.loads((inputs["model"] / META).read_text())
-    evaluation = json.loads(inputs["evaluation"].read_text())
+    meta = read_json_object(inputs["model"] / META, {}, "reid train / distill / adapt")
+    evaluation = read_json_object(
+        inputs["evaluation"],
+        {"eval_set_hash": str, "mAP": Number, "rank1": Number, "mINP": Number},
+        "reid evaluate",
+    )
     with stage_run("promote", config) as run:
         tags = {
             "reid.git_commit": meta.get("git_commit", ""),

@@ -265,6 +265,8 @@ def checkpoint_folder(source: str | Path) -> Path:
     source = str(source)
     if not is_model_uri(source):
         return Path(source)
+    if ".." in source.split("?")[0].split("/"):
+        raise ValueError(f"{source}: '..' is not allowed in a model URI")
     try:
         if source.startswith("runs:/"):
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=source))

@@ -2,34 +2,54 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from reid_core.config import ReidConfig
+from reid_core.json_files import JsonFileError, Number, read_json_object
 from reid_core.tracking.runs import ui_command
 
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+EVALUATION_KEYS = {"rank1": Number, "mAP": Number, "mINP": Number}
+DECISION_KEYS = {
+    "promoted": bool,
+    "model_name": str,
+    "version": int,
+    "reasons": list,
+    "triton_repository": str,
+    "triton_version_path": (str, type(None)),
+}
 
 
 def _eval_rows(path: Path) -> list[tuple[str, dict]]:
     """One ("<model> @ <test set>", metrics) row per test set of an evaluate metrics JSON, the
     primary set first; a JSON without a `test_sets` table is one row named after the file."""
-    m = _load(path)
+    m = read_json_object(path, EVALUATION_KEYS, "reid evaluate")
     sets = m.get("test_sets")
     if not isinstance(sets, dict) or not sets:
         return [(path.stem, m)]
     primary = m.get("test_set")
     names = sorted(sets, key=lambda name: (name != primary, name))
+    for name in names:
+        missing = sorted(
+            set(EVALUATION_KEYS) - set(sets[name] if isinstance(sets[name], dict) else {})
+        )
+        if missing:
+            raise JsonFileError(f"{path}: test set {name!r} lacks {', '.join(missing)}")
     return [(f"{path.stem} @ {name}", sets[name]) for name in names]
 
 
 def pipeline_summary(reports: Path, config: ReidConfig) -> str:
     """Render what the pipeline produced under `reports/` (as dvc.yaml lays it out)."""
+    decision_file = reports / "promotion.json"
+    validation = sorted((reports / "validation").glob("*.json"))
+    evaluations = sorted((reports / "eval").glob("*.json"))
+    if not (validation or evaluations or decision_file.is_file()):
+        raise FileNotFoundError(
+            f"{reports}: no pipeline reports here (validation/*.json, eval/*.json, "
+            "promotion.json); run `make demo` or `dvc repro` first, or give --reports"
+        )
     lines = ["", "reidflow pipeline summary", "=" * 25]
-    for report in sorted((reports / "validation").glob("*.json")):
-        s = _load(report).get("summary", {})
+    for report in validation:
+        s = read_json_object(report, {}, "reid preprocess").get("summary", {})
         lines.append(
             f"dataset {report.stem}: "
             + ", ".join(
@@ -37,7 +57,7 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
                 for split in ("train", "query", "gallery")
             )
         )
-    rows = [row for path in sorted((reports / "eval").glob("*.json")) for row in _eval_rows(path)]
+    rows = [row for path in evaluations for row in _eval_rows(path)]
     if rows:
         width = max(22, *(len(label) + 2 for label, _ in rows))
         lines.append("")
@@ -51,8 +71,8 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
     if pages:
         shown = ", ".join(str(page) for page in pages)
         lines.append(f"evaluation reports (table, rank lists, CMC, ROC, distances): {shown}")
-    decision = _load(reports / "promotion.json")
-    if decision:
+    if decision_file.is_file():
+        decision = read_json_object(decision_file, DECISION_KEYS, "reid promote")
         lines.append("")
         verdict = "champion" if decision["promoted"] else "not promoted"
         lines.append(

@@ -107,13 +107,13 @@ def _init_gx() -> None:
 
 def _decode(path: Path) -> str | None:
     """None when the image decodes fully, else why not."""
-    from PIL import Image
+    from reid_core.data.images import open_image
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.convert("RGB")
     except Exception as err:  # noqa: BLE001 - any failure means "not usable"
-        return f"{type(err).__name__}: {err}"
+        return str(err)
     return None
 
 
@@ -196,7 +196,11 @@ def validate_manifest(
 
 
 def _summary(frame: pd.DataFrame, undecodable: dict[str, str]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"rows": len(frame), "undecodable": len(undecodable)}
+    summary: dict[str, Any] = {
+        "rows": len(frame),
+        "undecodable": len(undecodable),
+        "undecodable_images": dict(undecodable),  # every one, with why
+    }
     if {"pid", "camid", "split"} <= set(frame.columns):
         for split in SPLITS:
             rows = frame[frame["split"] == split]
@@ -486,12 +490,17 @@ def _run(frame: pd.DataFrame, checks: list[_Check]) -> list[dict[str, Any]]:
     return results
 
 
+def html_report_path(json_path: str | Path) -> Path:
+    """Where `write_report` puts the HTML page of the report at `json_path`."""
+    json_path = Path(json_path)
+    return json_path.with_name(json_path.stem + ".html")
+
+
 def write_report(report: ValidationReport, json_path: str | Path) -> None:
     """Write the report as JSON and as an HTML table next to it (`<stem>.html`), atomically."""
     json_path = Path(json_path)
     write_json(json_path, report.to_dict())
-    html_path = json_path.with_name(json_path.stem + ".html")
-    with atomic_output(html_path) as tmp:
+    with atomic_output(html_report_path(json_path)) as tmp:
         tmp.write_text(render_html(report), encoding="utf-8")
 
 

@@ -1,0 +1,42 @@
+"""Reading a JSON object another stage wrote, with one clear error when it is not that file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+Number = (int, float)
+
+
+class JsonFileError(ValueError):
+    """A JSON file that is missing, malformed or lacks what its reader needs; names the file."""
+
+
+def read_json_object(
+    path: str | Path, required: Mapping[str, type | tuple[type, ...]], written_by: str
+) -> dict[str, Any]:
+    """The JSON object in `path`, which must hold each `required` key with a value of its
+    type (numbers are int or float, never bool); `written_by` names the step that writes it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JsonFileError(f"{path}: no such file (written by {written_by})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise JsonFileError(f"{path}: not a JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise JsonFileError(f"{path}: expected a JSON object as {written_by} writes it")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise JsonFileError(
+            f"{path}: lacks {', '.join(map(repr, missing))}; is it the file {written_by} writes?"
+        )
+    for key, kind in required.items():
+        value = data[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            value = None
+        if not isinstance(value, kind):
+            raise JsonFileError(f"{path}: '{key}' has the wrong type: {data[key]!r}")
+    return data
