@@ -303,8 +303,9 @@ class ExportConfig(_Section):
     l2_normalize: bool = False
     # fp16 weights and arithmetic inside the graph; the interface stays float32 in and out
     fp16: bool = False
-    parity_images: int = Field(64, ge=1)
-    parity_batch_sizes: list[int] = [1, 7, 64]
+    parity_images: int = Field(64, ge=1, le=4096)
+    # the gate compares each of these batch sizes (distinct; at least one)
+    parity_batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] = Field([1, 7, 64], min_length=1)
     max_abs_diff: float = Field(1e-3, gt=0)
     min_cosine: float = Field(0.9999, gt=0, le=1)
     # tolerances for reduced-precision graphs (fp16 ONNX, TensorRT fp16 engines)
@@ -313,11 +314,23 @@ class ExportConfig(_Section):
     # build a TensorRT fp16 engine when a GPU is present (skipped, with a message, on CPU)
     tensorrt: bool = True
 
+    @field_validator("parity_batch_sizes")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"batch sizes repeat: {value}")
+        return value
+
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+"""A registered model's name, also its Triton folder and config.pbtxt `name`: letters, digits,
+'-', '_' and '.' (nothing that could end a quoted string or leave the folder)."""
+
 
 class PromoteConfig(_Section):
     """The promotion policy (`reid_core.tracking.promotion`); metrics are fractions."""
 
-    model_name: str = "reid-student"
+    model_name: str = Field("reid-student", pattern=MODEL_NAME_PATTERN)
     # mAP must beat the champion's by more than this (by anything at 0)
     min_map_gain: float = Field(0.0, ge=0)
     # rank-1 may fall below the champion's by at most this

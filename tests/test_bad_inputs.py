@@ -223,3 +223,37 @@ def test_a_base_that_is_not_a_config_file_is_refused_without_echoing_it(tmp_path
     assert main(["data", "synth", str(tmp_path / "out"), "--config", str(config)]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "not a config file" in line and "just a line" not in line
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("export.parity_batch_sizes=[]", "export.parity_batch_sizes"),
+        ("export.parity_batch_sizes=[0, 7]", "export.parity_batch_sizes.0"),
+        ("export.parity_batch_sizes=[-3]", "export.parity_batch_sizes.0"),
+        ("export.parity_batch_sizes=[7, 7]", "batch sizes repeat"),
+        ("promote.model_name='reid\"student'", "promote.model_name"),
+        ("promote.model_name=../escape", "promote.model_name"),
+    ],
+    ids=["empty-gate", "zero-batch", "negative-batch", "repeated-batch", "quote", "traversal"],
+)
+def test_values_that_reach_gates_and_files_are_refused_naming_the_key(tmp_path, capsys,
+                                                                      override, key):  # fmt: skip
+    assert main(["data", "synth", str(tmp_path / "out"), "--set", override]) == 2
+    assert key in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_triton_refuses_a_model_name_that_could_break_its_config():
+    from reid_core.config import TritonConfig
+    from reid_core.export.triton import triton_config
+
+    with pytest.raises(ValueError, match="not a model name Triton can serve"):
+        triton_config('a"b', 128, 64, 512, TritonConfig())
+
+
+def test_a_parity_check_without_batches_is_refused():
+    from reid_core.export.onnx import parity_figures
+
+    with pytest.raises(ValueError, match="at least one batch"):
+        parity_figures(lambda batch: batch, torch.nn.Identity(), [])

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from reid_core.data.errors import DatasetError
+from reid_core.data.paths import confined
 
 MAX_IMAGE_PIXELS = 40_000_000
 """The largest image (width × height) reidflow decodes. Person and vehicle crops are far
@@ -54,7 +55,7 @@ def load_images(
     out = np.empty((len(paths), height, width, 3), dtype=np.uint8)
 
     def fill(i: int) -> None:
-        out[i] = decode_resized(root / paths[i], height, width)
+        out[i] = decode_resized(confined(root, paths[i]), height, width)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(fill, range(len(paths))))

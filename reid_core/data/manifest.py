@@ -18,6 +18,7 @@ import pandas as pd
 from reid_core.atomic import atomic_output
 from reid_core.data.errors import DatasetError
 from reid_core.data.images import open_image
+from reid_core.data.paths import confined, path_problem
 from reid_core.data.readers import read_dataset
 
 MANIFEST_COLUMNS = ("path", "pid", "camid", "split", "domain", "width", "height")
@@ -48,7 +49,7 @@ def build_manifest(
     root = Path(root)
     df = read_dataset(root, fmt)
     with ThreadPoolExecutor(_THREADS) as pool:
-        sizes = list(pool.map(lambda p: _image_size(root / p, strict), df["path"]))
+        sizes = list(pool.map(lambda p: _image_size(confined(root, p), strict), df["path"]))
     df["domain"] = pd.Series([domain] * len(df), dtype=str)
     size_array = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
     df["width"] = size_array[:, 0]
@@ -74,7 +75,7 @@ def dataset_fingerprint(root: str | Path, df: pd.DataFrame) -> str:
     root = Path(root)
     paths = sorted(set(df["path"]))
     with ThreadPoolExecutor(_THREADS) as pool:
-        facts = list(pool.map(_file_digest, [root / p for p in paths]))
+        facts = list(pool.map(_file_digest, [confined(root, p) for p in paths]))
     total = hashlib.sha256()
     for path, (size, digest) in zip(paths, facts, strict=True):
         total.update(f"{path}\t{size}\t{digest}\n".encode())
@@ -151,4 +152,8 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
             raise DatasetError(f"manifest {path}: metadata {METADATA_KEY!r} is not an object")
     df = table.to_pandas()
     _check_columns(df, str(path))
+    for row, relative in enumerate(df["path"]):
+        problem = path_problem(relative) if isinstance(relative, str) else "is not a string"
+        if problem:
+            raise DatasetError(f"manifest {path}: row {row}: image path {relative!r} {problem}")
     return df.loc[:, list(MANIFEST_COLUMNS)], metadata

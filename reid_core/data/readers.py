@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from reid_core.data.errors import DatasetError
+from reid_core.data.paths import confined, path_problem
 
 COLUMNS = ("path", "pid", "camid", "split")
 SPLITS = ("train", "query", "gallery")
@@ -187,11 +188,9 @@ def read_csv(root: Path) -> pd.DataFrame:
 
     paths = table["path"].str.strip()
     bad((paths == "").to_numpy(), "path", "is empty")
-    bad(
-        paths.map(lambda p: p.startswith("/") or ".." in p.split("/")).to_numpy(bool),
-        "path",
-        "must be relative to the dataset root",
-    )
+    problems = paths.map(path_problem)
+    if problems.notna().any():
+        bad(problems.notna().to_numpy(bool), "path", problems[problems.notna()].iloc[0])
     ints = {}
     for column in ("pid", "camid"):
         ints[column] = pd.to_numeric(table[column].str.strip(), errors="coerce")
@@ -229,6 +228,10 @@ def _finalize(
     """Apply the checks shared by every layout and give the table its dtypes and order."""
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df = df.astype({"path": str, "pid": np.int64, "camid": np.int64, "split": str})
+    for path, split in zip(df["path"], df["split"], strict=True):
+        problem = path_problem(path)
+        if problem:
+            raise DatasetError(f"{fmt} dataset: {sources[split]}: image path {path!r} {problem}")
     for split in SPLITS:
         if not (df["split"] == split).any():
             raise DatasetError(f"{fmt} dataset {root}: split '{split}' is empty ({sources[split]})")
@@ -240,7 +243,7 @@ def _finalize(
             f"{first['path']} is in split '{first['split']}' ({len(distractors)} such images)"
         )
     if check_exists:
-        missing = [p for p in df["path"] if not (root / p).is_file()]
+        missing = [p for p in df["path"] if not confined(root, p).is_file()]
         if missing:
             shown = ", ".join(missing[:3])
             raise DatasetError(

@@ -122,6 +122,8 @@ def parity_figures(
     run: Callable[[torch.Tensor], np.ndarray], reference: nn.Module, batches: list[torch.Tensor]
 ) -> dict[str, float]:
     """Per-batch and overall figures of `run(batch) -> N×D array` against `reference`."""
+    if not batches:
+        raise ValueError("a parity check needs at least one batch")
     report: dict[str, float] = {}
     worst_diff, worst_cos = 0.0, 1.0
     for batch in batches:

@@ -14,10 +14,11 @@ rewritten only once the new version is complete, so a polling Triton never loads
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from reid_core.config import TritonConfig
+from reid_core.config import MODEL_NAME_PATTERN, TritonConfig
 from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME
 from reid_core.export.repositories import open_repository
 
@@ -41,6 +42,8 @@ def triton_config(
 ) -> str:
     """config.pbtxt for `config.backend`, with batching and instances; it serves `versions`
     (what publishing writes: the config is the switch), or the newest `serve_versions`."""
+    if not re.fullmatch(MODEL_NAME_PATTERN, name):
+        raise ValueError(f"{name!r} is not a model name Triton can serve ({MODEL_NAME_PATTERN})")
     runtime = _RUNTIMES[config.backend]
     batching = ""
     if config.dynamic_batching:

@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 
 from reid_core.atomic import atomic_output, write_json
+from reid_core.data.errors import DatasetError
 from reid_core.data.manifest import MANIFEST_COLUMNS
+from reid_core.data.paths import confined
 
 SPLITS = ("train", "query", "gallery")
 DERIVED_COLUMNS = ("decodable", "has_cross_camera_match")
@@ -122,9 +124,17 @@ def decode_errors(root: Path, paths: list[Any]) -> list[str | None]:
 
     One entry per path: None when it decodes, else why not (a missing path counts as a fault).
     """
-    files = [root / p if isinstance(p, str) and p else None for p in paths]
+
+    def check(relative: Any) -> str | None:
+        if not isinstance(relative, str) or not relative:
+            return "no path"
+        try:
+            return _decode(confined(root, relative))
+        except DatasetError as err:
+            return str(err)
+
     with ThreadPoolExecutor(_DECODE_THREADS) as pool:
-        return list(pool.map(lambda f: "no path" if f is None else _decode(f), files))
+        return list(pool.map(check, paths))
 
 
 def cross_camera_match(df: pd.DataFrame) -> np.ndarray:
