@@ -57,12 +57,14 @@ def compile_pipeline(out: Path = PIPELINE_FILE, config: ReidConfig | None = None
 
 
 def _config_text(config_yaml: str | None) -> str:
-    """The config to run with, validated here so a bad key fails before any task starts."""
-    from pipelines.training import default_config_yaml
+    """The config to run with, validated here so a bad key (or a secret) fails before any task
+    starts."""
+    from pipelines.training import default_config_yaml, refuse_secrets
 
-    text = default_config_yaml() if config_yaml is None else config_yaml
-    parse_config_yaml(text)
-    return text
+    if config_yaml is None:
+        return default_config_yaml()
+    refuse_secrets(parse_config_yaml(config_yaml))
+    return config_yaml
 
 
 def pipeline_arguments(config_yaml: str, parameters: Mapping[str, str] = {}) -> dict[str, Any]:  # noqa: B006

@@ -291,9 +291,14 @@ def _name_value(text: str) -> tuple[str, str]:
 
 
 def _config_yaml(args: argparse.Namespace) -> str:
+    """The config as the pipeline's parameter; a user and password in its tracking URI go to
+    this process's environment (which local tasks inherit), never into the text."""
     from reid_core.config import config_to_yaml
+    from reid_core.tracking.runs import configured_tracking_uri
 
-    return config_to_yaml(_config(args))
+    config = _config(args)
+    configured_tracking_uri(config)
+    return config_to_yaml(config)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -444,8 +449,11 @@ def _bad_input(err: Exception) -> bool:
 
 
 def _message(err: Exception) -> str:
-    """The error's own message; for one reidflow did not expect, its type and a hint."""
-    text = str(err).strip() or type(err).__name__
+    """The error's own message, credentials redacted; for one reidflow did not expect, its
+    type and a hint."""
+    from reid_core.redact import redact
+
+    text = redact(str(err).strip()) or type(err).__name__
     if _ours(err) or isinstance(err, BAD_INPUT_ERRORS):
         return text
     first = text.splitlines()[0]

@@ -18,11 +18,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from reid_core.redact import redact_values, split_credentials
 
 
 class _Section(BaseModel):
@@ -426,15 +429,33 @@ class RuntimeConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    """Where runs go. Empty URI means the embedded SQLite store under `workspace`."""
+    """Where runs go. Empty URI means the embedded SQLite store under `workspace`.
+
+    A user and password written into the URI (`https://user:password@host`) are taken out as
+    it is read: the URI kept holds no secret, and `credentials()` gives them to MLflow.
+    """
 
     tracking_uri: str = ""
+    _username: str = PrivateAttr("")
+    _password: str = PrivateAttr("")
     experiment: str = "reidflow"
     workspace: Path = Path(".mlflow")
     # a tracking server that does not answer is tried this many times, waiting
     # connect_backoff_s, then twice as long each time, before the stage fails
     connect_attempts: int = Field(6, ge=1)
     connect_backoff_s: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _credentials_out_of_the_uri(self) -> TrackingConfig:
+        clean, user, password = split_credentials(self.tracking_uri)
+        if user or password:
+            self.__dict__["tracking_uri"] = clean  # not validated again: no recursion
+            self._username, self._password = user, password
+        return self
+
+    def credentials(self) -> tuple[str, str]:
+        """The (user, password) the configured URI carried; empty when it carried none."""
+        return self._username, self._password
 
 
 def _whole(pattern: str, *, empty: bool = False) -> str:
@@ -669,8 +690,9 @@ class ReidConfig(_Section):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def flat(self) -> dict[str, Any]:
-        """Dotted-key view, e.g. {'train.solver.lr': 0.00035}, for MLflow params."""
-        return dict(_flatten(self.model_dump(mode="json")))
+        """Dotted-key view, e.g. {'train.solver.lr': 0.00035}, for MLflow params; secrets in
+        URLs (a token in a weights URL, say) are redacted."""
+        return dict(_flatten(redact_values(self.model_dump(mode="json"))))
 
 
 class ConfigError(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import re
 import threading
@@ -576,3 +577,50 @@ def test_the_new_layers_export_to_onnx(tmp_path):
     got = session.run(["features"], {"images": images.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, model(images).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_download_pinned_to_another_digest_is_refused_and_not_kept(tmp_path, weight_server):
+    base, folder, _ = weight_server
+    source, target = source_and_target("resnet18")
+    save_file(source.state_dict(), folder / "r18.safetensors")
+    digest = hashlib.sha256((folder / "r18.safetensors").read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match="is not the pinned"):
+        load_pretrained(target, f"{base}/r18.safetensors#sha256={'0' * 64}", cache_dir=cache)
+    assert not list(cache.iterdir())
+    load_pretrained(target, f"{base}/r18.safetensors#sha256={digest}", cache_dir=cache)
+    torch.testing.assert_close(outputs(target), outputs(source))
+    with pytest.raises(ValueError, match="#sha256=<64 hex digits>"):
+        load_pretrained(target, f"{base}/r18.safetensors#md5=abc", cache_dir=cache)
+
+
+def test_a_download_over_the_size_cap_is_refused_and_not_kept(tmp_path, weight_server,
+                                                               monkeypatch):  # fmt: skip
+    from reid_core.modeling.backbones import pretrained
+
+    base, folder, _ = weight_server
+    (folder / "big.pth").write_bytes(b"\0" * 5_000)
+    monkeypatch.setattr(pretrained, "MAX_DOWNLOAD_BYTES", 4_096)
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match="larger than 4,096 bytes"):
+        load_pretrained(create_backbone("resnet18", base_width=8), f"{base}/big.pth",
+                        cache_dir=cache)  # fmt: skip
+    assert not list(cache.iterdir())
+
+
+def test_a_downloaded_file_that_is_not_weights_is_dropped_from_the_cache(tmp_path, weight_server):
+    base, folder, _ = weight_server
+    (folder / "page.pth").write_text("<html>login required</html>")
+    cache = tmp_path / "cache"
+    with pytest.raises(Exception):  # noqa: B017 (torch's own error for a file that is no archive)
+        load_pretrained(create_backbone("resnet18", base_width=8), f"{base}/page.pth",
+                        cache_dir=cache)  # fmt: skip
+    assert not list(cache.iterdir())
+
+
+def test_a_token_in_a_weights_url_never_reaches_a_message(tmp_path, weight_server):
+    base, _, _ = weight_server
+    url = f"{base}/nope.pth?token=hunter2secret"
+    with pytest.raises(OSError) as caught:
+        load_pretrained(create_backbone("resnet18", base_width=8), url, cache_dir=tmp_path / "c")
+    assert "hunter2secret" not in str(caught.value) and "token=***" in str(caught.value)

@@ -7,12 +7,12 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from reid_core.atomic import atomic_output
+from reid_core.redact import redact
 from reid_core.sources.references import (
     DatasetReference,
     DvcReference,
@@ -22,7 +22,6 @@ from reid_core.sources.references import (
 )
 
 log = logging.getLogger(__name__)
-_CREDENTIALS = re.compile(r"://[^/@\s]+@")
 
 
 RECORD_FILE = ".fetch.json"  # the record, inside the dataset folder it describes
@@ -105,9 +104,9 @@ def _fetch_into(reference: DatasetReference, tmp: Path, synth_options: dict) -> 
         provenance = fetchers[type(reference)](reference, tmp)
     files, size, digest = _content(tmp)
     if files == 0:
-        raise FetchError(f"dataset {_public(str(reference))} is empty: no files to fetch")
+        raise FetchError(f"dataset {redact(str(reference))} is empty: no files to fetch")
     return FetchRecord(
-        reference=_public(str(reference)),
+        reference=redact(str(reference)),
         kind=reference.kind,
         files=files,
         bytes=size,
@@ -154,7 +153,7 @@ def _fetch_local(reference: LocalReference, tmp: Path) -> dict:
 def _fetch_dvc(reference: DvcReference, tmp: Path) -> dict:
     from dvc.api import DVCFileSystem
 
-    where = f"{_public(reference.repo)} at {reference.rev or 'HEAD'}"
+    where = f"{redact(reference.repo)} at {reference.rev or 'HEAD'}"
     remote = "://" in reference.repo or "@" in reference.repo.split("/")[0]
     if not remote and not Path(reference.repo).is_dir():
         raise FetchError(f"dataset {reference}: no git repository at {reference.repo}")
@@ -163,32 +162,32 @@ def _fetch_dvc(reference: DvcReference, tmp: Path) -> dict:
         commit = fs.repo.scm.resolve_rev(reference.rev or "HEAD")
     except Exception as exc:  # dvc's CloneError, RevError, SCMError: all mean the same here
         raise FetchError(
-            f"dataset {_public(str(reference))}: cannot open git repository {where} "
-            f"(unreachable, not a git repository, or no such revision): {_public(str(exc))}"
+            f"dataset {redact(str(reference))}: cannot open git repository {where} "
+            f"(unreachable, not a git repository, or no such revision): {redact(str(exc))}"
         ) from None
     try:
         info = fs.info(reference.path)
     except FileNotFoundError:
         raise FetchError(
-            f"dataset {_public(str(reference))}: {reference.path} does not exist in {where}"
+            f"dataset {redact(str(reference))}: {reference.path} does not exist in {where}"
         ) from None
     if info.get("type") != "directory":
-        raise FetchError(f"dataset {_public(str(reference))}: {reference.path} is not a folder")
+        raise FetchError(f"dataset {redact(str(reference))}: {reference.path} is not a folder")
     md5 = info.get("md5") or info.get("dvc_info", {}).get("md5", "")
     if not md5:
         raise FetchError(
-            f"dataset {_public(str(reference))}: {reference.path} in {where} is not tracked by DVC"
+            f"dataset {redact(str(reference))}: {reference.path} in {where} is not tracked by DVC"
         )
     try:
         fs.get(reference.path.rstrip("/") + "/", str(tmp) + "/", recursive=True)
     except Exception as exc:
         raise FetchError(
-            f"dataset {_public(str(reference))}: cannot download {reference.path} from the DVC "
-            f"remote of {where}: {type(exc).__name__}: {_public(str(exc))}"
+            f"dataset {redact(str(reference))}: cannot download {reference.path} from the DVC "
+            f"remote of {where}: {type(exc).__name__}: {redact(str(exc))}"
         ) from None
     finally:
         fs.close()
-    return {"repo": _public(reference.repo), "rev": commit, "path": reference.path, "md5": md5}
+    return {"repo": redact(reference.repo), "rev": commit, "path": reference.path, "md5": md5}
 
 
 def _fetch_s3(reference: S3Reference, tmp: Path) -> dict:
@@ -244,8 +243,3 @@ def _content(root: Path) -> tuple[int, int, str]:
         digest.update(f"{path.relative_to(root).as_posix()}\0{file_hash.hexdigest()}\n".encode())
         files += 1
     return files, size, digest.hexdigest()
-
-
-def _public(text: str) -> str:
-    """`text` with the credentials of any URL in it removed (user:password@host → host)."""
-    return _CREDENTIALS.sub("://", text)

@@ -62,7 +62,7 @@ def run(
         model = create_model(cfg.model, count_ids(data.labels))
         if cfg.model.pretrained:
             report = load_pretrained_backbone(model, cfg.model.pretrained)
-            print(f"train: pretrained backbone from {cfg.model.pretrained}: {report}")
+            print(f"train: pretrained backbone: {report}")  # its source, redacted
         model.to(device)
         loss = ReidLoss(cfg.loss)
         hooks = default_hooks("train", cfg.log_every)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reid_core.config import ReidConfig
+from reid_core.redact import split_credentials
 from reid_core.tracking.lineage import git_commit
 from reid_core.tracking.resume import RUN_FILE, forget_run, open_run
 from reid_core.tracking.retries import RETRY_ENV, apply_retry_env
@@ -24,9 +25,28 @@ if TYPE_CHECKING:
 PIPELINE_TAG = "reid.pipeline_run_id"
 
 
+USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+
+
 def configured_tracking_uri(config: ReidConfig) -> str:
-    """MLFLOW_TRACKING_URI, else the configured URI; "" when neither names one."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.tracking_uri
+    """MLFLOW_TRACKING_URI, else the configured URI; "" when neither names one.
+
+    The URI returned holds no secret: a user and password written into it are given to MLflow
+    as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD instead (unless those are set), and
+    MLFLOW_TRACKING_URI is cleaned, so child processes inherit the same.
+    """
+    from_env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if from_env:
+        uri, user, password = split_credentials(from_env)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+    else:  # the config took them out of its URI as it was read
+        uri = config.tracking.tracking_uri
+        user, password = config.tracking.credentials()
+    if user or password:
+        os.environ.setdefault(USERNAME_ENV, user)
+        os.environ.setdefault(PASSWORD_ENV, password)
+    return uri
 
 
 def tracking_uri(config: ReidConfig) -> str:
@@ -55,14 +75,19 @@ def pipeline_run_id(config: ReidConfig) -> str:
 def wait_for_server(uri: str, attempts: int, backoff_s: float) -> None:
     """Return once an HTTP tracking server answers its health check; after `attempts` tries
     (waits of backoff_s, 2·backoff_s, …) raise ConnectionError naming the server."""
+    import base64
     import time
     import urllib.error
     import urllib.request
 
     wait, error = backoff_s, ""
+    request = urllib.request.Request(f"{uri.rstrip('/')}/health")
+    if os.environ.get(USERNAME_ENV):
+        pair = f"{os.environ[USERNAME_ENV]}:{os.environ.get(PASSWORD_ENV, '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
     for attempt in range(1, attempts + 1):
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as reply:
+            with urllib.request.urlopen(request, timeout=5) as reply:
                 if reply.status == 200:
                     return
                 error = f"HTTP {reply.status}"

@@ -26,7 +26,6 @@ import hashlib
 import os
 import pickle
 import re
-import shutil
 import tempfile
 import urllib.parse
 import urllib.request
@@ -40,6 +39,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from reid_core.modeling.backbones.registry import BACKBONES, StateDict
+from reid_core.redact import redact
 
 Remap = Callable[[StateDict, nn.Module], StateDict]
 
@@ -66,12 +66,24 @@ def default_cache_dir() -> Path:
     return base / "weights"
 
 
+MAX_DOWNLOAD_BYTES = 2 * 1024**3  # no backbone's weights come near; more is not weights
+DOWNLOAD_DEADLINE_S = 900.0  # the whole download, however slowly the server trickles
+
+
 def resolve_source(source: str | Path, cache_dir: Path | None = None) -> Path:
-    """Local file for `source`: a path, a `file://` URL, or an `http(s)://` URL (cached)."""
+    """Local file for `source`: a path, a `file://` URL, or an `http(s)://` URL (cached).
+
+    A URL may pin its file with `#sha256=<hex>`: a download (or cached copy) with another
+    digest is refused and not kept.
+    """
     text = str(source)
     scheme = urllib.parse.urlparse(text).scheme.lower()
     if scheme in ("http", "https"):
-        return _download(text, Path(cache_dir) if cache_dir else default_cache_dir())
+        url, _, fragment = text.partition("#")
+        pin = fragment.removeprefix("sha256=").lower() if fragment.startswith("sha256=") else ""
+        if fragment and not re.fullmatch(r"[0-9a-f]{64}", pin):
+            raise ValueError(f"{redact(text)}: the fragment must be #sha256=<64 hex digits>")
+        return _download(url, Path(cache_dir) if cache_dir else default_cache_dir(), pin)
     if scheme == "file":
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(text).path))
     else:
@@ -81,21 +93,46 @@ def resolve_source(source: str | Path, cache_dir: Path | None = None) -> Path:
     return path
 
 
-def _download(url: str, cache_dir: Path) -> Path:
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _download(url: str, cache_dir: Path, pin: str = "") -> Path:
+    """`url` in the cache (downloaded first when absent): at most MAX_DOWNLOAD_BYTES within
+    DOWNLOAD_DEADLINE_S, with the digest `pin` when given; a refused file is not kept."""
+    import time
+
+    shown = redact(url)
     name = Path(urllib.parse.urlparse(url).path).name or "weights"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
     # The URL's hash keeps two files with the same name from different places apart.
     target = cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
     if target.is_file():
-        return target
+        if not pin or _sha256(target) == pin:
+            return target
+        target.unlink()  # a cached copy that no longer matches its pin
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}.", suffix=".part")
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
+    digest, size = hashlib.sha256(), 0
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
+            while chunk := response.read(1 << 20):
+                size += len(chunk)
+                if size > MAX_DOWNLOAD_BYTES:
+                    raise OSError(f"larger than {MAX_DOWNLOAD_BYTES:,} bytes")
+                if time.monotonic() > deadline:
+                    raise OSError(f"not done after {DOWNLOAD_DEADLINE_S:.0f} s")
+                digest.update(chunk)
+                out.write(chunk)
+        if pin and digest.hexdigest() != pin:
+            raise OSError(f"sha256 {digest.hexdigest()} is not the pinned {pin}")
         os.replace(tmp, target)  # atomic: a crash never leaves a truncated cached file
     except OSError as err:  # urllib's URLError/HTTPError included
-        raise OSError(f"could not download pretrained weights from {url}: {err}") from err
+        raise OSError(
+            f"could not download pretrained weights from {shown}: {redact(str(err))}"
+        ) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return target
@@ -172,8 +209,14 @@ def load_pretrained(
     `remap(state_dict, backbone)` renames a foreign layout's keys to the backbone's;
     `allow_missing=True` accepts backbone tensors the checkpoint does not cover.
     """
+    where = redact(str(source))  # a token in the URL never reaches a message
     path = resolve_source(source, cache_dir)
-    state, ignored = extract_state_dict(read_checkpoint(path))
+    try:
+        state, ignored = extract_state_dict(read_checkpoint(path))
+    except Exception:
+        if urllib.parse.urlparse(str(source)).scheme.lower() in ("http", "https"):
+            path.unlink(missing_ok=True)  # a downloaded file that is not weights is not kept
+        raise
     target = backbone.state_dict()
     state, outside = _strip_wrappers(state, set(target))
     ignored += outside
@@ -193,12 +236,12 @@ def load_pretrained(
         if tensor.shape != target[key].shape:
             raise ValueError(
                 f"pretrained tensor '{key}' has shape {tuple(tensor.shape)} but the backbone "
-                f"expects {tuple(target[key].shape)} ({source})"
+                f"expects {tuple(target[key].shape)} ({where})"
             )
         matched[key] = tensor
     if not matched:
         raise ValueError(
-            f"no tensor of {source} matches the backbone {type(backbone).__name__}: checkpoint "
+            f"no tensor of {where} matches the backbone {type(backbone).__name__}: checkpoint "
             f"keys look like {sorted(state)[:3]}, the backbone's like {sorted(target)[:3]}"
         )
 
@@ -216,12 +259,12 @@ def load_pretrained(
         if len(required) > 8:
             shown += f" … ({len(required)} in all)"
         raise ValueError(
-            f"{source} leaves backbone tensors uninitialised: {shown}; wrong layout or options? "
+            f"{where} leaves backbone tensors uninitialised: {shown}; wrong layout or options? "
             f"(pass allow_missing=True to accept)"
         )
     backbone.load_state_dict(matched, strict=False)
     return PretrainedReport(
-        source=str(source),
+        source=where,
         loaded=len(matched),
         missing=tuple(missing),
         unexpected=tuple(unexpected),
