@@ -658,3 +658,123 @@ def test_ablation_writes_a_table_and_one_mlflow_run_per_variant(workspace):
     baseline = next(r for r in runs if r.data.tags["reid.variant"] == "baseline")
     assert baseline.data.params["train.model.head"] == "linear"
     assert 0 <= baseline.data.metrics["mAP"] <= 1
+
+
+# ------------------------------------------------------------------ promotion is all or nothing
+
+
+def _promotion_state(client, name: str, repo: str) -> tuple:
+    """What a failed promotion or rollback must leave as it found it: aliases, served
+    versions, config.pbtxt's text and the version folders."""
+    from reid_core.export.repositories import open_repository
+
+    repository = open_repository(repo)
+    aliases = dict(client.get_registered_model(name).aliases)
+    return aliases, repository.served(name), repository.read_config(name), repository.versions(name)
+
+
+def _fault(monkeypatch, step: str) -> None:
+    """Make promotion fail at `step`, as a lost tracking server or an unwritable repository
+    would."""
+    from reid_core.export.repositories import LocalRepository
+    from reid_core.export.s3_repository import S3Repository
+    from reid_core.stages import promote
+    from reid_core.tracking import registry
+
+    def broken(*args, **kwargs):
+        raise ConnectionError(f"injected failure at {step}")
+
+    if step == "publish":  # the new version's files are written, config.pbtxt is not
+        for store in (LocalRepository, S3Repository):
+            monkeypatch.setattr(store, "_write_config", broken)
+    elif step == "aliases":  # the set's champion alias moves, then the server goes
+        real = registry.set_champion_alias
+
+        def half(model_name, version, old):
+            import mlflow
+
+            mlflow.MlflowClient().set_registered_model_alias(
+                model_name, real(registry.candidate(model_name, version).eval_set_hash),
+                str(version),
+            )  # fmt: skip
+            broken()
+
+        monkeypatch.setattr(registry, "set_champion", half)
+    elif step == "decision":
+        monkeypatch.setattr(promote, "_record", broken)
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+@pytest.mark.parametrize("step", ["publish", "aliases", "decision"])
+def test_a_promotion_failing_at_any_step_leaves_registry_and_triton_as_they_were(
+    store, step, workspace, request, monkeypatch
+):
+    import mlflow
+
+    from reid_core.config import load_config
+    from reid_core.stages import run_stage
+    from reid_core.tracking.registry import PROMOTION_TAG
+
+    ws, env = workspace
+    for key in ("MLFLOW_TRACKING_URI", "REID_PIPELINE_RUN_ID", "GX_ANALYTICS_ENABLED"):
+        monkeypatch.setenv(key, env[key])
+    name = f"reid-fault-{step}-{store}"
+    if store == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        repo = f"s3://{endpoint}/{request.getfixturevalue('s3_bucket')}/triton"
+    else:
+        repo = str(ws / f"fault_{step}_repository")
+    config = load_config([TINY], [f"promote.model_name={name}", f"triton.repository={repo}"])
+    evaluation = json.loads((ws / "eval.json").read_text())
+    (ws / "eval_fault.json").write_text(json.dumps({**evaluation, "mAP": evaluation["mAP"] + 0.1}))
+    inputs = {"onnx": ws / "onnx", "model": ws / "student", "evaluation": ws / "eval.json"}
+
+    def promote(evaluation_file: str) -> dict:
+        outputs = {"decision": ws / f"{name}.json", "markdown": ws / f"{name}.md"}
+        run_stage("promote", config, {**inputs, "evaluation": ws / evaluation_file}, outputs)
+        return json.loads(outputs["decision"].read_text())
+
+    assert promote("eval.json")["promoted"]  # v1: champion, served as Triton version 1
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    before = _promotion_state(client, name, repo)
+    with monkeypatch.context() as patch:
+        _fault(patch, step)
+        with pytest.raises(ConnectionError, match=f"injected failure at {step}"):
+            promote("eval_fault.json")  # v2 is better: it would be promoted
+    assert _promotion_state(client, name, repo) == before
+    assert client.get_model_version(name, "2").tags[PROMOTION_TAG].startswith("failed: ")
+    # the next promotion works from the state the failed one left
+    assert promote("eval_fault.json")["triton_version"] == 2
+
+
+def test_a_rollback_failing_after_its_publish_is_undone(workspace, monkeypatch):
+    import mlflow
+
+    from reid_core.config import load_config
+    from reid_core.tracking import rollback
+
+    ws, env = workspace
+    for key in ("MLFLOW_TRACKING_URI", "REID_PIPELINE_RUN_ID", "GX_ANALYTICS_ENABLED"):
+        monkeypatch.setenv(key, env[key])
+    name, repo = "reid-fault-rollback", str(ws / "fault_rollback_repository")
+    sets = ("--set", f"promote.model_name={name}", "--set", f"triton.repository={repo}")
+    evaluation = json.loads((ws / "eval.json").read_text())
+    (ws / "eval_rb.json").write_text(json.dumps({**evaluation, "mAP": evaluation["mAP"] + 0.1}))
+    for i, ev in enumerate(("eval.json", "eval_rb.json")):
+        reid("promote", "--onnx", "onnx", "--model", "student", "--evaluation", ev, "--decision",
+             f"frb{i}.json", "--markdown", f"frb{i}.md", *sets, cwd=ws, env=env)  # fmt: skip
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    before = _promotion_state(client, name, repo)
+    real = rollback._move_aliases
+
+    def half(client_, name_, target, tags):
+        client_.set_registered_model_alias(name_, "champion", target)
+        raise ConnectionError("injected failure after the champion alias moved")
+
+    monkeypatch.setattr(rollback, "_move_aliases", half)
+    config = load_config([TINY], [f"promote.model_name={name}", f"triton.repository={repo}"])
+    with pytest.raises(ConnectionError, match="injected failure"):
+        rollback.rollback(config)
+    assert _promotion_state(client, name, repo) == before
+    monkeypatch.setattr(rollback, "_move_aliases", real)
+    assert rollback.rollback(config).restored == 1

@@ -91,6 +91,10 @@ class ModelRepository(ABC):
     def _write_config(self, name: str, text: str) -> None:
         """Replace config.pbtxt in one atomic write: the moment Triton's view changes."""
 
+    @abstractmethod
+    def _remove_config(self, name: str) -> None:
+        """Delete config.pbtxt (Triton then serves `name` no more)."""
+
     def served(self, name: str) -> list[int]:
         """Versions that `name`'s config.pbtxt tells Triton to serve (none: no config yet)."""
         text = self.read_config(name)
@@ -111,10 +115,23 @@ class ModelRepository(ABC):
         before = self.served(name)
         _check_version(version, before, served, files)
         where = self._place_version(name, version, files)
-        for old in _to_prune(self.versions(name), before, served, keep):
-            self._remove_version(name, old)
-        self._write_config(name, config_text)
+        try:
+            for old in _to_prune(self.versions(name), before, served, keep):
+                self._remove_version(name, old)
+            self._write_config(name, config_text)
+        except BaseException:
+            self._remove_version(name, version)  # Triton never named it: it simply goes
+            raise
         return where
+
+    def unpublish(self, name: str, version: int, config_before: str | None) -> None:
+        """Undo `publish` of `version`: config.pbtxt back to `config_before` (none: removed),
+        so Triton serves what it served before, then the version's files removed."""
+        if config_before is None:
+            self._remove_config(name)
+        else:
+            self._write_config(name, config_before)
+        self._remove_version(name, version)
 
 
 class LocalRepository(ModelRepository):
@@ -158,6 +175,9 @@ class LocalRepository(ModelRepository):
     def _write_config(self, name: str, text: str) -> None:
         with atomic_output(self.root / name / CONFIG_FILE) as tmp:
             tmp.write_text(text)
+
+    def _remove_config(self, name: str) -> None:
+        (self.root / name / CONFIG_FILE).unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 600.0) -> Iterator[None]:

@@ -147,6 +147,9 @@ class S3Repository(ModelRepository):
         if reply["ETag"].strip('"') != hashlib.md5(text.encode()).hexdigest():
             raise PublishError(f"s3://{self.where.bucket}/{key}: ETag {reply['ETag']}")
 
+    def _remove_config(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.where.bucket, Key=self.where.key(name, CONFIG_FILE))
+
     def _upload(self, source: Path, key: str) -> None:
         from boto3.s3.transfer import TransferConfig
 

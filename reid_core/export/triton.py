@@ -15,7 +15,8 @@ rewritten only once the new version is complete, so a polling Triton never loads
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from reid_core.config import MODEL_NAME_PATTERN, TritonConfig
@@ -100,7 +101,22 @@ def publish_next_version(
 ) -> tuple[int, str]:
     """Publish `model_file` as the repository's next version of `name` and serve it (with the
     newest `serve_versions - 1` before it): (version number, where it lives)."""
+    with publication(config, name, model_file, height, width, dim) as published:
+        return published
+
+
+@contextmanager
+def publication(
+    config: TritonConfig, name: str, model_file: str | Path, height: int, width: int, dim: int
+) -> Iterator[tuple[int, str]]:
+    """`publish_next_version` as the first step of a change, yielding (version, where).
+
+    The rest of the change (moving the registry's aliases, recording the decision) goes in
+    the `with` block: when it fails, the publish is undone, so Triton serves what it served
+    before and never a version the registry did not make champion.
+    """
     repository = open_repository(config.repository)
+    config_before = repository.read_config(name)
     version = max(repository.versions(name), default=0) + 1
     served = sorted({*repository.served(name), version})[-config.serve_versions :]
     text = triton_config(name, height, width, dim, config, served)
@@ -108,4 +124,8 @@ def publish_next_version(
         name, version, version_files(model_file, config.backend), text, served,
         config.keep_versions,
     )  # fmt: skip
-    return version, where
+    try:
+        yield version, where
+    except BaseException:
+        repository.unpublish(name, version, config_before)
+        raise

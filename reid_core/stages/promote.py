@@ -10,7 +10,7 @@ from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import META
 from reid_core.export.repositories import open_repository
-from reid_core.export.triton import MODEL_FILES, publish_next_version
+from reid_core.export.triton import MODEL_FILES, publication
 from reid_core.json_files import Number, read_json_object
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
@@ -74,39 +74,44 @@ def run(
                 for name, test_set in evaluation.get("test_sets", {}).items()
             },
         }
-        version = registry.register_model(
-            inputs["onnx"] / "model.onnx",
-            inputs["model"],
-            cfg.model_name,
-            tags,
-            l2_normalize=parity["l2_normalized"],
-        )
-        with open_repository(config.triton.repository).lock(cfg.model_name):
-            challenger = registry.candidate(cfg.model_name, version)
-            # Judged against the champion on its own evaluation set: a first model on a new
-            # dataset is compared with nothing, not refused for another set's champion.
-            serving = registry.champion(cfg.model_name)
-            current = registry.champion(cfg.model_name, challenger.eval_set_hash)
-            decision = decide(challenger, current, cfg.policy())
-            published, triton_version = "", None
-            if decision.promote:
-                triton_version, published = publish_next_version(
-                    config.triton,
-                    cfg.model_name,
-                    served,
-                    parity["height"],
-                    parity["width"],
-                    parity["embedding_dim"],
-                )
-                registry.set_champion(cfg.model_name, version, serving)
         client = mlflow.MlflowClient()
-        client.set_model_version_tag(
-            cfg.model_name, str(version), "reid.promotion", decision.summary()
-        )
-        if triton_version is not None:
-            client.set_model_version_tag(
-                cfg.model_name, str(version), "reid.triton_version", str(triton_version)
+        # Registering, deciding, publishing and moving the aliases happen under one lock and
+        # as one change: a failure after the publish undoes it (Triton keeps serving what it
+        # served) and puts the aliases back; every registered version gets a decision tag.
+        with open_repository(config.triton.repository).lock(cfg.model_name):
+            version = registry.register_model(
+                inputs["onnx"] / "model.onnx",
+                inputs["model"],
+                cfg.model_name,
+                tags,
+                l2_normalize=parity["l2_normalized"],
             )
+            try:
+                challenger = registry.candidate(cfg.model_name, version)
+                # Judged against the champion on its own evaluation set: a first model on a
+                # new dataset is compared with nothing, not refused for another set's champion.
+                serving = registry.champion(cfg.model_name)
+                current = registry.champion(cfg.model_name, challenger.eval_set_hash)
+                decision = decide(challenger, current, cfg.policy())
+                published, triton_version = "", None
+                if decision.promote:
+                    with (
+                        publication(
+                            config.triton, cfg.model_name, served, parity["height"],
+                            parity["width"], parity["embedding_dim"],
+                        ) as (triton_version, published),
+                        registry.aliases_restored_on_failure(cfg.model_name),
+                    ):  # fmt: skip
+                        registry.set_champion(cfg.model_name, version, serving)
+                        client.set_model_version_tag(
+                            cfg.model_name, str(version), "reid.triton_version", str(triton_version)
+                        )
+                        _record(client, cfg.model_name, version, decision.summary())
+                else:
+                    _record(client, cfg.model_name, version, decision.summary())
+            except Exception as err:
+                registry.record_failed_promotion(cfg.model_name, version, err)
+                raise
         report = decision.markdown(cfg.model_name, challenger, current)
         result = {
             "model_name": cfg.model_name,
@@ -127,3 +132,7 @@ def run(
         with atomic_output(outputs["markdown"]) as tmp:
             tmp.write_text(report)
     return {"version": float(version), "promoted": float(decision.promote)}
+
+
+def _record(client, model_name: str, version: int, summary: str) -> None:
+    client.set_model_version_tag(model_name, str(version), registry.PROMOTION_TAG, summary)

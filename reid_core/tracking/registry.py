@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -10,7 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reid_core.redact import redact
 from reid_core.tracking.promotion import Candidate
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -221,6 +225,49 @@ def champion(model_name: str, eval_set_hash: str = "") -> Candidate | None:
 
 
 PREVIOUS_TAG = "reid.previous_champion"
+PROMOTION_TAG = "reid.promotion"
+
+
+@contextmanager
+def aliases_restored_on_failure(model_name: str) -> Iterator[None]:
+    """Put `model_name`'s aliases back as they were when the block fails (as far as the
+    tracking server, which may be what failed, still answers)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    before = dict(client.get_registered_model(model_name).aliases)
+    try:
+        yield
+    except BaseException:
+        try:
+            now = dict(client.get_registered_model(model_name).aliases)
+            for alias in sorted(set(now) - set(before)):
+                client.delete_registered_model_alias(model_name, alias)
+            for alias, version in sorted(before.items()):
+                if now.get(alias) != version:
+                    client.set_registered_model_alias(model_name, alias, version)
+        except Exception as err:  # noqa: BLE001 - the first failure is the one to report
+            log.warning("%s: could not restore the aliases %s: %s", model_name, before, err)
+        raise
+
+
+def record_failed_promotion(model_name: str, version: int, error: BaseException) -> None:
+    """Tag a registered version whose promotion failed, so no version is left without a
+    decision; if the tracking server is gone too, say which version is undecided."""
+    import mlflow
+
+    why = redact(str(error)).splitlines()[0][:300] if str(error) else type(error).__name__
+    try:
+        mlflow.MlflowClient().set_model_version_tag(
+            model_name, str(version), PROMOTION_TAG, f"failed: {why}"
+        )
+    except Exception:  # noqa: BLE001
+        log.warning(
+            "%s v%s was registered but its promotion failed and could not be recorded; "
+            "it is not champion and not served",
+            model_name,
+            version,
+        )
 
 
 def set_champion(model_name: str, version: int, old: Candidate | None) -> None:

@@ -1,7 +1,8 @@
 """Rollback: make the champion's predecessor champion again and serve it.
 
 The restored version is published as the repository's next Triton version (Triton serves the
-newest number), then the aliases move; a failed publish leaves the registry as it was.
+newest number), then the aliases move, as one change: a failed publish leaves the registry as
+it was, and a failure after it undoes the publish and puts the aliases back.
 Each champion remembers the one it replaced (`reid.previous_champion`), so rolling back twice
 walks back two promotions.
 """
@@ -15,8 +16,14 @@ from pathlib import Path
 from reid_core.config import ReidConfig
 from reid_core.export.onnx import onnx_interface
 from reid_core.export.repositories import open_repository
-from reid_core.export.triton import publish_next_version
-from reid_core.tracking.registry import CHAMPION, PREVIOUS, PREVIOUS_TAG, set_champion_alias
+from reid_core.export.triton import publication
+from reid_core.tracking.registry import (
+    CHAMPION,
+    PREVIOUS,
+    PREVIOUS_TAG,
+    aliases_restored_on_failure,
+    set_champion_alias,
+)
 
 
 class RollbackError(RuntimeError):
@@ -54,6 +61,7 @@ def rollback(config: ReidConfig) -> Rollback:
             raise RollbackError(
                 f"{name} v{champion.version} replaced no earlier champion: nothing to roll back to"
             )
+        restored = client.get_model_version(name, target)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(
                 mlflow.artifacts.download_artifacts(
@@ -62,22 +70,32 @@ def rollback(config: ReidConfig) -> Rollback:
             )
             onnx_path = folder / "model.onnx"
             height, width, dim = onnx_interface(onnx_path)
-            triton_version, path = publish_next_version(
-                config.triton, name, onnx_path, height, width, dim
-            )
-        restored = client.get_model_version(name, target)
-        client.set_registered_model_alias(name, CHAMPION, target)
-        # It is its evaluation set's champion again too (the one rolled back may be of that set).
-        set_hash = restored.tags.get("reid.eval_set_hash", "")
-        if set_hash:
-            client.set_registered_model_alias(name, set_champion_alias(set_hash), target)
-        earlier = restored.tags.get(PREVIOUS_TAG, "")
-        if earlier:
-            client.set_registered_model_alias(name, PREVIOUS, earlier)
-        else:
-            client.delete_registered_model_alias(name, PREVIOUS)
-        client.set_model_version_tag(
-            name, champion.version, "reid.rolled_back", f"replaced by v{target} (rollback)"
-        )
-        client.set_model_version_tag(name, target, "reid.triton_version", str(triton_version))
+            # one change: a failure after the publish undoes it and puts the aliases back
+            with (
+                publication(config.triton, name, onnx_path, height, width, dim) as (
+                    triton_version,
+                    path,
+                ),
+                aliases_restored_on_failure(name),
+            ):
+                _move_aliases(client, name, target, restored.tags)
+                client.set_model_version_tag(
+                    name, champion.version, "reid.rolled_back", f"replaced by v{target} (rollback)"
+                )
+                client.set_model_version_tag(
+                    name, target, "reid.triton_version", str(triton_version)
+                )
     return Rollback(name, int(target), int(champion.version), triton_version, path)
+
+
+def _move_aliases(client, name: str, target: str, tags: dict[str, str]) -> None:
+    """`target` champion again, of its evaluation set too; `previous` to its own predecessor."""
+    client.set_registered_model_alias(name, CHAMPION, target)
+    set_hash = tags.get("reid.eval_set_hash", "")
+    if set_hash:  # the one rolled back may have been that set's champion
+        client.set_registered_model_alias(name, set_champion_alias(set_hash), target)
+    earlier = tags.get(PREVIOUS_TAG, "")
+    if earlier:
+        client.set_registered_model_alias(name, PREVIOUS, earlier)
+    else:
+        client.delete_registered_model_alias(name, PREVIOUS)
