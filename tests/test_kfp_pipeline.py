@@ -358,7 +358,7 @@ def test_config_yaml_overrides_apply_and_bad_keys_are_named() -> None:
     assert parse_config_yaml("").train.solver.epochs == 12
     with pytest.raises(ConfigError, match="train.solver.epochz: unknown key"):
         parse_config_yaml("", ["train.solver.epochz=3"])
-    with pytest.raises(ConfigError, match="config_yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match="config_yaml is not a YAML config file"):
         parse_config_yaml("train: [1,")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         parse_config_yaml("- 1\n")
