@@ -35,11 +35,11 @@ class _Section(BaseModel):
 class SynthConfig(_Section):
     """Options of the synthetic dataset generator (`reid data synth`)."""
 
-    num_ids: int = Field(120, ge=4)
+    num_ids: int = Field(120, ge=4, le=100_000)
     num_cams: int = Field(4, ge=2, le=9)
-    images_per_id: int = Field(10, ge=4)
-    height: int = Field(128, ge=32)
-    width: int = Field(64, ge=16)
+    images_per_id: int = Field(10, ge=4, le=1000)
+    height: int = Field(128, ge=32, le=1024)
+    width: int = Field(64, ge=16, le=1024)
     seed: int = 0
     style: Literal["day", "dusk"] = "day"
 
@@ -80,17 +80,18 @@ class DataConfig(_Section):
 
     format: Literal["market1501", "dukemtmc", "msmt17", "veri776", "csv"] = "market1501"
     domain: str = "source"
-    height: int = Field(128, ge=16)
-    width: int = Field(64, ge=16)
+    # model input size: bounded so a typo cannot ask for absurd memory
+    height: int = Field(128, ge=16, le=1024)
+    width: int = Field(64, ge=16, le=1024)
     min_image_side: int = Field(16, ge=1)
-    max_image_side: int = Field(4096, ge=16)
+    max_image_side: int = Field(4096, ge=16, le=16384)
 
 
 class ModelConfig(_Section):
     """Which network to build (see `reid_core.modeling.create_model`)."""
 
     backbone: str = "resnet18"
-    base_width: int = Field(64, ge=8)  # ResNet family: width of the first stage
+    base_width: int = Field(64, ge=8, le=512)  # ResNet family: width of the first stage
     last_stride: Literal[1, 2] = 1
     ibn: Literal["none", "a", "b"] = "none"  # instance-batch normalisation (IBN-Net)
     se: bool = False  # squeeze-excitation in every residual block
@@ -107,7 +108,7 @@ class ModelConfig(_Section):
     ] = "gem"
     gem_p: float = Field(3.0, gt=0)
     head: Literal["linear", "bnneck", "reduction"] = "bnneck"
-    embedding_dim: int = Field(0, ge=0)  # reduction head's output; 0 keeps the backbone's
+    embedding_dim: int = Field(0, ge=0, le=16384)  # reduction head's output; 0: the backbone's
     dropout: float = Field(0.0, ge=0, lt=1)  # reduction head only
     neck_feat: Literal["before", "after"] = "after"  # the embedding: before or after the neck
     # what the metric losses (triplet, circle, cosface) see: the feature before the neck's BN

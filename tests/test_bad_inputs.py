@@ -257,3 +257,14 @@ def test_a_parity_check_without_batches_is_refused():
 
     with pytest.raises(ValueError, match="at least one batch"):
         parity_figures(lambda batch: batch, torch.nn.Identity(), [])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["data.height=100000", "data.width=0", "synth.num_ids=10000000", "synth.images_per_id=5000",
+     "train.model.embedding_dim=1000000", "train.model.base_width=100000"],
+)  # fmt: skip
+def test_sizes_that_would_allocate_absurd_memory_are_refused_up_front(tmp_path, capsys, override):
+    assert main(["data", "synth", str(tmp_path / "out"), "--set", override]) == 2
+    assert override.split("=")[0] in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
