@@ -304,3 +304,19 @@ def test_reid_index_build_embeds_the_gallery_through_the_served_model(server, ve
         assert index_mismatch(index, embedder) == ""
         index.info["model"] = {"name": NAME, "version": "7"}  # as if v1 replaced v7 since
         assert "embedded by reid v7, the queries by reid v1" in index_mismatch(index, embedder)
+
+
+def test_a_server_on_a_taken_port_fails_at_once_naming_it(tmp_path, triton_installation):
+    import socket
+
+    from reid_core.serving.server import ServerError
+
+    (tmp_path / "repo").mkdir()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = TritonServer(tmp_path / "repo", triton_installation, http_port=port)
+        with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 \\(http\\) is taken"):
+            server.start()
+        assert server.process is None

@@ -235,6 +235,14 @@ class TritonServer:
         """Start the server and wait until it answers ready (every model loaded)."""
         if not self.remote and not Path(self.repository).is_dir():
             raise ServerError(f"model repository {self.repository} is not a folder")
+        # another server on these ports would answer the readiness check in this one's place
+        for what, port in (("http", self.http_port), ("grpc", self.grpc_port),
+                           ("metrics", self.metrics_port)):  # fmt: skip
+            if _taken("127.0.0.1", port):
+                raise ServerError(
+                    f"port {port} on 127.0.0.1 ({what}) is taken, by another tritonserver or any "
+                    f"other program: stop it or set triton.{what}_port"
+                )
         if self.log:
             self.log.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log, "ab")  # noqa: SIM115 (closed in stop)
@@ -338,3 +346,13 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _taken(host: str, port: int) -> bool:
+    """Whether something listens on `host:port` already (a bind would fail)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
