@@ -38,7 +38,6 @@ from kfp.dsl.graph_component import GraphComponent
 from components import stages as c
 from pipelines.placement import launches_job, place, stage_overrides, training_image
 from reid_core.config import ReidConfig, load_config
-from reid_core.redact import redact
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
@@ -71,25 +70,14 @@ def refuse_secrets(config: ReidConfig) -> None:
     pipeline's parameters are shown to everyone who can see the run. Credentials reach the
     pods from the Secret `kubeflow.credentials_secret` instead. (A user:password in the
     tracking URI never gets this far: the config takes it out as it is read.)"""
-    for key, value in config.model_dump(mode="json", exclude={"tracking"}).items():
-        for dotted, text in _strings(value, key):
-            if redact(text) != text:
-                raise ValueError(
-                    f"{dotted} holds a credential ({redact(text)}); a pipeline's parameters are "
-                    "visible to everyone who can see the run: give it to the pods through the "
-                    "Secret kubeflow.credentials_secret names"
-                )
-
-
-def _strings(value: object, where: str):
-    if isinstance(value, str):
-        yield where, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _strings(item, f"{where}.{index}")
+    shown = config.flat()
+    for key, value in config.flat(redacted=False).items():
+        if value != shown[key]:
+            raise ValueError(
+                f"{key} holds a credential ({shown[key]}); a pipeline's parameters are visible "
+                "to everyone who can see the run: give it to the pods through the Secret "
+                "kubeflow.credentials_secret names"
+            )
 
 
 class TrainingOutputs(NamedTuple):

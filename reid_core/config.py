@@ -690,10 +690,11 @@ class ReidConfig(_Section):
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def flat(self) -> dict[str, Any]:
+    def flat(self, *, redacted: bool = True) -> dict[str, Any]:
         """Dotted-key view, e.g. {'train.solver.lr': 0.00035}, for MLflow params; secrets in
-        URLs (a token in a weights URL, say) are redacted."""
-        return dict(_flatten(redact_values(self.model_dump(mode="json"))))
+        URLs (a token in a weights URL, say) are redacted unless `redacted=False`."""
+        tree = self.model_dump(mode="json")
+        return dict(_flatten(redact_values(tree) if redacted else tree))
 
 
 class ConfigError(ValueError):
@@ -801,14 +802,20 @@ def config_from_dict(tree: Mapping[str, Any]) -> ReidConfig:
     try:
         return ReidConfig.model_validate(tree)
     except ValidationError as err:
-        lines = []
-        for problem in err.errors():
-            key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-            if problem["type"] == "extra_forbidden":
-                lines.append(f"{key}: unknown key")
-            else:
-                lines.append(f"{key}: {problem['msg']}")
+        lines = validation_problems(err)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def validation_problems(err: ValidationError) -> list[str]:
+    """One `dotted.key: problem` line per problem pydantic found."""
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            lines.append(f"{key}: {problem['msg']}")
+    return lines
 
 
 def with_overrides(config: ReidConfig, overrides: Iterable[str]) -> ReidConfig:

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from reid_core.atomic import atomic_output
-from reid_core.config import ModelConfig
+from reid_core.config import ModelConfig, validation_problems
 from reid_core.modeling import ReidModel, create_model
 
 WEIGHTS = "model.safetensors"
@@ -81,8 +82,8 @@ def _model_spec(file: Path) -> tuple[ModelConfig, int]:
         raise CheckpointError(f"{file}: num_classes {num_classes} is outside 0..{MAX_CLASSES}")
     try:
         return ModelConfig.model_validate(spec["model"]), num_classes
-    except ValueError as err:
-        raise CheckpointError(f"{file}: model: {_first_problem(err)}") from None
+    except ValidationError as err:
+        raise CheckpointError(f"{file}: model: {validation_problems(err)[0]}") from None
 
 
 def _meta(file: Path) -> dict[str, Any]:
@@ -99,12 +100,3 @@ def _meta(file: Path) -> dict[str, Any]:
                 f"{file}: '{key}' must be an image size in 1..4096, got {value!r}"
             )
     return meta
-
-
-def _first_problem(err: ValueError) -> str:
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return f"{where}: {first['msg']}" if where else first["msg"]
-    return str(err).splitlines()[0]

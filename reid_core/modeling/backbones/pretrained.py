@@ -78,7 +78,7 @@ def resolve_source(source: str | Path, cache_dir: Path | None = None) -> Path:
     """
     text = str(source)
     scheme = urllib.parse.urlparse(text).scheme.lower()
-    if scheme in ("http", "https"):
+    if _downloaded(text):
         url, _, fragment = text.partition("#")
         pin = fragment.removeprefix("sha256=").lower() if fragment.startswith("sha256=") else ""
         if fragment and not re.fullmatch(r"[0-9a-f]{64}", pin):
@@ -91,6 +91,11 @@ def resolve_source(source: str | Path, cache_dir: Path | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {path}")
     return path
+
+
+def _downloaded(source: str) -> bool:
+    """Whether `source` is fetched over HTTP(S) into the cache."""
+    return urllib.parse.urlparse(source).scheme.lower() in ("http", "https")
 
 
 def _sha256(path: Path) -> str:
@@ -214,7 +219,7 @@ def load_pretrained(
     try:
         state, ignored = extract_state_dict(read_checkpoint(path))
     except Exception:
-        if urllib.parse.urlparse(str(source)).scheme.lower() in ("http", "https"):
+        if _downloaded(str(source)):
             path.unlink(missing_ok=True)  # a downloaded file that is not weights is not kept
         raise
     target = backbone.state_dict()
