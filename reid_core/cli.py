@@ -332,14 +332,18 @@ def _serve(args: argparse.Namespace) -> None:
 def _query(args: argparse.Namespace) -> None:
     from reid_core.atomic import atomic_output
     from reid_core.serving.gallery import GalleryIndex
-    from reid_core.serving.query import format_matches, index_mismatch, rank_list, search_images
+    from reid_core.serving.query import (
+        check_query_images,
+        format_matches,
+        index_mismatch,
+        rank_list,
+        search_images,
+    )
 
     config = _config(args)
     if args.rank_list and not args.gallery_root:
         raise FileNotFoundError("--rank-list needs --gallery-root (where the gallery images are)")
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such query image: {', '.join(missing)}")
+    check_query_images(args.images)
     index = GalleryIndex.load(args.index)
     with _embedder(args, config) as embedder:
         matches = search_images(embedder, index, args.images, args.top_k or config.index.top_k)
@@ -375,11 +379,12 @@ def _index(args: argparse.Namespace) -> None:
         source = f"{args.features} ({args.split})"
     else:
         from reid_core.data.manifest import read_manifest
-        from reid_core.serving.query import embed_split
+        from reid_core.serving.query import check_split_images, embed_split
 
         if not args.manifest:
             raise FileNotFoundError("--dataset needs --manifest (from `reid preprocess`)")
         manifest, _ = read_manifest(args.manifest)
+        check_split_images(args.dataset, manifest, args.split)
         with _embedder(args, config) as embedder:
             features, metadata = embed_split(embedder, args.dataset, manifest, args.split)
             model = {"name": embedder.model, "version": embedder.served_version}
@@ -417,7 +422,13 @@ def _summary(args: argparse.Namespace) -> None:
     print(pipeline_summary(args.reports, _config(args)))
 
 
-BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+BAD_INPUT_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 """Failures that come from what the user gave (a file, a value): exit code 2, as do the
 lookups of names reidflow itself refuses (an unknown model version, say)."""
 DEBUG_FLAG = "--debug"
@@ -455,9 +466,17 @@ def _message(err: Exception) -> str:
 
     text = redact(str(err).strip()) or type(err).__name__
     if _ours(err) or isinstance(err, BAD_INPUT_ERRORS):
-        return text
+        return _one_line(text)
     first = text.splitlines()[0]
     return f"{type(err).__name__}: {first} (rerun with {DEBUG_FLAG} for the traceback)"
+
+
+def _one_line(text: str) -> str:
+    """A message listing problems on lines of their own, as one line: `head: a; b`."""
+    head, *rest = [line.strip() for line in text.splitlines() if line.strip()]
+    if not rest:
+        return head
+    return f"{head} {'; '.join(rest)}" if head.endswith(":") else "; ".join([head, *rest])
 
 
 if __name__ == "__main__":

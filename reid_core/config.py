@@ -751,14 +751,24 @@ def _merge_yaml(
     if not isinstance(loaded, dict):
         raise ConfigError(f"{where}: not a config file (its top level must be a mapping)")
     bases = loaded.pop(BASE_KEY, [])
-    for base in [bases] if isinstance(bases, str) else bases:
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{where}: {BASE_KEY} must be a file path or a list of them")
+    for base in bases:
         path = (folder / base).resolve()
         if path in seen:
             raise ConfigError(f"{where}: {BASE_KEY} {base} includes itself")
         if not path.is_file():
             raise ConfigError(f"{where}: {BASE_KEY} file not found: {path}")
-        _merge_yaml(tree, path.read_text(), str(path), path.parent, (*seen, path))
+        _merge_yaml(tree, _config_text(path), str(path), path.parent, (*seen, path))
     _merge_tree(tree, loaded)
+
+
+def _config_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a YAML config file: not UTF-8 text") from None
 
 
 def _merge_tree(tree: dict[str, Any], loaded: Mapping[str, Any]) -> None:
@@ -780,7 +790,7 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        _merge_yaml(tree, path.read_text(), str(path), path.resolve().parent, (path.resolve(),))
+        _merge_yaml(tree, _config_text(path), str(path), path.resolve().parent, (path.resolve(),))
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
     return config_from_dict(tree)

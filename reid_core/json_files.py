@@ -28,15 +28,24 @@ def read_json_object(
         raise JsonFileError(f"{path}: not a JSON file ({err})") from None
     if not isinstance(data, dict):
         raise JsonFileError(f"{path}: expected a JSON object as {written_by} writes it")
+    require_keys(data, required, f"{path}", f"; is it the file {written_by} writes?")
+    return data
+
+
+def require_keys(
+    data: Mapping[str, Any],
+    required: Mapping[str, type | tuple[type, ...]],
+    where: str,
+    hint: str = "",
+) -> None:
+    """Refuse `data` (a JSON object read from `where`) unless it holds each `required` key
+    with a value of its type; bool is no number."""
     missing = [key for key in required if key not in data]
     if missing:
-        raise JsonFileError(
-            f"{path}: lacks {', '.join(map(repr, missing))}; is it the file {written_by} writes?"
-        )
+        raise JsonFileError(f"{where}: lacks {', '.join(map(repr, missing))}{hint}")
     for key, kind in required.items():
         value = data[key]
         if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             value = None
         if not isinstance(value, kind):
-            raise JsonFileError(f"{path}: '{key}' has the wrong type: {data[key]!r}")
-    return data
+            raise JsonFileError(f"{where}: '{key}' has the wrong type: {data[key]!r}")

@@ -157,9 +157,22 @@ def latency_ms(onnx_path: Path, images: torch.Tensor, repeats: int = 30) -> floa
 def onnx_interface(onnx_path: Path) -> tuple[int, int, int]:
     """(height, width, embedding dim) of an exported model, read from its graph."""
     import onnx
+    from google.protobuf.message import DecodeError
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    (image,) = [i for i in graph.input if i.name == INPUT_NAME]
-    (features,) = [o for o in graph.output if o.name == OUTPUT_NAME]
-    _, _, height, width = (d.dim_value for d in image.type.tensor_type.shape.dim)
-    return height, width, features.type.tensor_type.shape.dim[1].dim_value
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except (DecodeError, OSError, ValueError) as err:
+        raise OnnxFileError(f"{onnx_path}: not a readable ONNX model ({err})") from None
+    image = [i.type.tensor_type.shape.dim for i in graph.input if i.name == INPUT_NAME]
+    features = [o.type.tensor_type.shape.dim for o in graph.output if o.name == OUTPUT_NAME]
+    if len(image) != 1 or len(image[0]) != 4 or len(features) != 1 or len(features[0]) != 2:
+        raise OnnxFileError(
+            f"{onnx_path}: not a model reid export writes (an input {INPUT_NAME!r} N×3×H×W and "
+            f"an output {OUTPUT_NAME!r} N×D)"
+        )
+    _, _, height, width = (d.dim_value for d in image[0])
+    return height, width, features[0][1].dim_value
+
+
+class OnnxFileError(ValueError):
+    """An ONNX file that is unreadable or not shaped as `reid export` writes it."""

@@ -258,7 +258,8 @@ class GalleryIndex:
             raise IndexFileError(
                 f"{folder / INDEX_FILE}: holds {_structure(index)}, but {INFO_FILE} says {said}"
             )
-        if index.d != info.get("dim") or index.ntotal != info.get("count"):
+        stated = (info.get("dim"), info.get("count"))
+        if (index.d, index.ntotal) != stated or any(isinstance(v, bool) for v in stated):
             raise IndexFileError(
                 f"{folder / INDEX_FILE}: {index.ntotal} × {index.d}, but {INFO_FILE} says "
                 f"{info.get('count')} × {info.get('dim')}"
@@ -307,6 +308,11 @@ def load_gallery_features(
     features = arrays.pop("feats")
     if not np.issubdtype(features.dtype, np.floating):
         raise IndexFileError(f"{npz}: {split}_feats has dtype {features.dtype}, not float")
+    try:
+        features = _as_matrix(features, f"{split}_feats")
+        arrays = _check_metadata(arrays, len(features))
+    except GalleryIndexError as err:
+        raise IndexFileError(f"{npz}: {err}") from None
     return features.astype(np.float32, copy=False), arrays
 
 
@@ -502,7 +508,7 @@ def _read_info(path: Path) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise IndexFileError(f"{path}: not an index description (a JSON object expected)")
     version = info.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         raise IndexFileError(
             f"{path}: index format version {version!r}, this reidflow reads version "
             f"{FORMAT_VERSION}: rebuild the index with `reid index build`"

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reid_core.data.images import load_images
+from reid_core.data.errors import DatasetError
+from reid_core.data.images import load_images, open_image
+from reid_core.data.paths import confined
 from reid_core.data.splits import split_rows
 from reid_core.evaluation.reports import QUERY, Tile, tile_rows
 
@@ -50,6 +52,27 @@ def embed_split(
         for i in range(0, len(paths), chunk)
     ]
     return np.concatenate(features), {"paths": paths, "pids": pids, "camids": camids}
+
+
+def check_split_images(root: Path, manifest: pd.DataFrame, split: str) -> None:
+    """Refuse a split whose images are not all in `root`, before a server embeds any."""
+    paths, _, _ = split_rows(manifest, split)
+    missing = [p for p in paths.astype(str) if not confined(root, p).is_file()]
+    if missing:
+        raise DatasetError(
+            f"dataset {root}: {len(missing)} of the manifest's {len(paths)} {split} images are "
+            f"not there, e.g. {missing[0]}"
+        )
+
+
+def check_query_images(images: Sequence[Path]) -> None:
+    """Refuse missing or undecodable query images before any server is asked to embed them."""
+    missing = [str(p) for p in images if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such query image: {', '.join(missing)}")
+    for path in images:
+        with open_image(path) as image:
+            image.load()
 
 
 def search_images(

@@ -44,6 +44,10 @@ class ServerError(RuntimeError):
     """tritonserver is missing, failed to start, or did not become ready in time."""
 
 
+class WheelError(ValueError):
+    """The wheel given to install is not a readable nvidia-pytriton wheel."""
+
+
 @dataclass(frozen=True)
 class Installation:
     """Paths of an installed tritonserver (see `install`)."""
@@ -128,18 +132,17 @@ def install(root: str | Path, wheel: str | Path | None = None, force: bool = Fal
         if wheel is None:
             _pip("download", "--no-deps", "--quiet", "-d", download, PYTRITON)
             wheel = next(Path(download).glob("nvidia_pytriton-*.whl"))
-        with atomic_output(root, directory=True) as tmp:
+        with _open_wheel(Path(wheel)) as archive, atomic_output(root, directory=True) as tmp:
             server = Installation(tmp).server
-            with zipfile.ZipFile(wheel) as archive:
-                members = [
-                    m
-                    for m in archive.namelist()
-                    if m.startswith((f"{SERVER_FOLDER.as_posix()}/", WHEEL_LIBS))
-                ]
-                archive.extractall(tmp, members)
+            members = [
+                m
+                for m in archive.namelist()
+                if m.startswith((f"{SERVER_FOLDER.as_posix()}/", WHEEL_LIBS))
+            ]
+            archive.extractall(tmp, members)
             stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
             if not stub.is_file():
-                raise ServerError(f"the wheel has no python backend stub for Python {version}")
+                raise WheelError(f"{wheel}: has no python backend stub for Python {version}")
             python_backend = server / "backends" / "python"
             shutil.copy2(stub, python_backend)
             for executable in (server / "bin" / "tritonserver", python_backend / stub.name):
@@ -153,6 +156,17 @@ def install(root: str | Path, wheel: str | Path | None = None, force: bool = Fal
             }
             (tmp / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return installation.check()
+
+
+def _open_wheel(wheel: Path) -> zipfile.ZipFile:
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise WheelError(f"{wheel}: not a readable wheel ({err})") from None
+    if not any(name.startswith(f"{SERVER_FOLDER.as_posix()}/") for name in archive.namelist()):
+        archive.close()
+        raise WheelError(f"{wheel}: not an nvidia-pytriton wheel (it has no {SERVER_FOLDER})")
+    return archive
 
 
 def _make_stub_env(path: Path, onnxruntime: str) -> None:

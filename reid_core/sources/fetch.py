@@ -32,6 +32,12 @@ class FetchError(RuntimeError):
     """A reference that cannot be fetched; the message names the reference and the cause."""
 
 
+class NothingToFetch(FetchError, LookupError):
+    """The reference names no dataset: a folder or path that does not exist, is no folder, is
+    not tracked or is empty. Bad input, where FetchError alone is a failed run (a server
+    that did not answer, say)."""
+
+
 @dataclass(frozen=True)
 class FetchRecord:
     """What a fetch produced and where it came from. Only the fields of its kind are set."""
@@ -84,7 +90,7 @@ def fetch_dataset(
     """
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
-        raise FetchError(f"dataset destination {dest} exists and is not a folder")
+        raise NotADirectoryError(f"dataset destination {dest} exists and is not a folder")
     with atomic_output(dest, directory=True) as tmp:
         if reference is None:
             record = FetchRecord(reference="", kind=NO_DATASET, files=0, bytes=0, content_sha256="")
@@ -104,7 +110,7 @@ def _fetch_into(reference: DatasetReference, tmp: Path, synth_options: dict) -> 
         provenance = fetchers[type(reference)](reference, tmp)
     files, size, digest = _content(tmp)
     if files == 0:
-        raise FetchError(f"dataset {redact(str(reference))} is empty: no files to fetch")
+        raise NothingToFetch(f"dataset {redact(str(reference))} is empty: no files to fetch")
     return FetchRecord(
         reference=redact(str(reference)),
         kind=reference.kind,
@@ -132,10 +138,12 @@ def _fetch_synth(reference: SynthReference, tmp: Path, options: dict) -> dict:
 def _fetch_local(reference: LocalReference, tmp: Path) -> dict:
     root = reference.path.resolve()
     if not root.is_dir():
-        raise FetchError(f"local dataset folder {reference.path} does not exist or is no folder")
+        raise NothingToFetch(
+            f"local dataset folder {reference.path} does not exist or is no folder"
+        )
     for path in sorted(root.rglob("*")):
         if path.is_symlink() and not path.resolve().is_relative_to(root):
-            raise FetchError(
+            raise NothingToFetch(
                 f"local dataset {reference.path}: {path.relative_to(root)} links outside the folder"
             )
         target = tmp / path.relative_to(root)
@@ -156,7 +164,7 @@ def _fetch_dvc(reference: DvcReference, tmp: Path) -> dict:
     where = f"{redact(reference.repo)} at {reference.rev or 'HEAD'}"
     remote = "://" in reference.repo or "@" in reference.repo.split("/")[0]
     if not remote and not Path(reference.repo).is_dir():
-        raise FetchError(f"dataset {reference}: no git repository at {reference.repo}")
+        raise NothingToFetch(f"dataset {reference}: no git repository at {reference.repo}")
     try:
         fs = DVCFileSystem(reference.repo, rev=reference.rev or None)
         commit = fs.repo.scm.resolve_rev(reference.rev or "HEAD")
@@ -168,14 +176,14 @@ def _fetch_dvc(reference: DvcReference, tmp: Path) -> dict:
     try:
         info = fs.info(reference.path)
     except FileNotFoundError:
-        raise FetchError(
+        raise NothingToFetch(
             f"dataset {redact(str(reference))}: {reference.path} does not exist in {where}"
         ) from None
     if info.get("type") != "directory":
-        raise FetchError(f"dataset {redact(str(reference))}: {reference.path} is not a folder")
+        raise NothingToFetch(f"dataset {redact(str(reference))}: {reference.path} is not a folder")
     md5 = info.get("md5") or info.get("dvc_info", {}).get("md5", "")
     if not md5:
-        raise FetchError(
+        raise NothingToFetch(
             f"dataset {redact(str(reference))}: {reference.path} in {where} is not tracked by DVC"
         )
     try:
@@ -226,7 +234,7 @@ def _fetch_s3(reference: S3Reference, tmp: Path) -> dict:
     except BotoCoreError as exc:
         raise FetchError(f"dataset {reference}: S3 is not reachable: {exc}") from None
     if not etags:
-        raise FetchError(f"dataset {reference} is empty: no objects under the prefix")
+        raise NothingToFetch(f"dataset {reference} is empty: no objects under the prefix")
     return {"etags": etags}
 
 

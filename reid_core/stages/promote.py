@@ -8,7 +8,8 @@ from pathlib import Path
 
 from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
-from reid_core.engine.checkpoint import META
+from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.export.onnx import OnnxFileError, onnx_interface
 from reid_core.export.repositories import open_repository
 from reid_core.export.triton import MODEL_FILES, publication
 from reid_core.json_files import Number, read_json_object
@@ -41,12 +42,20 @@ def run(
         "reid export",
     )  # fmt: skip
     served = _served_file(inputs["onnx"], config.triton.backend)
-    meta = read_json_object(inputs["model"] / META, {}, "reid train / distill / adapt")
     evaluation = read_json_object(
         inputs["evaluation"],
         {"eval_set_hash": str, "mAP": Number, "rank1": Number, "mINP": Number},
         "reid evaluate",
     )
+    # every input is read whole before the lock is taken or anything is registered
+    _, meta = load_checkpoint(inputs["model"])
+    onnx_file = inputs["onnx"] / "model.onnx"
+    graph = onnx_interface(onnx_file)
+    if graph != (parity["height"], parity["width"], parity["embedding_dim"]):
+        raise OnnxFileError(
+            f"{onnx_file} takes {graph[0]}×{graph[1]} images to {graph[2]} dims, but "
+            f"{inputs['onnx'] / 'parity.json'} describes another export"
+        )
     with stage_run("promote", config) as run:
         tags = {
             "reid.git_commit": meta.get("git_commit", ""),
@@ -80,7 +89,7 @@ def run(
         # served) and puts the aliases back; every registered version gets a decision tag.
         with open_repository(config.triton.repository).lock(cfg.model_name):
             version = registry.register_model(
-                inputs["onnx"] / "model.onnx",
+                onnx_file,
                 inputs["model"],
                 cfg.model_name,
                 tags,

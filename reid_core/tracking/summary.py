@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reid_core.config import ReidConfig
-from reid_core.json_files import JsonFileError, Number, read_json_object
+from reid_core.json_files import JsonFileError, Number, read_json_object, require_keys
 from reid_core.tracking.runs import ui_command
 
 EVALUATION_KEYS = {"rank1": Number, "mAP": Number, "mINP": Number}
@@ -29,11 +29,9 @@ def _eval_rows(path: Path) -> list[tuple[str, dict]]:
     primary = m.get("test_set")
     names = sorted(sets, key=lambda name: (name != primary, name))
     for name in names:
-        missing = sorted(
-            set(EVALUATION_KEYS) - set(sets[name] if isinstance(sets[name], dict) else {})
-        )
-        if missing:
-            raise JsonFileError(f"{path}: test set {name!r} lacks {', '.join(missing)}")
+        if not isinstance(sets[name], dict):
+            raise JsonFileError(f"{path}: test set {name!r} is not an object")
+        require_keys(sets[name], EVALUATION_KEYS, f"{path}: test set {name!r}")
     return [(f"{path.stem} @ {name}", sets[name]) for name in names]
 
 
@@ -49,7 +47,7 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
         )
     lines = ["", "reidflow pipeline summary", "=" * 25]
     for report in validation:
-        s = read_json_object(report, {}, "reid preprocess").get("summary", {})
+        s = read_json_object(report, {"summary": dict}, "reid preprocess")["summary"]
         lines.append(
             f"dataset {report.stem}: "
             + ", ".join(
@@ -63,9 +61,11 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
         lines.append("")
         lines.append(f"{'evaluation':<{width}}{'rank-1':>8}{'rank-5':>8}{'mAP':>8}{'mINP':>8}")
         for label, m in rows:
+            rank5 = m.get("rank5")  # optional: an older file may lack it
+            if not isinstance(rank5, Number) or isinstance(rank5, bool):
+                rank5 = float("nan")
             lines.append(
-                f"{label:<{width}}{m['rank1']:>8.1%}{m.get('rank5', float('nan')):>8.1%}"
-                f"{m['mAP']:>8.1%}{m['mINP']:>8.1%}"
+                f"{label:<{width}}{m['rank1']:>8.1%}{rank5:>8.1%}{m['mAP']:>8.1%}{m['mINP']:>8.1%}"
             )
     pages = sorted((reports / "eval").glob("*/report.html"))
     if pages:
