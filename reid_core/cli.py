@@ -443,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args([a for a in argv if a != DEBUG_FLAG])
     try:
         args.handler(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except Exception as err:
         if debug:
             raise

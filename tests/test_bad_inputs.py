@@ -268,3 +268,14 @@ def test_sizes_that_would_allocate_absurd_memory_are_refused_up_front(tmp_path, 
     assert main(["data", "synth", str(tmp_path / "out"), "--set", override]) == 2
     assert override.split("=")[0] in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import reid_core.data.synth
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reid_core.data.synth, "generate", interrupted)
+    assert main(["data", "synth", str(tmp_path / "out")]) == 130
+    assert _one_error_line(capsys.readouterr().err) == "error: interrupted"
