@@ -54,6 +54,13 @@ def _embedder(args: argparse.Namespace, config):
     return TritonEmbedder(args.url or f"127.0.0.1:{port}", model, args.protocol)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -150,7 +157,7 @@ def _build_parser() -> argparse.ArgumentParser:
     query.add_argument("images", type=Path, nargs="+", help="query image files")
     query.add_argument("--index", type=Path, required=True, help="folder from `reid index build`")
     _add_triton_client_args(query)
-    query.add_argument("--top-k", type=int, help="matches per image (default: index.top_k)")
+    query.add_argument("--top-k", type=_positive, help="matches per image (default: index.top_k)")
     query.add_argument("--rank-list", type=Path, help="PNG of the queries and their matches")
     query.add_argument(
         "--gallery-root", type=Path, help="folder the gallery's paths are relative to"
@@ -168,7 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--manifest", type=Path, required=True)
     ablate.add_argument("--out", type=Path, required=True, help="Markdown table to write")
     ablate.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ablate.add_argument("--variants", type=int, help="only the first N variants")
+    ablate.add_argument("--variants", type=_positive, help="only the first N variants")
     _add_config_args(ablate)
     ablate.set_defaults(handler=_ablate)
 

@@ -43,6 +43,8 @@ INVOCATIONS: dict[str, list[str]] = {
     "fetch": ["fetch", "--dataset", "{out}/ds", "--set", "datasets.source={dataset}"],
     "preprocess": ["preprocess", "--dataset", "{dataset}", "--manifest", "{out}/m.parquet",
                    "--report", "{out}/r.json"],
+    "preprocess a fetched dataset": ["preprocess", "--dataset", "{fetched}", "--manifest",
+                                     "{out}/m.parquet", "--report", "{out}/r.json"],
     "train": ["train", "--dataset", "{dataset}", "--manifest", "{manifest}",
               "--checkpoint", "{out}/ckpt", "--metrics", "{out}/m.json"],
     "distill": ["distill", "--dataset", "{dataset}", "--manifest", "{manifest}",
@@ -86,8 +88,17 @@ def _leaf_commands(parser: argparse.ArgumentParser, prefix: str = "") -> Iterato
             yield from _leaf_commands(child, f"{prefix} {name}")
 
 
+def _command(argv: list[str]) -> str:
+    words = []
+    for word in argv:
+        if word.startswith(("-", "{")):
+            break
+        words.append(word)
+    return " ".join(words)
+
+
 def test_the_matrix_covers_every_command():
-    commands = {name.split(" --")[0] for name in INVOCATIONS}
+    commands = {_command(argv) for argv in INVOCATIONS.values()}
     assert commands == set(_leaf_commands(_build_parser()))
 
 
@@ -117,6 +128,7 @@ def made(tmp_path_factory) -> Iterator[dict[str, Path]]:
             assert code == 0, err
 
         reid("data", "synth", ws / "ds", "--num-ids", "8")
+        reid("fetch", "--dataset", ws / "fetched", "--set", f"datasets.source={ws / 'ds'}")
         reid("preprocess", "--dataset", ws / "ds", "--manifest", ws / "m.parquet",
              "--report", ws / "validation.json")  # fmt: skip
         reid("train", "--dataset", ws / "ds", "--manifest", ws / "m.parquet",
@@ -138,6 +150,7 @@ def made(tmp_path_factory) -> Iterator[dict[str, Path]]:
             archive.writestr("pytriton/tritonserver/bin/tritonserver", b"\x7fELF")
         yield {
             "dataset": ws / "ds",
+            "fetched": ws / "fetched",
             "manifest": ws / "m.parquet",
             "checkpoint": ws / "teacher",
             "onnx": ws / "onnx",
@@ -386,6 +399,10 @@ def _dataset_damage() -> st.SearchStrategy[Damage]:
 
 DAMAGES: dict[str, st.SearchStrategy[Damage]] = {
     "dataset": _dataset_damage(),
+    "fetched": _in_folder(
+        {".fetch.json": _json_damage(
+            {"reference": str, "kind": str, "files": int, "bytes": int, "content_sha256": str})}
+    ),
     "manifest": st.one_of(_bytes_damage(), _table_damage()),
     "checkpoint": _in_folder(
         {WEIGHTS: _bytes_damage(), MODEL_YAML: _yaml_damage(),

@@ -238,7 +238,7 @@ def test_dvc_folder_is_fetched_at_its_revision_from_the_remote(tmp_path, dataset
     assert (v1.kind, v1.rev, v1.path) == ("dvc", commit, "data/market")
     dvc_file = (dataset_repo / "data" / "market.dvc").read_text()
     assert head.md5 in dvc_file and v1.md5.endswith(".dir") and v1.md5 != head.md5
-    assert FetchRecord.from_json(v1.to_json()) == v1
+    assert read_record(tmp_path / "v1") == v1
     tags = v1.lineage_tags("source")
     assert tags["reid.dataset.source.rev"] == commit and tags["reid.dataset.source.md5"] == v1.md5
 

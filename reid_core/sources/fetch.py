@@ -8,10 +8,12 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
+from typing import get_origin, get_type_hints
 
 from reid_core.atomic import atomic_output
+from reid_core.json_files import JsonFileError, read_json_object, require_keys
 from reid_core.redact import redact
 from reid_core.sources.references import (
     DatasetReference,
@@ -57,8 +59,21 @@ class FetchRecord:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> FetchRecord:
-        return cls(**json.loads(text))
+    def read(cls, path: Path) -> FetchRecord:
+        """The record in `path`, refused by name when a field is missing, unknown or of the
+        wrong type."""
+        kinds = {name: get_origin(hint) or hint for name, hint in get_type_hints(cls).items()}
+        required = {
+            f.name: kinds[f.name]
+            for f in fields(cls)
+            if f.default is MISSING and f.default_factory is MISSING
+        }
+        data = read_json_object(path, required, "reid fetch")
+        unknown = sorted(set(data) - set(kinds))
+        if unknown:
+            raise JsonFileError(f"{path}: unknown field(s) {', '.join(unknown)}")
+        require_keys(data, {key: kinds[key] for key in data}, str(path))
+        return cls(**data)
 
     def lineage_tags(self, name: str) -> dict[str, str]:
         """Registry tags for the dataset called `name` (source, target): short values only."""
@@ -124,7 +139,7 @@ def _fetch_into(reference: DatasetReference, tmp: Path, synth_options: dict) -> 
 def read_record(dataset: str | Path) -> FetchRecord | None:
     """The record `fetch_dataset` left in a dataset folder; None for a folder not fetched."""
     path = Path(dataset) / RECORD_FILE
-    return FetchRecord.from_json(path.read_text()) if path.is_file() else None
+    return FetchRecord.read(path) if path.is_file() else None
 
 
 def _fetch_synth(reference: SynthReference, tmp: Path, options: dict) -> dict:
