@@ -29,7 +29,8 @@ from reid_core.redact import redact_values, split_credentials
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf or NaN anywhere: an infinite tolerance would open a gate, a NaN would close it
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SynthConfig(_Section):
@@ -310,11 +311,12 @@ class ExportConfig(_Section):
     parity_images: int = Field(64, ge=1, le=4096)
     # the gate compares each of these batch sizes (distinct; at least one)
     parity_batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] = Field([1, 7, 64], min_length=1)
-    max_abs_diff: float = Field(1e-3, gt=0)
-    min_cosine: float = Field(0.9999, gt=0, le=1)
+    # the gate's tolerances: wide enough for any real export, never so wide it lets all pass
+    max_abs_diff: float = Field(1e-3, gt=0, le=1)
+    min_cosine: float = Field(0.9999, ge=0.9, le=1)
     # tolerances for reduced-precision graphs (fp16 ONNX, TensorRT fp16 engines)
-    fp16_max_abs_diff: float = Field(5e-2, gt=0)
-    fp16_min_cosine: float = Field(0.999, gt=0, le=1)
+    fp16_max_abs_diff: float = Field(5e-2, gt=0, le=1)
+    fp16_min_cosine: float = Field(0.999, ge=0.9, le=1)
     # build a TensorRT fp16 engine when a GPU is present (skipped, with a message, on CPU)
     tensorrt: bool = True
 
@@ -377,6 +379,17 @@ class TritonConfig(_Section):
     grpc_port: int = Field(8001, ge=1, le=65535)
     metrics_port: int = Field(8002, ge=1, le=65535)
     poll_seconds: int = Field(2, ge=1)
+
+    @field_validator("repository")
+    @classmethod
+    def _a_repository(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("name a folder or an s3:// location")
+        if value.startswith("s3://"):
+            from reid_core.export.s3_repository import S3Location
+
+            S3Location.parse(value)
+        return value
 
     @model_validator(mode="after")
     def _preferred_fit(self) -> TritonConfig:
