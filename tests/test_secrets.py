@@ -142,3 +142,19 @@ def test_credentials_in_the_tracking_uri_log_in_and_are_shown_nowhere(tmp_path, 
                 assert run.data.params["tracking.tracking_uri"] == auth_server
     finally:
         del os.environ[USERNAME_ENV], os.environ[PASSWORD_ENV]
+
+
+def test_a_checkpoint_records_its_weights_url_without_the_token(tmp_path):
+    import torch
+
+    from reid_core.config import ModelConfig
+    from reid_core.engine.checkpoint import MODEL_YAML, load_checkpoint, save_checkpoint
+    from reid_core.modeling import create_model
+
+    url = "https://weights.example/resnet18.pt?token=s3cr3t-weights-token"
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(backbone="resnet18", base_width=8, pretrained=url), 4)
+    save_checkpoint(tmp_path / "ckpt", model, {"height": 64, "width": 32})
+    assert "s3cr3t" not in (tmp_path / "ckpt" / MODEL_YAML).read_text()
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config.pretrained == "https://weights.example/resnet18.pt?token=***"

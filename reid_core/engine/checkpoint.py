@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from reid_core.atomic import atomic_output
 from reid_core.config import ModelConfig, validation_problems
 from reid_core.modeling import ReidModel, create_model
+from reid_core.redact import redact_values
 
 WEIGHTS = "model.safetensors"
 MODEL_YAML = "model.yaml"
@@ -27,7 +28,11 @@ def save_checkpoint(dest: str | Path, model: ReidModel, meta: dict[str, Any]) ->
     missing = {"height", "width"} - set(meta)
     if missing:
         raise ValueError(f"checkpoint metadata lacks {sorted(missing)}")
-    spec = {"model": model.config.model_dump(mode="json"), "num_classes": model.num_classes}
+    # the model's config as a record: a token in its weights URL stays out of the file
+    spec = {
+        "model": redact_values(model.config.model_dump(mode="json")),
+        "num_classes": model.num_classes,
+    }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_output(dest, directory=True) as tmp:
         save_file(state, str(tmp / WEIGHTS))
