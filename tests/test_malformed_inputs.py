@@ -113,15 +113,16 @@ def _inputs_of(command: str) -> list[str]:
 def made(tmp_path_factory) -> Iterator[dict[str, Path]]:
     """One valid input of every kind, written by the commands themselves (tiny config)."""
     ws = tmp_path_factory.mktemp("made")
+    store = f"sqlite:///{ws / 'mlflow.db'}"
     env = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": store,
+        "MLFLOW_REGISTRY_URI": store,  # set so that it is unset again (mlflow sets it too)
         "GX_ANALYTICS_ENABLED": "false",
         "REID_PIPELINE_RUN_ID": "malformed-inputs",
     }
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
         def reid(*argv: str | Path) -> None:
             code, err = _run([str(a) for a in argv] + ["--config", str(TINY)])
@@ -162,6 +163,11 @@ def made(tmp_path_factory) -> Iterator[dict[str, Path]]:
             "wheel": wheel,
             "config": TINY,
         }
+        import mlflow
+
+        # the stages ran in this process: later modules must not inherit this module's store
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
@@ -466,10 +472,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 )
 @given(data=st.data())
 def test_a_damaged_input_gets_one_line_exit_2_and_nothing_written(
-    made, tmp_path_factory, monkeypatch, command, kind, data
+    made, tmp_path_factory, command, kind, data
 ):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{made['dataset'].parent / 'mlflow.db'}")
-    monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")
     case = tmp_path_factory.mktemp("case")
     out = case / "out"
     out.mkdir()

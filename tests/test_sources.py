@@ -18,7 +18,6 @@ from reid_core.sources import (
     NO_DATASET,
     DvcReference,
     FetchError,
-    FetchRecord,
     LocalReference,
     S3Reference,
     SynthReference,
