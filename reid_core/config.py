@@ -386,7 +386,7 @@ class TritonConfig(_Section):
         if not value.strip():
             raise ValueError("name a folder or an s3:// location")
         if value.startswith("s3://"):
-            from reid_core.export.s3_repository import S3Location
+            from reid_core.s3_location import S3Location
 
             S3Location.parse(value)
         return value

@@ -624,3 +624,25 @@ def test_a_token_in_a_weights_url_never_reaches_a_message(tmp_path, weight_serve
     with pytest.raises(OSError) as caught:
         load_pretrained(create_backbone("resnet18", base_width=8), url, cache_dir=tmp_path / "c")
     assert "hunter2secret" not in str(caught.value) and "token=***" in str(caught.value)
+
+
+def test_create_model_starts_from_the_configured_weights_for_every_stage(tmp_path):
+    """train, distill (its student) and the ablation all build through create_model; a
+    checkpoint's weights replace them, so loading one reads no weights file."""
+    from reid_core.config import ModelConfig
+    from reid_core.engine.checkpoint import load_checkpoint, save_checkpoint
+    from reid_core.modeling import create_model
+
+    source = create_backbone("resnet18", base_width=8)
+    save_file(source.state_dict(), tmp_path / "r18.safetensors")
+    config = ModelConfig(
+        backbone="resnet18", base_width=8, pretrained=str(tmp_path / "r18.safetensors")
+    )
+    model = create_model(config, 4)
+    assert model.pretrained_report.loaded == len(source.state_dict())
+    torch.testing.assert_close(outputs(model.backbone), outputs(source))
+    assert create_model(config, 4, pretrained=False).pretrained_report is None
+    save_checkpoint(tmp_path / "ckpt", model, {"height": 64, "width": 32})
+    (tmp_path / "r18.safetensors").unlink()  # a load that fetched it would fail now
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    torch.testing.assert_close(outputs(loaded.backbone), outputs(source))

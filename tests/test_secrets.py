@@ -153,7 +153,9 @@ def test_a_checkpoint_records_its_weights_url_without_the_token(tmp_path):
 
     url = "https://weights.example/resnet18.pt?token=s3cr3t-weights-token"
     torch.manual_seed(0)
-    model = create_model(ModelConfig(backbone="resnet18", base_width=8, pretrained=url), 4)
+    model = create_model(
+        ModelConfig(backbone="resnet18", base_width=8, pretrained=url), 4, pretrained=False
+    )
     save_checkpoint(tmp_path / "ckpt", model, {"height": 64, "width": 32})
     assert "s3cr3t" not in (tmp_path / "ckpt" / MODEL_YAML).read_text()
     loaded, _ = load_checkpoint(tmp_path / "ckpt")

@@ -56,7 +56,7 @@ def load_checkpoint(path: str | Path) -> tuple[ReidModel, dict[str, Any]]:
             raise FileNotFoundError(f"not a reidflow checkpoint: {path} has no {name}")
     config, num_classes = _model_spec(path / MODEL_YAML)
     meta = _meta(path / META)
-    model = create_model(config, num_classes)
+    model = create_model(config, num_classes, pretrained=False)  # the weights are here
     try:
         weights = load_file(str(path / WEIGHTS))
     except Exception as err:  # safetensors raises its own error types for corrupt files

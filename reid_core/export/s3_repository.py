@@ -23,49 +23,21 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from reid_core.export.repositories import CONFIG_FILE, ModelRepository
+from reid_core.s3_location import S3Location
 
 # multipart size: the ETag of a multipart upload depends on it, so it is fixed, not tuned
 PART_BYTES = 8 * 1024 * 1024
 LOCK_LEASE_S = 900.0
-_LOCATION = re.compile(
-    r"s3://(?:(?P<scheme>https?)://)?(?:(?P<host>[0-9A-Za-z.\-]+):(?P<port>\d+)/)?"
-    r"(?P<bucket>[0-9a-z.\-]+)(?:/(?P<prefix>[0-9A-Za-z._\-/]*))?"
-)
 
 
 class PublishError(RuntimeError):
     """An uploaded object does not match its local file; nothing was made visible."""
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    prefix: str  # without slashes at either end; may be empty (the bucket's root)
-    endpoint_url: str | None  # None: boto3's own resolution (AWS, or AWS_ENDPOINT_URL*)
-
-    @classmethod
-    def parse(cls, location: str) -> S3Location:
-        match = _LOCATION.fullmatch(location)
-        if not match:
-            raise ValueError(
-                f"{location!r} is not an S3 repository location: use s3://bucket/prefix or "
-                "s3://[http://|https://]host:port/bucket/prefix"
-            )
-        endpoint = None
-        if match["host"]:
-            endpoint = f"{match['scheme'] or 'http'}://{match['host']}:{match['port']}"
-        return cls(match["bucket"], (match["prefix"] or "").strip("/"), endpoint)
-
-    def key(self, *parts: str | int) -> str:
-        return "/".join([self.prefix, *map(str, parts)] if self.prefix else map(str, parts))
 
 
 def s3_etag(path: Path, part_bytes: int = PART_BYTES) -> str:

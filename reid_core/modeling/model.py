@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,8 @@ from reid_core.config import ModelConfig
 from reid_core.modeling.backbones import create_backbone
 from reid_core.modeling.heads import create_head
 from reid_core.modeling.pooling import create_pooling
+
+log = logging.getLogger(__name__)
 
 # ImageNet statistics on the 0–255 scale: the model takes raw RGB pixel values, so every
 # front end (PyTorch, ONNX, Triton) normalises exactly once, inside the network.
@@ -31,6 +34,7 @@ class ReidModel(nn.Module):
     def __init__(self, config: ModelConfig, num_classes: int):
         super().__init__()
         self.config = config
+        self.pretrained_report = None  # what create_model loaded from config.pretrained
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), False)
         self.backbone = create_backbone(
@@ -81,9 +85,20 @@ class ReidModel(nn.Module):
         return neck if self.config.neck_feat == "after" else features
 
 
-def create_model(config: ModelConfig, num_classes: int = 0) -> ReidModel:
-    """Build a model from its config (like timm's create_model: one entry point, by name)."""
-    return ReidModel(config, num_classes)
+def create_model(
+    config: ModelConfig, num_classes: int = 0, *, pretrained: bool = True
+) -> ReidModel:
+    """Build a model from its config (like timm's create_model: one entry point, by name).
+
+    The backbone starts from `config.pretrained` when it names weights, for every caller; what
+    was loaded is kept as `model.pretrained_report`. `pretrained=False` skips them, for a model
+    whose weights come next from elsewhere (a checkpoint).
+    """
+    model = ReidModel(config, num_classes)
+    if pretrained and config.pretrained:
+        model.pretrained_report = load_pretrained_backbone(model, config.pretrained)
+        log.info("pretrained backbone: %s", model.pretrained_report)
+    return model
 
 
 def load_pretrained_backbone(model: ReidModel, source: str):

@@ -48,7 +48,7 @@ class DvcReference:
 
 @dataclass(frozen=True)
 class S3Reference:
-    location: str  # s3://bucket/prefix, as reid_core.export.s3_repository.S3Location parses it
+    location: str  # s3://bucket/prefix, as reid_core.s3_location.S3Location parses it
 
     kind = "s3"
 
@@ -79,7 +79,7 @@ def parse_reference(text: str) -> DatasetReference:
     if text.startswith("dvc:"):
         return _parse_dvc(text)
     if text.startswith("s3://"):
-        from reid_core.export.s3_repository import S3Location
+        from reid_core.s3_location import S3Location
 
         location = S3Location.parse(text)  # raises ValueError with the S3 spellings
         if not location.prefix:

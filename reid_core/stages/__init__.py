@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from reid_core.config import ReidConfig
-from reid_core.tracking.registry import is_model_uri
+from reid_core.tracking.model_uri import is_model_uri
 
 PortPaths = Mapping[str, Path | tuple[Path, ...]]
 """Port name -> its path, or its tuple of paths for a `multiple` port."""

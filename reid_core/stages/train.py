@@ -27,7 +27,7 @@ from reid_core.engine.distributed import (
 )
 from reid_core.engine.hooks import default_hooks
 from reid_core.engine.trainer import TrainData, fit
-from reid_core.modeling import create_model, load_pretrained_backbone
+from reid_core.modeling import create_model
 from reid_core.modeling.losses import ReidLoss
 from reid_core.stages._fit import (
     count_ids,
@@ -60,9 +60,8 @@ def run(
         data = TrainData.from_split(split)
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
         model = create_model(cfg.model, count_ids(data.labels))
-        if cfg.model.pretrained:
-            report = load_pretrained_backbone(model, cfg.model.pretrained)
-            print(f"train: pretrained backbone: {report}")  # its source, redacted
+        if model.pretrained_report:
+            print(f"train: pretrained backbone: {model.pretrained_report}")  # source redacted
         model.to(device)
         loss = ReidLoss(cfg.loss)
         hooks = default_hooks("train", cfg.log_every)

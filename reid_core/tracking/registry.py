@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reid_core.redact import redact
+from reid_core.tracking.model_uri import is_model_uri
 from reid_core.tracking.promotion import Candidate
 
 log = logging.getLogger(__name__)
@@ -288,14 +289,6 @@ def set_champion(model_name: str, version: int, old: Candidate | None) -> None:
         model_name, set_champion_alias(new.eval_set_hash), str(version)
     )
     client.set_registered_model_alias(model_name, CHAMPION, str(version))
-
-
-MODEL_URI_SCHEMES = ("models:/", "runs:/")
-
-
-def is_model_uri(source: str) -> bool:
-    """True for MLflow URIs (`models:/…`, `runs:/…`), False for local paths."""
-    return str(source).startswith(MODEL_URI_SCHEMES)
 
 
 def checkpoint_folder(source: str | Path) -> Path:
