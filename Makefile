@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: demo test lint format clean-demo compile-pipeline triton parity parity-venv image test-containers
+.PHONY: demo test lint format clean-demo compile-pipeline triton parity parity-venv image test-containers test-zoo
 
 # CPU torch first, pinned (an unpinned torch pulls the CUDA build), then everything under
 # constraints.txt, so installs are quick and the same everywhere.
@@ -55,6 +55,10 @@ image:
 # The tests that run the built image (tests/containers); `make test` leaves them out.
 test-containers: $(BIN)/.installed-dev triton image
 	$(BIN)/python -m pytest -q -m containers tests/containers
+
+# Every registered backbone through ONNX export and ONNX Runtime (tests/test_model_zoo.py).
+test-zoo: $(BIN)/.installed-dev
+	$(BIN)/python -m pytest -q -m zoo tests/test_model_zoo.py
 
 # FastReID 1.4.0, the reference of benchmarks/parity_fastreid.py, in a venv of its own: it needs
 # torchvision, which has only CUDA builds on PyPI (they run on a CPU); fastreid pins torch 1.13,

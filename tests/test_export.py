@@ -1,6 +1,5 @@
 import contextlib
 import io
-import json
 import os
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
+from reid_core.artifacts import ExportRecord
 from reid_core.config import ModelConfig, load_config
 from reid_core.data.manifest import build_manifest, write_manifest
 from reid_core.engine.checkpoint import save_checkpoint
@@ -146,13 +146,13 @@ def fp16_export(stage_inputs):
 
 def test_fp16_export_stage_records_precision_tolerances_and_each_batch(fp16_export):
     folder, _ = fp16_export
-    parity = json.loads((folder / "parity.json").read_text())
-    assert parity["fp16"] is True and parity["parity_passed"] is True
-    assert parity["tolerance_max_abs_diff"] == 5e-2 and parity["tolerance_min_cosine"] == 0.999
+    parity = ExportRecord.load(folder)
+    assert parity.fp16 is True and parity.parity_passed is True
+    assert parity.tolerance_max_abs_diff == 5e-2 and parity.tolerance_min_cosine == 0.999
     for size in (1, 7, 64):
-        assert parity[f"max_abs_diff_batch{size}"] <= parity["max_abs_diff"] < 5e-2
-        assert parity[f"min_cosine_batch{size}"] >= parity["min_cosine"] > 0.999
-    assert parity["onnx_bytes"] == (folder / "model.onnx").stat().st_size
+        assert parity.figures[f"max_abs_diff_batch{size}"] <= parity.max_abs_diff < 5e-2
+        assert parity.figures[f"min_cosine_batch{size}"] >= parity.min_cosine > 0.999
+    assert parity.onnx_bytes == (folder / "model.onnx").stat().st_size
     (inp,) = onnx.load(str(folder / "model.onnx")).graph.input
     assert inp.name == "images" and inp.type.tensor_type.elem_type == TensorProto.FLOAT
 
@@ -164,7 +164,7 @@ def test_tensorrt_skip_is_said_on_stderr_and_recorded(fp16_export, stage_inputs)
     folder, stderr = fp16_export
     reason = tensorrt.available()
     assert f"TensorRT engine skipped: {reason}" in stderr
-    assert json.loads((folder / "parity.json").read_text())["tensorrt"] == f"skipped: {reason}"
+    assert ExportRecord.load(folder).tensorrt == f"skipped: {reason}"
     assert not (folder / "model.plan").exists()
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{stage_inputs[0] / 'mlflow.db'}")
     (run,) = client.search_runs(

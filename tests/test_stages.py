@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reid_core.artifacts import ExportRecord
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parents[1]
@@ -137,7 +139,7 @@ def test_stages_write_their_declared_outputs(workspace):
     assert set(metrics["test_sets"]) == {"source", "target"}
     assert (ws / "teacher" / "model.safetensors").is_file()
     assert (ws / "onnx" / "model.onnx").is_file()
-    assert json.loads((ws / "onnx" / "parity.json").read_text())["parity_passed"] is True
+    assert ExportRecord.load(ws / "onnx").parity_passed is True
 
 
 def test_stages_are_child_runs_of_one_pipeline_run(workspace):

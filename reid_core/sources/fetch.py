@@ -4,16 +4,15 @@ fetched (the provenance a model's lineage tags carry)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import get_origin, get_type_hints
+from typing import ClassVar
 
+from reid_core.artifacts.json_artifact import JsonArtifact
 from reid_core.atomic import atomic_output
-from reid_core.json_files import JsonFileError, read_json_object, require_keys
 from reid_core.redact import redact
 from reid_core.sources.references import (
     DatasetReference,
@@ -41,8 +40,11 @@ class NothingToFetch(FetchError, LookupError):
 
 
 @dataclass(frozen=True)
-class FetchRecord:
+class FetchRecord(JsonArtifact):
     """What a fetch produced and where it came from. Only the fields of its kind are set."""
+
+    FILE: ClassVar[str] = RECORD_FILE
+    WRITTEN_BY: ClassVar[str] = "reid fetch"
 
     reference: str  # canonical spelling, credentials removed
     kind: str
@@ -54,26 +56,6 @@ class FetchRecord:
     path: str = ""  # dvc: folder inside the repository
     md5: str = ""  # dvc: the folder's DVC hash (…​.dir)
     etags: dict[str, str] = field(default_factory=dict)  # s3: key under the prefix → ETag
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def read(cls, path: Path) -> FetchRecord:
-        """The record in `path`, refused by name when a field is missing, unknown or of the
-        wrong type."""
-        kinds = {name: get_origin(hint) or hint for name, hint in get_type_hints(cls).items()}
-        required = {
-            f.name: kinds[f.name]
-            for f in fields(cls)
-            if f.default is MISSING and f.default_factory is MISSING
-        }
-        data = read_json_object(path, required, "reid fetch")
-        unknown = sorted(set(data) - set(kinds))
-        if unknown:
-            raise JsonFileError(f"{path}: unknown field(s) {', '.join(unknown)}")
-        require_keys(data, {key: kinds[key] for key in data}, str(path))
-        return cls(**data)
 
     def lineage_tags(self, name: str) -> dict[str, str]:
         """Registry tags for the dataset called `name` (source, target): short values only."""
@@ -111,7 +93,7 @@ def fetch_dataset(
             record = FetchRecord(reference="", kind=NO_DATASET, files=0, bytes=0, content_sha256="")
         else:
             record = _fetch_into(reference, tmp, synth_options or {})
-        (tmp / RECORD_FILE).write_text(record.to_json())
+        record.save(tmp)
     log.info("fetched %s into %s: %d files", record.reference or "no dataset", dest, record.files)
     return record
 
@@ -138,8 +120,7 @@ def _fetch_into(reference: DatasetReference, tmp: Path, synth_options: dict) -> 
 
 def read_record(dataset: str | Path) -> FetchRecord | None:
     """The record `fetch_dataset` left in a dataset folder; None for a folder not fetched."""
-    path = Path(dataset) / RECORD_FILE
-    return FetchRecord.read(path) if path.is_file() else None
+    return FetchRecord.load(dataset) if (Path(dataset) / RECORD_FILE).is_file() else None
 
 
 def _fetch_synth(reference: SynthReference, tmp: Path, options: dict) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from reid_core.artifacts import ExportRecord
 from reid_core.atomic import atomic_output, remove_outputs
 from reid_core.config import ExportConfig, ReidConfig
 from reid_core.data.manifest import read_manifest
@@ -54,7 +55,11 @@ def _tensorrt_engine(
     opt_batch = min(max(config.triton.preferred_batch_sizes, default=max_batch), max_batch)
     plan = folder / tensorrt.PLAN_NAME
     tensorrt.build_engine(
-        folder / "model.onnx", plan, min_batch=1, opt_batch=opt_batch, max_batch=max_batch
+        folder / ExportRecord.MODEL_FILE,
+        plan,
+        min_batch=1,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
     )
     report = tensorrt.engine_parity_report(plan, reference, images, cfg.parity_batch_sizes)
     mlflow.log_metrics({f"tensorrt_{k}": v for k, v in report.items()})
@@ -71,8 +76,6 @@ def _tolerances(cfg: ExportConfig) -> tuple[float, float]:
 def run(
     config: ReidConfig, inputs: Mapping[str, Path], outputs: Mapping[str, Path]
 ) -> dict[str, float]:
-    import json
-
     import mlflow
 
     cfg = config.export
@@ -87,32 +90,38 @@ def run(
         reference = ServingModel(model, cfg.l2_normalize)  # fp32: what every graph must match
         exported = ServingModel(model, cfg.l2_normalize, fp16=True) if cfg.fp16 else reference
         with atomic_output(outputs["onnx"], directory=True) as tmp:
-            export_onnx(exported, tmp / "model.onnx", h, w, cfg.opset)
-            report = parity_report(reference, tmp / "model.onnx", images, cfg.parity_batch_sizes)
+            onnx_file = tmp / ExportRecord.MODEL_FILE
+            export_onnx(exported, onnx_file, h, w, cfg.opset)
+            report = parity_report(reference, onnx_file, images, cfg.parity_batch_sizes)
             mlflow.log_metrics(report)
             precision = "ONNX Runtime (fp16 graph)" if cfg.fp16 else "ONNX Runtime"
             check_parity(precision, report, max_abs_diff, min_cosine)
             status, engine_report = _tensorrt_engine(config, tmp, reference, images)
             mlflow.set_tag("reid.tensorrt", status)
-            report["latency_ms_batch1"] = latency_ms(tmp / "model.onnx", images[:1])
-            mlflow.log_metric("latency_ms_batch1", report["latency_ms_batch1"])
-            info = {
-                **report,
-                **engine_report,
-                "parity_passed": True,
-                "fp16": cfg.fp16,
-                "tolerance_max_abs_diff": max_abs_diff,
-                "tolerance_min_cosine": min_cosine,
-                "parity_batch_sizes": list(cfg.parity_batch_sizes),
-                "onnx_bytes": (tmp / "model.onnx").stat().st_size,
-                "tensorrt": status,
-                "height": h,
-                "width": w,
-                "embedding_dim": meta["embedding_dim"],
-                "l2_normalized": cfg.l2_normalize,
-                "opset": cfg.opset,
-                "source_run_id": meta.get("mlflow_run_id", ""),
-            }
-            (tmp / "parity.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            latency = latency_ms(onnx_file, images[:1])
+            mlflow.log_metric("latency_ms_batch1", latency)
+            ExportRecord(
+                height=h,
+                width=w,
+                embedding_dim=meta["embedding_dim"],
+                l2_normalized=cfg.l2_normalize,
+                fp16=cfg.fp16,
+                opset=cfg.opset,
+                parity_passed=True,
+                max_abs_diff=report["max_abs_diff"],
+                min_cosine=report["min_cosine"],
+                tolerance_max_abs_diff=max_abs_diff,
+                tolerance_min_cosine=min_cosine,
+                parity_batch_sizes=list(cfg.parity_batch_sizes),
+                latency_ms_batch1=latency,
+                onnx_bytes=onnx_file.stat().st_size,
+                tensorrt=status,
+                source_run_id=meta.get("mlflow_run_id", ""),
+                figures={
+                    k: v
+                    for k, v in {**report, **engine_report}.items()
+                    if k not in ("max_abs_diff", "min_cosine")
+                },
+            ).save(tmp)
         mlflow.log_artifacts(str(outputs["onnx"]), "onnx")
     return {k: v for k, v in {**report, **engine_report}.items() if "_batch" not in k}

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from reid_core.artifacts import ExportRecord
 from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import load_checkpoint
@@ -35,12 +36,7 @@ def run(
     import mlflow
 
     cfg = config.promote
-    parity = read_json_object(
-        inputs["onnx"] / "parity.json",
-        {"max_abs_diff": Number, "min_cosine": Number, "parity_passed": bool,
-         "l2_normalized": bool, "height": int, "width": int, "embedding_dim": int},
-        "reid export",
-    )  # fmt: skip
+    parity = ExportRecord.load(inputs["onnx"])
     served = _served_file(inputs["onnx"], config.triton.backend)
     evaluation = read_json_object(
         inputs["evaluation"],
@@ -49,12 +45,12 @@ def run(
     )
     # every input is read whole before the lock is taken or anything is registered
     _, meta = load_checkpoint(inputs["model"])
-    onnx_file = inputs["onnx"] / "model.onnx"
+    onnx_file = inputs["onnx"] / ExportRecord.MODEL_FILE
     graph = onnx_interface(onnx_file)
-    if graph != (parity["height"], parity["width"], parity["embedding_dim"]):
+    if graph != (parity.height, parity.width, parity.embedding_dim):
         raise OnnxFileError(
             f"{onnx_file} takes {graph[0]}×{graph[1]} images to {graph[2]} dims, but "
-            f"{inputs['onnx'] / 'parity.json'} describes another export"
+            f"{inputs['onnx'] / ExportRecord.FILE} describes another export"
         )
     with stage_run("promote", config) as run:
         tags = {
@@ -68,10 +64,10 @@ def run(
             "reid.mAP": evaluation["mAP"],
             "reid.rank1": evaluation["rank1"],
             "reid.mINP": evaluation["mINP"],
-            "reid.parity_max_abs_diff": parity["max_abs_diff"],
-            "reid.parity_passed": "true" if parity["parity_passed"] else "false",
-            "reid.parity_min_cosine": parity["min_cosine"],
-            "reid.latency_ms": parity.get("latency_ms_batch1", ""),
+            "reid.parity_max_abs_diff": parity.max_abs_diff,
+            "reid.parity_passed": "true" if parity.parity_passed else "false",
+            "reid.parity_min_cosine": parity.min_cosine,
+            "reid.latency_ms": parity.latency_ms_batch1,
             "reid.promote_run_id": run.info.run_id,
             "reid.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
             "reid.pipeline_run_id": run.data.tags.get(PIPELINE_TAG, ""),
@@ -93,7 +89,7 @@ def run(
                 inputs["model"],
                 cfg.model_name,
                 tags,
-                l2_normalize=parity["l2_normalized"],
+                l2_normalize=parity.l2_normalized,
             )
             try:
                 challenger = registry.candidate(cfg.model_name, version)
@@ -106,8 +102,8 @@ def run(
                 if decision.promote:
                     with (
                         publication(
-                            config.triton, cfg.model_name, served, parity["height"],
-                            parity["width"], parity["embedding_dim"],
+                            config.triton, cfg.model_name, served, parity.height,
+                            parity.width, parity.embedding_dim,
                         ) as (triton_version, published),
                         registry.aliases_restored_on_failure(cfg.model_name),
                     ):  # fmt: skip
