@@ -33,10 +33,10 @@ class FetchError(RuntimeError):
     """A reference that cannot be fetched; the message names the reference and the cause."""
 
 
-class NothingToFetch(FetchError, LookupError):
-    """The reference names no dataset: a folder or path that does not exist, is no folder, is
-    not tracked or is empty. Bad input, where FetchError alone is a failed run (a server
-    that did not answer, say)."""
+class UnusableReference(FetchError, LookupError):
+    """The reference names no usable dataset: a folder or path that does not exist, is no
+    folder, is not tracked, is empty or links out of itself. Bad input (exit 2), where
+    FetchError alone is a failed run (a server that did not answer, say)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def _fetch_into(reference: DatasetReference, tmp: Path, synth_options: dict) -> 
         provenance = fetchers[type(reference)](reference, tmp)
     files, size, digest = _content(tmp)
     if files == 0:
-        raise NothingToFetch(f"dataset {redact(str(reference))} is empty: no files to fetch")
+        raise UnusableReference(f"dataset {redact(str(reference))} is empty: no files to fetch")
     return FetchRecord(
         reference=redact(str(reference)),
         kind=reference.kind,
@@ -134,12 +134,12 @@ def _fetch_synth(reference: SynthReference, tmp: Path, options: dict) -> dict:
 def _fetch_local(reference: LocalReference, tmp: Path) -> dict:
     root = reference.path.resolve()
     if not root.is_dir():
-        raise NothingToFetch(
+        raise UnusableReference(
             f"local dataset folder {reference.path} does not exist or is no folder"
         )
     for path in sorted(root.rglob("*")):
         if path.is_symlink() and not path.resolve().is_relative_to(root):
-            raise NothingToFetch(
+            raise UnusableReference(
                 f"local dataset {reference.path}: {path.relative_to(root)} links outside the folder"
             )
         target = tmp / path.relative_to(root)
@@ -160,7 +160,7 @@ def _fetch_dvc(reference: DvcReference, tmp: Path) -> dict:
     where = f"{redact(reference.repo)} at {reference.rev or 'HEAD'}"
     remote = "://" in reference.repo or "@" in reference.repo.split("/")[0]
     if not remote and not Path(reference.repo).is_dir():
-        raise NothingToFetch(f"dataset {reference}: no git repository at {reference.repo}")
+        raise UnusableReference(f"dataset {reference}: no git repository at {reference.repo}")
     try:
         fs = DVCFileSystem(reference.repo, rev=reference.rev or None)
         commit = fs.repo.scm.resolve_rev(reference.rev or "HEAD")
@@ -172,14 +172,16 @@ def _fetch_dvc(reference: DvcReference, tmp: Path) -> dict:
     try:
         info = fs.info(reference.path)
     except FileNotFoundError:
-        raise NothingToFetch(
+        raise UnusableReference(
             f"dataset {redact(str(reference))}: {reference.path} does not exist in {where}"
         ) from None
     if info.get("type") != "directory":
-        raise NothingToFetch(f"dataset {redact(str(reference))}: {reference.path} is not a folder")
+        raise UnusableReference(
+            f"dataset {redact(str(reference))}: {reference.path} is not a folder"
+        )
     md5 = info.get("md5") or info.get("dvc_info", {}).get("md5", "")
     if not md5:
-        raise NothingToFetch(
+        raise UnusableReference(
             f"dataset {redact(str(reference))}: {reference.path} in {where} is not tracked by DVC"
         )
     try:
@@ -230,7 +232,7 @@ def _fetch_s3(reference: S3Reference, tmp: Path) -> dict:
     except BotoCoreError as exc:
         raise FetchError(f"dataset {reference}: S3 is not reachable: {exc}") from None
     if not etags:
-        raise NothingToFetch(f"dataset {reference} is empty: no objects under the prefix")
+        raise UnusableReference(f"dataset {reference} is empty: no objects under the prefix")
     return {"etags": etags}
 
 
