@@ -53,12 +53,17 @@ class JsonArtifact:
         naming the file and the problem."""
         path = Path(folder) / cls.FILE
         kinds = _json_kinds(cls)
-        data = read_json_object(path, {VERSION_KEY: int}, cls.WRITTEN_BY)
-        version = data.pop(VERSION_KEY)
-        if version != cls.VERSION:
+        data = read_json_object(path, {}, cls.WRITTEN_BY)
+        version = data.pop(VERSION_KEY, None)
+        if version is None:
             raise JsonFileError(
-                f"{path}: format version {version}, this reidflow reads version {cls.VERSION}: "
-                f"run {cls.WRITTEN_BY} again"
+                f"{path}: has no {VERSION_KEY}: written by an older reidflow or not by "
+                f"{cls.WRITTEN_BY}; run {cls.WRITTEN_BY} again"
+            )
+        if version != cls.VERSION or isinstance(version, bool):
+            raise JsonFileError(
+                f"{path}: format version {version!r}, this reidflow reads version "
+                f"{cls.VERSION}: run {cls.WRITTEN_BY} again"
             )
         unknown = sorted(set(data) - set(kinds))
         if unknown:
