@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from reid_core.config import ModelConfig
-from reid_core.engine.checkpoint import save_checkpoint
+from reid_core.engine.checkpoint import load_checkpoint, save_checkpoint
 from reid_core.export.onnx import ServingModel, export_onnx
 from reid_core.modeling import create_model
 from reid_core.tracking import registry
@@ -45,7 +45,11 @@ def store(tmp_path_factory):
             )
             with mlflow.start_run(experiment_id=experiment):
                 version = registry.register_model(
-                    root / "model.onnx", root / "model", NAME, {"reid.x": "1"}, l2_normalize=True
+                    root / "model.onnx",
+                    load_checkpoint(root / "model")[0],
+                    NAME,
+                    {"reid.x": "1"},
+                    l2_normalize=True,
                 )
             assert version == 1
             yield root
@@ -122,5 +126,6 @@ def test_safe_loader_refuses_pickled_pytorch_models(tmp_path):
 
 def test_checkpoint_that_computes_another_function_is_refused(store):
     with pytest.raises(ValueError, match="differs from the ONNX model"):
-        registry.register_model(store / "model.onnx", store / "model", NAME, {}, l2_normalize=False)
+        model, _ = load_checkpoint(store / "model")
+        registry.register_model(store / "model.onnx", model, NAME, {}, l2_normalize=False)
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{NAME}'")) == 1

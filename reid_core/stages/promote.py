@@ -44,7 +44,7 @@ def run(
         "reid evaluate",
     )
     # every input is read whole before the lock is taken or anything is registered
-    _, meta = load_checkpoint(inputs["model"])
+    model, meta = load_checkpoint(inputs["model"])
     onnx_file = inputs["onnx"] / ExportRecord.MODEL_FILE
     graph = onnx_interface(onnx_file)
     if graph != (parity.height, parity.width, parity.embedding_dim):
@@ -86,7 +86,7 @@ def run(
         with open_repository(config.triton.repository).lock(cfg.model_name):
             version = registry.register_model(
                 onnx_file,
-                inputs["model"],
+                model,
                 cfg.model_name,
                 tags,
                 l2_normalize=parity.l2_normalized,

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from mlflow.models import Model, ModelSignature
     from torch import nn
 
+    from reid_core.modeling import ReidModel
+
 CHAMPION = "champion"
 PREVIOUS = "previous"
 
@@ -103,7 +105,7 @@ def _check_same_function(onnx_features: np.ndarray, torch_features: np.ndarray) 
 
 def register_model(
     onnx_path: Path,
-    checkpoint: Path,
+    model: ReidModel,
     model_name: str,
     tags: dict[str, str],
     *,
@@ -114,7 +116,8 @@ def register_model(
 
     `python_function` is ONNX Runtime's, so `mlflow.pyfunc.load_model(...).predict({"images":
     x})` embeds exactly as the served graph does; `pytorch` is the fp32 `ServingModel` of
-    `checkpoint` (same interface, normalisation inside), exported with torch.export, so that
+    `model`, the checkpoint the graph was exported from (same interface, normalisation
+    inside), exported with torch.export, so that
     `load_pytorch_model` reads it back without unpickling objects. Both carry the signature
     (`images` N×3×H×W float32 → `features` N×D) and an input example.
     """
@@ -124,7 +127,6 @@ def register_model(
     import torch
     from mlflow.models import Model, infer_signature
 
-    from reid_core.engine.checkpoint import load_checkpoint
     from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME, ServingModel, onnx_interface
 
     height, width, _ = onnx_interface(onnx_path)
@@ -132,7 +134,6 @@ def register_model(
     example = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (features,) = session.run([OUTPUT_NAME], {INPUT_NAME: example})
-    model, _ = load_checkpoint(checkpoint)
     serving = ServingModel(model, l2_normalize).eval()
     with torch.inference_mode():
         _check_same_function(features, serving(torch.from_numpy(example)).numpy())
