@@ -44,8 +44,11 @@ def require_keys(
     if missing:
         raise JsonFileError(f"{where}: lacks {', '.join(map(repr, missing))}{hint}")
     for key, kind in required.items():
-        value = data[key]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            value = None
-        if not isinstance(value, kind):
+        if not fits(data[key], kind):
             raise JsonFileError(f"{where}: '{key}' has the wrong type: {data[key]!r}")
+
+
+def fits(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """Whether a JSON value is of `kind`; a bool is no number unless `kind` names bool."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from reid_core.config import ReidConfig
-from reid_core.json_files import JsonFileError, Number, read_json_object, require_keys
+from reid_core.json_files import (
+    JsonFileError,
+    Number,
+    fits,
+    read_json_object,
+    require_keys,
+)
 from reid_core.tracking.runs import ui_command
 
 EVALUATION_KEYS = {"rank1": Number, "mAP": Number, "mINP": Number}
@@ -62,7 +68,7 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
         lines.append(f"{'evaluation':<{width}}{'rank-1':>8}{'rank-5':>8}{'mAP':>8}{'mINP':>8}")
         for label, m in rows:
             rank5 = m.get("rank5")  # optional: an older file may lack it
-            if not isinstance(rank5, Number) or isinstance(rank5, bool):
+            if not fits(rank5, Number):
                 rank5 = float("nan")
             lines.append(
                 f"{label:<{width}}{m['rank1']:>8.1%}{rank5:>8.1%}{m['mAP']:>8.1%}{m['mINP']:>8.1%}"
