@@ -18,6 +18,7 @@ import shutil
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from reid_core.cli import _build_parser, main
 from reid_core.config import ConfigError, ReidConfig, load_config
 from reid_core.data.manifest import MANIFEST_COLUMNS
 from reid_core.engine.checkpoint import META, MODEL_YAML, WEIGHTS
+from reid_core.json_files import fits
 from reid_core.sources import FetchRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,6 +225,21 @@ def _bytes_damage(noise_after_cut: bool = True) -> st.SearchStrategy[Damage]:
     return st.one_of(cut, noise, st.just(Damage("removed", _remove)))
 
 
+def _edit(
+    loads: Callable[[str], object], dumps: Callable[[object], str], change: Callable[[dict], object]
+) -> Callable[[Path], None]:
+    """A damage that rewrites a file holding one mapping (JSON, YAML) through `change`."""
+
+    def apply(path: Path) -> None:
+        path.write_text(dumps(change(loads(path.read_text()))))
+
+    return apply
+
+
+def _without(key: str, mapping: dict) -> dict:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
 WRONG_VALUES = st.one_of(
     st.none(), st.booleans(), st.text(max_size=4), st.lists(st.integers(), max_size=2),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
@@ -233,20 +250,16 @@ def _json_damage(required: dict[str, type | tuple[type, ...]]) -> st.SearchStrat
     """Damage to a JSON object file: not JSON, not an object, a required key dropped or given
     a value of another type."""
 
-    def edit(change: Callable[[dict], object]) -> Callable[[Path], None]:
-        def apply(path: Path) -> None:
-            path.write_text(json.dumps(change(json.loads(path.read_text()))))
-
-        return apply
+    edit = partial(_edit, json.loads, json.dumps)
 
     def dropped(key: str) -> Damage:
-        return Damage(f"without {key!r}", edit(lambda d: {k: v for k, v in d.items() if k != key}))
+        return Damage(f"without {key!r}", edit(partial(_without, key)))
 
     def retyped(key: str, value: object) -> Damage:
         return Damage(f"{key!r} = {value!r}", edit(lambda d: {**d, key: value}))
 
     keys = st.sampled_from(sorted(required))
-    wrong = st.tuples(keys, WRONG_VALUES).filter(lambda kv: not _fits(kv[1], required[kv[0]]))
+    wrong = st.tuples(keys, WRONG_VALUES).filter(lambda kv: not fits(kv[1], required[kv[0]]))
     return st.one_of(
         st.binary(max_size=16).map(lambda b: Damage(f"not JSON {b!r}", _replace(b"{" + b))),
         st.sampled_from(["[]", "3", '"text"', "null"]).map(
@@ -255,11 +268,6 @@ def _json_damage(required: dict[str, type | tuple[type, ...]]) -> st.SearchStrat
         keys.map(dropped),
         wrong.map(lambda kv: retyped(*kv)),
     )
-
-
-def _fits(value: object, kind: type | tuple[type, ...]) -> bool:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
 
 
 NUMBER = (int, float)
@@ -336,14 +344,10 @@ def _yaml_damage() -> st.SearchStrategy[Damage]:
     """Damage to a checkpoint's model.yaml: unreadable, not a mapping, a key dropped, values
     of the wrong type or out of range."""
 
-    def edit(change: Callable[[dict], object]) -> Callable[[Path], None]:
-        def apply(path: Path) -> None:
-            path.write_text(yaml.safe_dump(change(yaml.safe_load(path.read_text()))))
-
-        return apply
+    edit = partial(_edit, yaml.safe_load, yaml.safe_dump)
 
     def dropped(key: str) -> Damage:
-        return Damage(f"without {key}", edit(lambda d: {k: v for k, v in d.items() if k != key}))
+        return Damage(f"without {key}", edit(partial(_without, key)))
 
     def classes(value: object) -> Damage:
         return Damage(f"num_classes {value!r}", edit(lambda d: {**d, "num_classes": value}))
