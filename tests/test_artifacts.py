@@ -12,8 +12,8 @@ from reid_core.json_files import JsonFileError
 RECORD = ExportRecord(
     height=256, width=128, embedding_dim=512, l2_normalized=False, fp16=False, opset=18,
     parity_passed=True, max_abs_diff=2e-6, min_cosine=1.0, tolerance_max_abs_diff=1e-3,
-    tolerance_min_cosine=0.9999, parity_batch_sizes=[1, 7], latency_ms_batch1=3,
-    onnx_bytes=1234, tensorrt="disabled", figures={"max_abs_diff_batch1": 1e-6},
+    tolerance_min_cosine=0.9999, parity_batch_sizes=[1, 7], onnx_bytes=1234,
+    tensorrt="disabled", figures={"max_abs_diff_batch1": 1e-6},
 )  # fmt: skip
 
 
@@ -34,7 +34,7 @@ def _written(tmp_path, **changes):
     ("changes", "message"),
     [
         ({"format_version": None}, "has no format_version: written by an older reidflow"),
-        ({"format_version": 2}, "format version 2, this reidflow reads version 1: run reid export"),
+        ({"format_version": 3}, "format version 3, this reidflow reads version 2: run reid export"),
         ({"format_version": True}, "format version True"),
         ({"height": None}, "lacks 'height'; is it the file reid export writes?"),
         ({"height": "256"}, "'height' has the wrong type"),
@@ -54,5 +54,5 @@ def test_a_file_that_is_not_the_artifact_is_refused_naming_it(tmp_path, changes,
 
 
 def test_a_float_field_takes_a_json_integer(tmp_path):
-    _written(tmp_path, latency_ms_batch1=3, max_abs_diff=0)
+    _written(tmp_path, max_abs_diff=0)
     assert ExportRecord.load(tmp_path).max_abs_diff == 0

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from reid_core.artifacts import ExportRecord
+from reid_core.engine.checkpoint import weights_digest
+from reid_core.tracking.trained_by import WEIGHTS_TAG
 
 pytestmark = pytest.mark.integration
 
@@ -446,7 +448,13 @@ def test_distill_takes_several_teachers_including_one_from_the_registry(workspac
     ws, env = workspace
     env = _other_pipeline(env, "distill-registry")
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    train_run = json.loads((ws / "teacher" / "meta.json").read_text())["mlflow_run_id"]
+    (train_run,) = [  # found by the weights' digest, as the stages find it
+        run.info.run_id
+        for run in client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            f"tags.`{WEIGHTS_TAG}` = '{weights_digest(ws / 'teacher')}'",
+        )
+    ]
     client.create_registered_model("reid-teacher")
     version = client.create_model_version(
         "reid-teacher", f"runs:/{train_run}/checkpoint", run_id=train_run,

@@ -15,6 +15,7 @@ class ExportRecord(JsonArtifact):
     FILE: ClassVar[str] = "parity.json"
     MODEL_FILE: ClassVar[str] = "model.onnx"
     WRITTEN_BY: ClassVar[str] = "reid export"
+    VERSION: ClassVar[int] = 2  # 2: no latency or run id (run facts stay in MLflow)
 
     height: int
     width: int
@@ -29,9 +30,7 @@ class ExportRecord(JsonArtifact):
     tolerance_max_abs_diff: float
     tolerance_min_cosine: float
     parity_batch_sizes: list[int]
-    latency_ms_batch1: float
     onnx_bytes: int
     tensorrt: str  # "built: model.plan", "skipped: <why>" or "disabled"
-    source_run_id: str = ""  # the MLflow run that trained the checkpoint
     # per batch size (`max_abs_diff_batch7`, ...) and the TensorRT engine's (`tensorrt_...`)
     figures: dict[str, float] = field(default_factory=dict)

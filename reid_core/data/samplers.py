@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from reid_core.config import SolverConfig
+from reid_core.options import SolverConfig
 
 _UINT64 = (1 << 64) - 1  # SeedSequence takes non-negative entropy only
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reid_core.config import DistillConfig
 from reid_core.distill.features import FeatureTap
 from reid_core.modeling.losses import ReidLoss
 from reid_core.modeling.model import ReidModel, ReidOutput
+from reid_core.options import DistillConfig
 
 
 def kl_logits(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

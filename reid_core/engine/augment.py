@@ -33,9 +33,9 @@ from kornia.enhance import (
 )
 from torch import nn
 
-from reid_core.config import AugmentConfig
 from reid_core.engine.augmix import augmix
 from reid_core.modeling.model import PIXEL_MEAN
+from reid_core.options import AugmentConfig
 
 PAD_FILL = 0.0  # pad-crop fills the border black, like FastReID's constant padding
 

@@ -5,6 +5,7 @@ No pickles anywhere: a checkpoint from an untrusted source cannot run code when 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from reid_core.atomic import atomic_output
-from reid_core.config import ModelConfig, validation_problems
 from reid_core.modeling import ReidModel, create_model
+from reid_core.options import ModelConfig, validation_problems
 from reid_core.redact import redact_values
 
 WEIGHTS = "model.safetensors"
@@ -39,6 +40,16 @@ def save_checkpoint(dest: str | Path, model: ReidModel, meta: dict[str, Any]) ->
         (tmp / MODEL_YAML).write_text(yaml.safe_dump(spec, sort_keys=False))
         full_meta = {**meta, "embedding_dim": model.embedding_dim}
         (tmp / META).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
+
+
+def weights_digest(checkpoint: str | Path) -> str:
+    """The SHA-256 of a checkpoint's weights file: the identity of a trained model.
+
+    A checkpoint holds no run facts (run ids, commits, times), so the same training writes
+    the same bytes; whoever tracks runs can find the one behind a model by this digest.
+    """
+    with open(Path(checkpoint) / WEIGHTS, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 MAX_CLASSES = 1_000_000  # far above any re-id training set; a bigger count is a corrupt file

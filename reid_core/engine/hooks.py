@@ -7,7 +7,7 @@ trainer saves it with the rest of the training state under the hook's `name`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ import torch
 
 from reid_core.engine.ema import ModelEMA
 from reid_core.engine.precise_bn import recompute_bn_stats
+from reid_core.engine.sinks import MetricSink
 from reid_core.engine.training_state import save_state
 
 if TYPE_CHECKING:
@@ -124,22 +125,22 @@ class NaNGuard(Hook):
 
 
 class MetricLogger(Hook):
-    """Losses and learning rate to MLflow every `every` iterations (step = iteration)."""
+    """Losses and learning rate to the sinks every `every` iterations (step = iteration)."""
 
     main_only = True
 
-    def __init__(self, every: int, prefix: str = ""):
+    def __init__(self, every: int, sinks: Sequence[MetricSink], prefix: str = ""):
         self.every = every
+        self.sinks = list(sinks)
         self.prefix = prefix
 
     def after_step(self, trainer: Trainer) -> None:
         if trainer.iter % self.every and trainer.iter != trainer.max_iter:
             return
-        from reid_core.tracking.resume import log_step_metrics  # once per step, even resumed
-
         metrics = {f"{self.prefix}{k}": v for k, v in trainer.losses().items()}
         metrics[f"{self.prefix}lr"] = trainer.optimizer.param_groups[0]["lr"]
-        log_step_metrics(metrics, trainer.iter)
+        for sink in self.sinks:
+            sink.log_metrics(metrics, trainer.iter)
 
 
 class ProgressBar(Hook):
@@ -197,31 +198,41 @@ class PeriodicCheckpointer(Hook):
 
 
 class PeriodicEvaluation(Hook):
-    """Call `evaluate(model)` every `every` epochs and log its metrics to MLflow."""
+    """Call `evaluate(model)` every `every` epochs and give its metrics to the sinks."""
 
     main_only = True
 
     def __init__(
-        self, every: int, evaluate: Callable[[torch.nn.Module], dict[str, float]], prefix: str = ""
+        self,
+        every: int,
+        evaluate: Callable[[torch.nn.Module], dict[str, float]],
+        sinks: Sequence[MetricSink],
+        prefix: str = "",
     ):
         self.every = every
         self.evaluate = evaluate
+        self.sinks = list(sinks)
         self.prefix = prefix
         self.history: list[tuple[int, dict[str, float]]] = []
 
     def after_epoch(self, trainer: Trainer) -> None:
         if (trainer.epoch + 1) % self.every:
             return
-        from reid_core.tracking.resume import log_step_metrics
-
         model = trainer.model
         was_training = model.training
         metrics = self.evaluate(model.eval())
         model.train(was_training)
         self.history.append((trainer.iter, metrics))
-        log_step_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, trainer.iter)
+        for sink in self.sinks:
+            sink.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, trainer.iter)
 
 
-def default_hooks(desc: str, log_every: int, prefix: str = "") -> list[Hook]:
-    """What every training stage wants: stop on NaN, log to MLflow, show progress."""
-    return [NaNGuard(log_every), MetricLogger(log_every, prefix), ProgressBar(desc, log_every)]
+def default_hooks(
+    desc: str, log_every: int, sinks: Sequence[MetricSink], prefix: str = ""
+) -> list[Hook]:
+    """What every training run wants: stop on NaN, metrics to the sinks, show progress."""
+    return [
+        NaNGuard(log_every),
+        MetricLogger(log_every, sinks, prefix),
+        ProgressBar(desc, log_every),
+    ]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reid_core.config import SolverConfig
+from reid_core.options import SolverConfig
 
 # `_NormBase` is the common base of every BatchNorm / SyncBatchNorm / InstanceNorm variant
 NORM_TYPES: tuple[type[nn.Module], ...] = (

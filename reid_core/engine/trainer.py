@@ -7,6 +7,7 @@ that a run killed at any checkpoint and resumed ends with the uninterrupted run'
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from reid_core.config import AugmentConfig, SolverConfig
 from reid_core.data.samplers import create_sampler
 from reid_core.data.splits import Split, contiguous_labels
 from reid_core.engine import distributed
@@ -25,6 +25,9 @@ from reid_core.engine.hooks import EMAHook, FreezeBackbone, Hook, PeriodicCheckp
 from reid_core.engine.solver import build_optimizer, build_scheduler, clip_gradients
 from reid_core.engine.training_state import load_state, rng_state, set_rng_state
 from reid_core.modeling.model import ReidModel, ReidOutput
+from reid_core.options import AugmentConfig, SolverConfig
+
+log = logging.getLogger(__name__)
 
 # (model output, labels, augmented images) -> named, already weighted loss terms. A loss that
 # is an nn.Module may hold parameters (trained with the model) and state (saved for resume).
@@ -269,5 +272,5 @@ def fit(
         extra.append(PeriodicCheckpointer(state_dir, solver.checkpoint_every))
     trainer = Trainer(model, data, loss_fn, solver, augment, extra, context)
     if state_dir is not None and trainer.resume_from(state_dir):
-        print(f"resuming from iteration {trainer.iter} of {trainer.max_iter} ({state_dir})")
+        log.info("resuming from iteration %d of %d (%s)", trainer.iter, trainer.max_iter, state_dir)
     return trainer.train()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reid_core.config import EvaluateConfig
 from reid_core.data.splits import Split
 from reid_core.evaluation.distance import compute_distance
 from reid_core.evaluation.features import extract_features
 from reid_core.evaluation.query_expansion import alpha_query_expansion
 from reid_core.evaluation.rank import RankResult, evaluate_rank
 from reid_core.evaluation.rerank import re_rank
+from reid_core.options import EvaluateConfig
 
 
 def evaluation_distances(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reid_core.config import ModelConfig
 from reid_core.modeling.classifiers import Classifier, create_classifier
+from reid_core.options import ModelConfig
 
 HEADS = ("linear", "bnneck", "reduction")
 HeadOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]

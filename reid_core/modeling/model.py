@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reid_core.config import ModelConfig
 from reid_core.modeling.backbones import create_backbone
 from reid_core.modeling.heads import create_head
 from reid_core.modeling.pooling import create_pooling
+from reid_core.options import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ with its i-th manifest), so `run_stage` requires them to have the same count.
 from __future__ import annotations
 
 import importlib
+import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +174,7 @@ def run_stage(
             f"{name}: got {given}; these inputs pair up in order, so give one of each per item"
         )
     _fast_cpu_numerics()
+    _show_library_logs()
     for port in spec.inputs:
         paths = ins[port.name] if port.multiple else (ins[port.name],)
         for path in paths:
@@ -194,6 +197,28 @@ def _port_paths(
     if not value:
         raise PortError(f"{stage}: '{port.name}' needs at least one path")
     return tuple(Path(v) for v in value)
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is when a record comes (a test may have replaced it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _show_library_logs() -> None:
+    """The library reports through `logging`; a stage shows its INFO records on stdout."""
+    log = logging.getLogger("reid_core")
+    if not any(isinstance(h, _StdoutHandler) for h in log.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _fast_cpu_numerics() -> None:

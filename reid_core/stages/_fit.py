@@ -16,11 +16,12 @@ from pydantic import BaseModel
 from reid_core.config import ReidConfig
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import Split, load_split
-from reid_core.engine.checkpoint import save_checkpoint
+from reid_core.engine.checkpoint import save_checkpoint, weights_digest
 from reid_core.engine.hooks import Hook, PeriodicEvaluation
 from reid_core.evaluation.protocol import evaluate_splits
 from reid_core.modeling.model import ReidModel
-from reid_core.tracking.lineage import git_commit
+from reid_core.tracking.metric_sink import MlflowSink
+from reid_core.tracking.trained_by import WEIGHTS_TAG
 
 
 def load_train_split(
@@ -44,7 +45,7 @@ def evaluation_hook(
         result = evaluate_splits(model, query, gallery, config.evaluate, device)
         return {"val_rank1": result.cmc[0], "val_mAP": result.mAP}
 
-    return [PeriodicEvaluation(every, evaluate)]
+    return [PeriodicEvaluation(every, evaluate, [MlflowSink()])]
 
 
 def state_dir(
@@ -81,7 +82,11 @@ def finish(
     checkpoint: Path,
     extra: dict[str, Any],
 ) -> None:
-    """Save the checkpoint with its lineage and log it to the active MLflow run."""
+    """Save the checkpoint with its lineage and log it to the active MLflow run.
+
+    The checkpoint holds only what the inputs determine (no run id, commit or time), so a
+    re-run writes the same bytes; the run is tagged with the weights' digest instead.
+    """
     import mlflow
 
     meta = {
@@ -92,12 +97,11 @@ def finish(
         "data_fingerprint": data_meta.get("fingerprint", ""),
         "dvc_md5": data_meta.get("dvc_md5", ""),
         "data_lineage": data_meta.get("data_lineage", "{}"),
-        "git_commit": git_commit(),
         "config_hash": config.digest(),
-        "mlflow_run_id": mlflow.active_run().info.run_id,
         **extra,
     }
     save_checkpoint(checkpoint, model, meta)
+    mlflow.set_tag(WEIGHTS_TAG, weights_digest(checkpoint))  # how later stages find this run
     mlflow.log_artifacts(str(checkpoint), "checkpoint")
 
 

@@ -19,12 +19,13 @@ from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import Split, load_split
-from reid_core.engine.checkpoint import load_checkpoint, save_checkpoint
+from reid_core.engine.checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
 from reid_core.evaluation.protocol import evaluate_splits
 from reid_core.modeling.model import ReidModel
 from reid_core.stages._fit import finish, state_dir
+from reid_core.tracking.metric_sink import MlflowSink
 from reid_core.tracking.resume import log_step_metrics
 from reid_core.tracking.runs import stage_run
 from reid_core.uda.pseudo_labels import PseudoLabelError
@@ -37,10 +38,11 @@ def run(
     import mlflow
 
     cfg = config.adapt
-    model, source_meta = load_checkpoint(inputs["model"])
+    model, _ = load_checkpoint(inputs["model"])
     df, data_meta = read_manifest(inputs["manifest"])
     # the state folder first: a re-run of an interrupted stage reopens the run recorded there
-    resume_dir = state_dir(config, "adapt", cfg, data_meta, [source_meta.get("mlflow_run_id", "")])
+    source_weights = weights_digest(inputs["model"])
+    resume_dir = state_dir(config, "adapt", cfg, data_meta, [source_weights])
     with stage_run("adapt", config, resume_dir):
         device = resolve_device(config.runtime.device)
         model.to(device)
@@ -69,8 +71,11 @@ def run(
                     rnd,
                     config.evaluate.batch_size,
                     default_hooks(
-                        f"adapt round {rnd + 1}", cfg.log_every, prefix=f"round{rnd + 1}_"
-                    ),
+                        f"adapt round {rnd + 1}",
+                        cfg.log_every,
+                        [MlflowSink()],
+                        prefix=f"round{rnd + 1}_",
+                    ),  # fmt: skip
                     state_dir=resume_dir / f"round{rnd + 1}-training",
                 )
             except PseudoLabelError as err:
@@ -85,15 +90,17 @@ def run(
             save_checkpoint(done, model, {"height": config.data.height, "width": config.data.width})
             metrics.update(found)
             metrics["rounds_completed"] += 1
-        metrics["train_seconds"] = time.perf_counter() - start
-        mlflow.log_metrics({"rounds_completed": metrics["rounds_completed"]})
+        mlflow.log_metrics(
+            {"rounds_completed": metrics["rounds_completed"],
+             "train_seconds": time.perf_counter() - start}
+        )  # fmt: skip
         finish(
             "adapt",
             config,
             model,
             data_meta,
             outputs["checkpoint"],
-            {"role": "adapted", "source_run_id": source_meta.get("mlflow_run_id", ""),
+            {"role": "adapted", "source_weights_sha256": source_weights,
              "rounds_completed": int(metrics["rounds_completed"])},
         )  # fmt: skip
         write_json(outputs["metrics"], metrics)

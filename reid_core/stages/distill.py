@@ -12,13 +12,14 @@ import torch
 from reid_core.atomic import write_json
 from reid_core.config import ReidConfig
 from reid_core.distill.losses import DistillLoss
-from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.engine.checkpoint import load_checkpoint, weights_digest
 from reid_core.engine.device import resolve_device
 from reid_core.engine.hooks import default_hooks
 from reid_core.engine.trainer import TrainData, fit
 from reid_core.modeling import create_model
 from reid_core.modeling.model import ReidModel
 from reid_core.stages._fit import count_ids, count_parameters, finish, load_train_split, state_dir
+from reid_core.tracking.metric_sink import MlflowSink
 from reid_core.tracking.registry import checkpoint_folder
 from reid_core.tracking.runs import setup_mlflow, stage_run
 
@@ -34,9 +35,8 @@ def run(
     num_ids = count_ids(data.labels)
     setup_mlflow(config)  # a teacher may be an MLflow URI
     teachers, sources = load_teachers(inputs["teacher"], num_ids, cfg.logit_weight > 0)
-    teacher_runs = [s["source"] + "@" + s["run_id"] for s in sources]
     # the state folder first: a re-run of an interrupted stage reopens the run recorded there
-    resume_dir = state_dir(config, "distill", cfg, data_meta, teacher_runs)
+    resume_dir = state_dir(config, "distill", cfg, data_meta, [s["weights"] for s in sources])
     with stage_run("distill", config, resume_dir):
         mlflow.log_param("teachers", ", ".join(s["source"] for s in sources))
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
@@ -47,12 +47,12 @@ def run(
         loss = DistillLoss(student, teachers, cfg, (config.data.height, config.data.width))
         start = time.perf_counter()
         try:
-            fit(student, data, cfg.solver, cfg.augment, loss,
-                default_hooks("distill", cfg.log_every), state_dir=resume_dir)  # fmt: skip
+            hooks = default_hooks("distill", cfg.log_every, [MlflowSink()])
+            fit(student, data, cfg.solver, cfg.augment, loss, hooks, state_dir=resume_dir)
         finally:
             loss.close()
+        mlflow.log_metric("train_seconds", time.perf_counter() - start)
         metrics = {
-            "train_seconds": time.perf_counter() - start,
             "student_params": float(count_parameters(student)),
             "teacher_params": float(sum(count_parameters(t) for t in teachers)),
             "teachers": float(len(teachers)),
@@ -64,8 +64,8 @@ def run(
             student,
             data_meta,
             outputs["checkpoint"],
-            {"role": "student", "teacher_run_id": ",".join(s["run_id"] for s in sources),
-             "teachers": [s["source"] for s in sources]},
+            {"role": "student", "teachers": [s["source"] for s in sources],
+             "teacher_weights_sha256": [s["weights"] for s in sources]},
         )  # fmt: skip
         write_json(outputs["metrics"], metrics)
     shutil.rmtree(resume_dir, ignore_errors=True)  # complete, and its run is closed
@@ -81,7 +81,8 @@ def load_teachers(
     """
     teachers, origins = [], []
     for source in sources:
-        model, meta = load_checkpoint(checkpoint_folder(source))
+        folder = checkpoint_folder(source)
+        model, _ = load_checkpoint(folder)
         if need_logits and model.num_classes != num_ids:
             raise ValueError(
                 f"teacher {source} classifies {model.num_classes} ids but this train split has "
@@ -89,5 +90,5 @@ def load_teachers(
                 "distill.logit_weight=0 to distil features only"
             )
         teachers.append(model.eval().requires_grad_(False))
-        origins.append({"source": str(source), "run_id": meta.get("mlflow_run_id", "")})
+        origins.append({"source": str(source), "weights": weights_digest(folder)})
     return teachers, origins

@@ -31,6 +31,7 @@ from reid_core.evaluation.reports import SetReport, curves, rank_list_image, wri
 from reid_core.evaluation.verification import VerificationResult
 from reid_core.stages import PortError
 from reid_core.tracking.runs import stage_run
+from reid_core.tracking.trained_by import training_run_id
 
 if TYPE_CHECKING:
     from reid_core.modeling.model import ReidModel
@@ -96,7 +97,7 @@ def run(
                 "reid.model_stage": model_meta["stage"],
                 "reid.domain": primary.meta.get("domain", ""),
                 "reid.test_sets": ",".join(names),
-                "reid.model_run_id": model_meta.get("mlflow_run_id", ""),
+                "reid.model_run_id": training_run_id(inputs["model"]),
                 "reid.eval_set_hash": primary.meta.get("eval_set_hash", ""),
                 "mlflow.runName": f"evaluate {role}@{'+'.join(names)}",
             }

@@ -98,8 +98,7 @@ def run(
             check_parity(precision, report, max_abs_diff, min_cosine)
             status, engine_report = _tensorrt_engine(config, tmp, reference, images)
             mlflow.set_tag("reid.tensorrt", status)
-            latency = latency_ms(onnx_file, images[:1])
-            mlflow.log_metric("latency_ms_batch1", latency)
+            mlflow.log_metric("latency_ms_batch1", latency_ms(onnx_file, images[:1]))
             ExportRecord(
                 height=h,
                 width=w,
@@ -113,10 +112,8 @@ def run(
                 tolerance_max_abs_diff=max_abs_diff,
                 tolerance_min_cosine=min_cosine,
                 parity_batch_sizes=list(cfg.parity_batch_sizes),
-                latency_ms_batch1=latency,
                 onnx_bytes=onnx_file.stat().st_size,
                 tensorrt=status,
-                source_run_id=meta.get("mlflow_run_id", ""),
                 figures={
                     k: v
                     for k, v in {**report, **engine_report}.items()

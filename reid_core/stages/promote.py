@@ -6,17 +6,20 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from reid_core.artifacts import ExportRecord
 from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import load_checkpoint
-from reid_core.export.onnx import OnnxFileError, onnx_interface
+from reid_core.export.onnx import OnnxFileError, latency_ms, onnx_interface
 from reid_core.export.repositories import open_repository
 from reid_core.export.triton import MODEL_FILES, publication
 from reid_core.json_files import Number, read_json_object
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import PIPELINE_TAG, stage_run
+from reid_core.tracking.trained_by import training_run
 
 
 def _served_file(export: Path, backend: str) -> Path:
@@ -53,12 +56,15 @@ def run(
             f"{inputs['onnx'] / ExportRecord.FILE} describes another export"
         )
     with stage_run("promote", config) as run:
+        trained_by = training_run(inputs["model"])
+        trained_tags = trained_by.data.tags if trained_by is not None else {}
+        latency = latency_ms(onnx_file, torch.zeros(1, 3, parity.height, parity.width))
         tags = {
-            "reid.git_commit": meta.get("git_commit", ""),
+            "reid.git_commit": trained_tags.get("reid.git_commit", ""),
             "reid.config_hash": meta.get("config_hash", ""),
             "reid.data_fingerprint": meta.get("data_fingerprint", ""),
             "reid.dvc_md5": meta.get("dvc_md5", ""),
-            "reid.train_run_id": meta.get("mlflow_run_id", ""),
+            "reid.train_run_id": trained_by.info.run_id if trained_by is not None else "",
             "reid.model_stage": meta.get("stage", ""),
             "reid.eval_set_hash": evaluation["eval_set_hash"],
             "reid.mAP": evaluation["mAP"],
@@ -67,7 +73,7 @@ def run(
             "reid.parity_max_abs_diff": parity.max_abs_diff,
             "reid.parity_passed": "true" if parity.parity_passed else "false",
             "reid.parity_min_cosine": parity.min_cosine,
-            "reid.latency_ms": parity.latency_ms_batch1,
+            "reid.latency_ms": latency,  # ONNX Runtime on this machine, batch 1
             "reid.promote_run_id": run.info.run_id,
             "reid.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
             "reid.pipeline_run_id": run.data.tags.get(PIPELINE_TAG, ""),

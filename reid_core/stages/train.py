@@ -38,6 +38,7 @@ from reid_core.stages._fit import (
     state_dir,
 )
 from reid_core.stages.data_parallel import run_as_workers
+from reid_core.tracking.metric_sink import MlflowSink
 from reid_core.tracking.runs import stage_run
 
 
@@ -60,11 +61,9 @@ def run(
         data = TrainData.from_split(split)
         torch.manual_seed(cfg.solver.seed)  # weight init is part of the seeded run
         model = create_model(cfg.model, count_ids(data.labels))
-        if model.pretrained_report:
-            print(f"train: pretrained backbone: {model.pretrained_report}")  # source redacted
         model.to(device)
         loss = ReidLoss(cfg.loss)
-        hooks = default_hooks("train", cfg.log_every)
+        hooks = default_hooks("train", cfg.log_every, [MlflowSink()])
         if context.is_main:
             hooks += evaluation_hook(config, inputs["dataset"], inputs["manifest"],
                                      cfg.solver.eval_every, str(device))  # fmt: skip
@@ -76,9 +75,8 @@ def run(
         metrics = {
             "train_images": float(len(data.labels)),
             "train_ids": float(count_ids(data.labels)),
-            "train_seconds": time.perf_counter() - start,
         }
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({**metrics, "train_seconds": time.perf_counter() - start})
         finish("train", config, model, data_meta, outputs["checkpoint"], {"role": "teacher"})
         write_json(outputs["metrics"], metrics)
     shutil.rmtree(resume_dir, ignore_errors=True)  # complete, and its run is closed

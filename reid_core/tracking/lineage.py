@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -56,11 +55,3 @@ def dvc_hash(path: str | Path, repo_root: str | Path = ".") -> str:
             if out.get("path") == wanted and out.get("md5"):
                 return out["md5"]
     return ""
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reid_core.config import AdaptConfig
 from reid_core.data.splits import Split, contiguous_labels
 from reid_core.engine.hooks import Hook
 from reid_core.engine.trainer import LossFn, TrainData, fit
 from reid_core.evaluation import extract_features
 from reid_core.modeling.losses import ReidLoss
 from reid_core.modeling.model import ReidModel
+from reid_core.options import AdaptConfig
 from reid_core.uda.memory import ClusterMemoryLoss, cluster_centroids
 from reid_core.uda.pseudo_labels import cluster_features, label_quality, outliers_as_singletons
 

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import time
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from reid_core.config import AugmentConfig, LossConfig, ModelConfig, SolverConfig
 from reid_core.engine.distributed import context_from_env
 from reid_core.engine.hooks import Hook
 from reid_core.engine.trainer import TrainData, fit
 from reid_core.modeling import create_model
 from reid_core.modeling.losses import ReidLoss
+from reid_core.options import AugmentConfig, LossConfig, ModelConfig, SolverConfig
 
 NUM_IDS, PER_ID, CAMS = 16, 4, 2
 
@@ -49,6 +51,7 @@ def tiny_data() -> TrainData:
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--state-dir")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from reid_core.config import LossConfig
 from reid_core.modeling.losses.classification import cross_entropy
 from reid_core.modeling.losses.focal import focal_loss
 from reid_core.modeling.losses.pairwise import pairwise_circle, pairwise_cosface
 from reid_core.modeling.losses.triplet import triplet_loss
 from reid_core.modeling.model import ReidOutput
+from reid_core.options import LossConfig
 
 
 class ReidLoss:
