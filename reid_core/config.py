@@ -83,13 +83,21 @@ class DatasetsConfig(Options):
 class DataConfig(Options):
     """Where a dataset lives, how to read it, and the input size models see."""
 
-    format: Literal["market1501", "dukemtmc", "msmt17", "veri776", "csv"] = "market1501"
+    format: str = "market1501"  # a name in reid_core.data.readers.READERS
     domain: str = "source"
     # model input size: bounded so a typo cannot ask for absurd memory
     height: int = Field(128, ge=16, le=1024)
     width: int = Field(64, ge=16, le=1024)
     min_image_side: int = Field(16, ge=1)
     max_image_side: int = Field(4096, ge=16, le=16384)
+
+    @field_validator("format")
+    @classmethod
+    def _registered_format(cls, value: str) -> str:
+        from reid_core.data.readers import READERS
+
+        READERS.lookup(value)
+        return value
 
 
 class TrainConfig(Options):

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class Options(BaseModel):
@@ -36,18 +44,16 @@ class ModelConfig(Options):
     # starts every norm at one, as FastReID does
     zero_init_residual: bool = False
     pretrained: str = ""  # ImageNet weights: a local file or an http(s):// or file:// URL
-    pooling: Literal[
-        "avg", "max", "gem", "gem_learnable", "attention", "clipped_avg", "avg_max"
-    ] = "gem"
+    pooling: str = "gem"  # a name in reid_core.modeling.pooling.POOLINGS
     gem_p: float = Field(3.0, gt=0)
-    head: Literal["linear", "bnneck", "reduction"] = "bnneck"
+    head: str = "bnneck"  # a name in reid_core.modeling.heads.HEADS
     embedding_dim: int = Field(0, ge=0, le=16384)  # reduction head's output; 0: the backbone's
     dropout: float = Field(0.0, ge=0, lt=1)  # reduction head only
     neck_feat: Literal["before", "after"] = "after"  # the embedding: before or after the neck
     # what the metric losses (triplet, circle, cosface) see: the feature before the neck's BN
     # or after it; FastReID's MODEL.HEADS.NECK_FEAT (its embedding is always after the neck)
     metric_feat: Literal["before", "after"] = "before"
-    classifier: Literal["linear", "arcface", "cosface", "circle"] = "linear"
+    classifier: str = "linear"  # a name in reid_core.modeling.classifiers.CLASSIFIERS
     classifier_scale: float = Field(64.0, gt=0)  # margin classifiers: logit scale s
     classifier_margin: float = Field(0.35, ge=0)  # margin classifiers: margin m
 
@@ -57,13 +63,17 @@ class ModelConfig(Options):
         # `ibn: true` in older configs meant IBN-a
         return {True: "a", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
-    @field_validator("backbone")
+    @field_validator("backbone", "pooling", "head", "classifier")
     @classmethod
-    def _known_backbone(cls, value: str) -> str:
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
         from reid_core.modeling.backbones import BACKBONES
+        from reid_core.modeling.classifiers import CLASSIFIERS
+        from reid_core.modeling.heads import HEADS
+        from reid_core.modeling.pooling import POOLINGS
 
-        if value not in BACKBONES:
-            raise ValueError(f"unknown backbone '{value}'; known: {', '.join(sorted(BACKBONES))}")
+        registries = {"backbone": BACKBONES, "pooling": POOLINGS, "head": HEADS,
+                      "classifier": CLASSIFIERS}  # fmt: skip
+        registries[info.field_name].lookup(value)
         return value
 
 
@@ -124,7 +134,7 @@ class SolverConfig(Options):
     images_per_id: int = Field(4, ge=1)
     # pk: each identity once per sampler epoch, K random images; chunked: FastReID's
     # NaiveIdentitySampler (every identity's images dealt out in chunks of K)
-    sampler: Literal["pk", "camera_balanced", "chunked"] = "pk"
+    sampler: str = "pk"  # a name in reid_core.data.samplers.SAMPLERS
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = True  # NHWC activations: ~15–25 % faster training steps on CPU too
     compile: bool = False
@@ -133,6 +143,14 @@ class SolverConfig(Options):
     checkpoint_every: int = Field(0, ge=0)  # iterations between resumable checkpoints; 0: epoch
     eval_every: int = Field(0, ge=0)  # epochs between evaluations on the query split; 0: off
     seed: int = 0
+
+    @field_validator("sampler")
+    @classmethod
+    def _registered_sampler(cls, value: str) -> str:
+        from reid_core.data.samplers import SAMPLERS
+
+        SAMPLERS.lookup(value)
+        return value
 
     @model_validator(mode="after")
     def _steps_increase(self) -> SolverConfig:

@@ -448,13 +448,13 @@ def test_distill_takes_several_teachers_including_one_from_the_registry(workspac
     ws, env = workspace
     env = _other_pipeline(env, "distill-registry")
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    (train_run,) = [  # found by the weights' digest, as the stages find it
-        run.info.run_id
-        for run in client.search_runs(
-            [e.experiment_id for e in client.search_experiments()],
-            f"tags.`{WEIGHTS_TAG}` = '{weights_digest(ws / 'teacher')}'",
-        )
-    ]
+    (newest,) = client.search_runs(  # found by the weights' digest, as the stages find it
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.`{WEIGHTS_TAG}` = '{weights_digest(ws / 'teacher')}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    train_run = newest.info.run_id
     client.create_registered_model("reid-teacher")
     version = client.create_model_version(
         "reid-teacher", f"runs:/{train_run}/checkpoint", run_id=train_run,

@@ -21,12 +21,16 @@ import pandas as pd
 
 from reid_core.data.errors import DatasetError
 from reid_core.data.paths import confined, path_problem
+from reid_core.registry import Registry
 
 COLUMNS = ("path", "pid", "camid", "split")
 SPLITS = ("train", "query", "gallery")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 JUNK_PID = -1
 DISTRACTOR_PID = 0
+
+READERS: Registry[Callable[[Path], pd.DataFrame]] = Registry("dataset format")
+"""Dataset layout name -> reader(root) returning the label table."""
 
 # `<pid>_c<camera>` followed by a non-digit: Market-1501 (0002_c1s1_000451_03.jpg),
 # DukeMTMC-reID (0001_c2_f0046182.jpg) and VeRi-776 (0001_c001_00016450_0.jpg) all start so.
@@ -93,21 +97,25 @@ def _read_folder_layout(root: Path, fmt: str) -> pd.DataFrame:
     return _finalize(rows, root, fmt, sources, check_exists=False)
 
 
+@READERS.register("market1501")
 def read_market1501(root: Path) -> pd.DataFrame:
     """Market-1501: bounding_box_train/, query/, bounding_box_test/, 6 cameras."""
     return _read_folder_layout(Path(root), "market1501")
 
 
+@READERS.register("dukemtmc")
 def read_dukemtmc(root: Path) -> pd.DataFrame:
     """DukeMTMC-reID: the Market-1501 folders, names like 0001_c2_f0046182.jpg, 8 cameras."""
     return _read_folder_layout(Path(root), "dukemtmc")
 
 
+@READERS.register("veri776")
 def read_veri776(root: Path) -> pd.DataFrame:
     """VeRi-776: image_train/, image_query/, image_test/, names like 0001_c001_00016450_0.jpg."""
     return _read_folder_layout(Path(root), "veri776")
 
 
+@READERS.register("msmt17")
 def read_msmt17(root: Path) -> pd.DataFrame:
     """MSMT17 (V1 or V2): list_{train,val,query,gallery}.txt with lines `relative/path.jpg pid`.
 
@@ -156,6 +164,7 @@ def read_msmt17(root: Path) -> pd.DataFrame:
     return _finalize(rows, root, "msmt17", sources, check_exists=True)
 
 
+@READERS.register("csv")
 def read_csv(root: Path) -> pd.DataFrame:
     """Generic layout: `manifest.csv` at the root with columns path,pid,camid,split.
 
@@ -252,20 +261,13 @@ def _finalize(
     return df.sort_values(["split", "path"], kind="stable").reset_index(drop=True)
 
 
-READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
-    "market1501": read_market1501,
-    "dukemtmc": read_dukemtmc,
-    "msmt17": read_msmt17,
-    "veri776": read_veri776,
-    "csv": read_csv,
-}
-
-
 def read_dataset(root: str | Path, fmt: str) -> pd.DataFrame:
     """Read the dataset at `root` in layout `fmt` (a key of READERS) into a label table."""
-    if fmt not in READERS:
-        raise DatasetError(f"unknown dataset format {fmt!r}; known: {', '.join(READERS)}")
+    try:
+        reader = READERS.lookup(fmt)
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
-    return READERS[fmt](root)
+    return reader(root)

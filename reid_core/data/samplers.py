@@ -9,11 +9,12 @@ computes the same global batch and keeps its own contiguous block of whole ident
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from reid_core.options import SolverConfig
+from reid_core.registry import Registry
 
 _UINT64 = (1 << 64) - 1  # SeedSequence takes non-negative entropy only
 
@@ -215,6 +216,27 @@ class CameraBalancedSampler(IdentitySampler):
         return out
 
 
+SAMPLERS: Registry[Callable[..., IdentitySampler]] = Registry("sampler")
+"""Sampler name -> builder(labels, camids, p, k, seed, rank, world_size)."""
+
+
+@SAMPLERS.register("pk")
+def _pk(labels, camids, p, k, seed, rank, world_size) -> IdentitySampler:
+    return PKSampler(labels, p, k, seed, rank, world_size)
+
+
+@SAMPLERS.register("camera_balanced")
+def _camera_balanced(labels, camids, p, k, seed, rank, world_size) -> IdentitySampler:
+    if camids is None:
+        raise ValueError("the camera_balanced sampler needs camera ids")
+    return CameraBalancedSampler(labels, camids, p, k, seed, rank, world_size)
+
+
+@SAMPLERS.register("chunked")
+def _chunked(labels, camids, p, k, seed, rank, world_size) -> IdentitySampler:
+    return ChunkedIdentitySampler(labels, p, k, seed, rank, world_size)
+
+
 def create_sampler(
     config: SolverConfig,
     labels: np.ndarray,
@@ -223,11 +245,6 @@ def create_sampler(
     world_size: int = 1,
 ) -> IdentitySampler:
     """The sampler `config.sampler` names, seeded with `config.seed`."""
-    p, k, seed = config.ids_per_batch, config.images_per_id, config.seed
-    if config.sampler == "camera_balanced":
-        if camids is None:
-            raise ValueError("the camera_balanced sampler needs camera ids")
-        return CameraBalancedSampler(labels, camids, p, k, seed, rank, world_size)
-    if config.sampler == "chunked":
-        return ChunkedIdentitySampler(labels, p, k, seed, rank, world_size)
-    return PKSampler(labels, p, k, seed, rank, world_size)
+    build = SAMPLERS.lookup(config.sampler)
+    p, k = config.ids_per_batch, config.images_per_id
+    return build(labels, camids, p, k, config.seed, rank, world_size)

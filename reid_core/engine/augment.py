@@ -36,6 +36,7 @@ from torch import nn
 from reid_core.engine.augmix import augmix
 from reid_core.modeling.model import PIXEL_MEAN
 from reid_core.options import AugmentConfig
+from reid_core.registry import Registry
 
 PAD_FILL = 0.0  # pad-crop fills the border black, like FastReID's constant padding
 
@@ -345,6 +346,51 @@ class Cutout(_PerImageOp):
         return torch.where(mask, _mean_pixel(x), x)
 
 
+AUGMENTATIONS: Registry[Callable[[AugmentConfig], nn.Module | None]] = Registry("augmentation")
+"""Op name -> builder(options) giving the op, or None when the options leave it off. The ops
+run in registration order (geometry, colour, mixing, then occlusion)."""
+
+
+@AUGMENTATIONS.register("flip")
+def _flip(c: AugmentConfig) -> nn.Module | None:
+    return RandomFlip(c.flip_p) if c.flip_p > 0 else None
+
+
+@AUGMENTATIONS.register("pad")
+def _pad(c: AugmentConfig) -> nn.Module | None:
+    return PadCrop(c.pad) if c.pad > 0 else None
+
+
+@AUGMENTATIONS.register("color_jitter")
+def _color_jitter(c: AugmentConfig) -> nn.Module | None:
+    return ColorJitter(c.color_jitter_p) if c.color_jitter_p > 0 else None
+
+
+@AUGMENTATIONS.register("autoaugment")
+def _autoaugment(c: AugmentConfig) -> nn.Module | None:
+    return AutoAugment(c.autoaugment_p) if c.autoaugment_p > 0 else None
+
+
+@AUGMENTATIONS.register("augmix")
+def _augmix(c: AugmentConfig) -> nn.Module | None:
+    return AugMix(c.augmix_p) if c.augmix_p > 0 else None
+
+
+@AUGMENTATIONS.register("patch")
+def _patch(c: AugmentConfig) -> nn.Module | None:
+    return RandomPatch(c.patch_p) if c.patch_p > 0 else None
+
+
+@AUGMENTATIONS.register("erasing")
+def _erasing(c: AugmentConfig) -> nn.Module | None:
+    return RandomErasing(c.erasing_p, c.erasing_box) if c.erasing_p > 0 else None
+
+
+@AUGMENTATIONS.register("cutout")
+def _cutout(c: AugmentConfig) -> nn.Module | None:
+    return Cutout(c.cutout_p) if c.cutout_p > 0 else None
+
+
 class BatchAugment(nn.Module):
     """uint8 N×3×H×W → float32 0–255 of the same shape, augmented as configured (see module doc).
 
@@ -355,24 +401,8 @@ class BatchAugment(nn.Module):
     def __init__(self, config: AugmentConfig, height: int, width: int):
         super().__init__()
         self.height, self.width = int(height), int(width)
-        ops: list[nn.Module] = []
-        if config.flip_p > 0:
-            ops.append(RandomFlip(config.flip_p))
-        if config.pad > 0:
-            ops.append(PadCrop(config.pad))
-        if config.color_jitter_p > 0:
-            ops.append(ColorJitter(config.color_jitter_p))
-        if config.autoaugment_p > 0:
-            ops.append(AutoAugment(config.autoaugment_p))
-        if config.augmix_p > 0:
-            ops.append(AugMix(config.augmix_p))
-        if config.patch_p > 0:
-            ops.append(RandomPatch(config.patch_p))
-        if config.erasing_p > 0:
-            ops.append(RandomErasing(config.erasing_p, config.erasing_box))
-        if config.cutout_p > 0:
-            ops.append(Cutout(config.cutout_p))
-        self.ops = nn.ModuleList(ops)
+        built = (build(config) for build in AUGMENTATIONS.values())
+        self.ops = nn.ModuleList(op for op in built if op is not None)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

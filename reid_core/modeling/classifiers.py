@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CLASSIFIERS = ("linear", "arcface", "cosface", "circle")
+from reid_core.registry import Registry
+
+CLASSIFIERS: Registry[type[Classifier]] = Registry("classifier")
+"""Classifier name -> class; margin classes take (in, classes, scale, margin)."""
 
 
 class Classifier(nn.Module):
@@ -37,6 +40,7 @@ class Classifier(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+@CLASSIFIERS.register("linear")
 class LinearClassifier(Classifier):
     """Bias-free linear layer; labels are accepted and ignored (no margin)."""
 
@@ -69,6 +73,7 @@ class MarginClassifier(Classifier):
         raise NotImplementedError
 
 
+@CLASSIFIERS.register("arcface")
 class ArcFace(MarginClassifier):
     """Additive angular margin (Deng et al. 2019): `s·cos(θ + m)` on the target class.
 
@@ -86,6 +91,7 @@ class ArcFace(MarginClassifier):
         return self.scale * torch.where(target, target_logit, cos)
 
 
+@CLASSIFIERS.register("cosface")
 class CosFace(MarginClassifier):
     """Large margin cosine (Wang et al. 2018): `s·(cos θ − m)` on the target class."""
 
@@ -93,6 +99,7 @@ class CosFace(MarginClassifier):
         return self.scale * torch.where(target, cos - self.margin, cos)
 
 
+@CLASSIFIERS.register("circle")
 class CircleSoftmax(MarginClassifier):
     """Circle loss in classification form (Sun et al. 2020).
 
@@ -111,14 +118,8 @@ class CircleSoftmax(MarginClassifier):
 def create_classifier(
     name: str, in_features: int, num_classes: int, scale: float = 64.0, margin: float = 0.35
 ) -> Classifier:
-    """Build classifier `name` (one of `CLASSIFIERS`); `scale`/`margin` are for margin kinds."""
-    if name == "linear":
-        return LinearClassifier(in_features, num_classes)
-    kinds: dict[str, type[MarginClassifier]] = {
-        "arcface": ArcFace,
-        "cosface": CosFace,
-        "circle": CircleSoftmax,
-    }
-    if name not in kinds:
-        raise ValueError(f"unknown classifier '{name}'; known: {', '.join(CLASSIFIERS)}")
-    return kinds[name](in_features, num_classes, scale, margin)
+    """Build classifier `name` (of `CLASSIFIERS`); `scale`/`margin` are for margin kinds."""
+    kind = CLASSIFIERS.lookup(name)
+    if issubclass(kind, MarginClassifier):
+        return kind(in_features, num_classes, scale, margin)
+    return kind(in_features, num_classes)

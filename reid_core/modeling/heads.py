@@ -13,8 +13,10 @@ from torch import nn
 
 from reid_core.modeling.classifiers import Classifier, create_classifier
 from reid_core.options import ModelConfig
+from reid_core.registry import Registry
 
-HEADS = ("linear", "bnneck", "reduction")
+HEADS: Registry[type[Head]] = Registry("head")
+"""Head name -> class taking (pooled channels, classes, model options)."""
 HeadOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
@@ -70,6 +72,7 @@ class Head(nn.Module):
         self.classifier = classifier.to(device) if classifier is not None else None
 
 
+@HEADS.register("linear")
 class LinearHead(Head):
     """No neck: the classifier sees the pooled feature, which is also the embedding."""
 
@@ -80,6 +83,7 @@ class LinearHead(Head):
         return pooled, pooled
 
 
+@HEADS.register("bnneck")
 class BNNeckHead(Head):
     """BNNeck (Luo et al. 2019): metric losses before the BN, classification after it.
 
@@ -95,6 +99,7 @@ class BNNeckHead(Head):
         return pooled, self.bottleneck(pooled)
 
 
+@HEADS.register("reduction")
 class ReductionHead(Head):
     """Linear reduction (a 1×1 conv on the pooled map) + BN + LeakyReLU + dropout, then BNNeck.
 
@@ -123,11 +128,4 @@ def create_head(config: ModelConfig, in_channels: int, num_classes: int) -> Head
         raise ValueError(
             f"embedding_dim and dropout need head 'reduction' (head is '{config.head}')"
         )
-    kinds: dict[str, type[Head]] = {
-        "linear": LinearHead,
-        "bnneck": BNNeckHead,
-        "reduction": ReductionHead,
-    }
-    if config.head not in kinds:
-        raise ValueError(f"unknown head '{config.head}'; known: {', '.join(HEADS)}")
-    return kinds[config.head](in_channels, num_classes, config)
+    return HEADS.lookup(config.head)(in_channels, num_classes, config)

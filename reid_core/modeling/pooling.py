@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reid_core.registry import Registry
+
 
 class GeneralizedMeanPooling(nn.Module):
     """GeM (Radenović et al. 2018): (mean x^p)^(1/p); p=1 is average, p→∞ approaches max.
@@ -73,20 +75,45 @@ class AttentionPooling(nn.Module):
         return (x.flatten(2) * weights).sum(-1)
 
 
-POOLINGS: dict[str, Callable[[int, float], nn.Module]] = {
-    "avg": lambda channels, p: AveragePooling(),
-    "max": lambda channels, p: MaxPooling(),
-    "gem": lambda channels, p: GeneralizedMeanPooling(p),
-    "gem_learnable": lambda channels, p: GeneralizedMeanPooling(p, learnable=True),
-    "attention": lambda channels, p: AttentionPooling(channels),
-    "clipped_avg": lambda channels, p: ClippedAveragePooling(),
-    "avg_max": lambda channels, p: AverageMaxPooling(),
-}
+POOLINGS: Registry[Callable[[int, float], nn.Module]] = Registry("pooling")
 """Pooling name -> builder(channels of the feature map, GeM p)."""
+
+
+@POOLINGS.register("avg")
+def _avg(channels: int, p: float) -> nn.Module:
+    return AveragePooling()
+
+
+@POOLINGS.register("max")
+def _max(channels: int, p: float) -> nn.Module:
+    return MaxPooling()
+
+
+@POOLINGS.register("gem")
+def _gem(channels: int, p: float) -> nn.Module:
+    return GeneralizedMeanPooling(p)
+
+
+@POOLINGS.register("gem_learnable")
+def _gem_learnable(channels: int, p: float) -> nn.Module:
+    return GeneralizedMeanPooling(p, learnable=True)
+
+
+@POOLINGS.register("attention")
+def _attention(channels: int, p: float) -> nn.Module:
+    return AttentionPooling(channels)
+
+
+@POOLINGS.register("clipped_avg")
+def _clipped_avg(channels: int, p: float) -> nn.Module:
+    return ClippedAveragePooling()
+
+
+@POOLINGS.register("avg_max")
+def _avg_max(channels: int, p: float) -> nn.Module:
+    return AverageMaxPooling()
 
 
 def create_pooling(name: str, channels: int, p: float = 3.0) -> nn.Module:
     """The pooling layer registered as `name` for a feature map with `channels` channels."""
-    if name not in POOLINGS:
-        raise ValueError(f"unknown pooling '{name}'; known: {', '.join(sorted(POOLINGS))}")
-    return POOLINGS[name](channels, p)
+    return POOLINGS.lookup(name)(channels, p)

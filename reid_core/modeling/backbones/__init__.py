@@ -19,15 +19,13 @@ from reid_core.modeling.backbones.registry import BACKBONES, BackboneOptions
 
 def create_backbone(name: str, **options) -> nn.Module:
     """Build backbone `name`; `options` are `BackboneOptions` fields (last_stride, ibn, ...)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone '{name}'; known: {', '.join(sorted(BACKBONES))}")
     known = {f.name for f in fields(BackboneOptions)}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"unknown backbone option(s): {', '.join(sorted(unknown))}")
     if isinstance(options.get("ibn"), bool):
         options["ibn"] = "a" if options["ibn"] else "none"
-    return BACKBONES[name].build(BackboneOptions(**options))
+    return BACKBONES.lookup(name).build(BackboneOptions(**options))
 
 
 __all__ = ["BACKBONES", "BackboneOptions", "create_backbone", "load_pretrained"]

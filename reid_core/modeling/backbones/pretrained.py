@@ -286,8 +286,6 @@ def load_backbone_weights(
     allow_missing: bool = False,
 ) -> PretrainedReport:
     """`load_pretrained` with the key remapping registered for backbone `name`."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone '{name}'; known: {', '.join(sorted(BACKBONES))}")
     return load_pretrained(
-        backbone, source, BACKBONES[name].remap, cache_dir, allow_missing=allow_missing
+        backbone, source, BACKBONES.lookup(name).remap, cache_dir, allow_missing=allow_missing
     )

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from reid_core.registry import Registry
+
 StateDict = dict[str, torch.Tensor]
 
 
@@ -35,7 +37,7 @@ class BackboneEntry:
     remap: Callable[[StateDict, nn.Module], StateDict] | None = None
 
 
-BACKBONES: dict[str, BackboneEntry] = {}
+BACKBONES: Registry[BackboneEntry] = Registry("backbone")
 
 
 def register_backbone(
@@ -44,9 +46,7 @@ def register_backbone(
     """Decorator: register `build(options) -> nn.Module` as backbone `name`."""
 
     def decorate(build: Callable[[BackboneOptions], nn.Module]):
-        if name in BACKBONES:
-            raise ValueError(f"backbone '{name}' is registered twice")
-        BACKBONES[name] = BackboneEntry(build, remap)
+        BACKBONES.add(name, BackboneEntry(build, remap))
         return build
 
     return decorate
