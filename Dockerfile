@@ -19,7 +19,7 @@
 #                    cannot reach the registry (TLS interception), so download the wheels on the
 #                    host into the build context first, then build with
 #                      pip download --dest wheels --extra-index-url https://download.pytorch.org/whl/cpu \
-#                          "torch==2.13.0" . setuptools wheel       # on a Linux x86_64 host, Python 3.11
+#                          "torch==2.13.0" ".[all]" setuptools wheel  # on a Linux x86_64 host, Python 3.11
 #                      docker build --build-arg PIP_OPTS="--no-index --find-links /wheels" .
 #                    (the context's wheels/ folder is mounted at /wheels while installing; make
 #                    image does all this).
@@ -42,13 +42,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 
 # Dependencies first, in a layer of their own: a change to the sources rebuilds only the last step.
+# They are setup.cfg's install_requires and its `all` extra: the image runs every stage.
 # /wheels is the context's wheelhouse (only its README when building online), mounted for the
 # steps that install, so its gigabytes never become a layer.
 COPY setup.cfg pyproject.toml constraints.txt README.md /src/
 RUN --mount=type=bind,source=wheels,target=/wheels \
     python3 -m venv /opt/venv \
     && python3 -c 'import configparser; c = configparser.ConfigParser(); c.read("setup.cfg"); \
-print(c["options"]["install_requires"])' > /tmp/requirements.txt \
+print(c["options"]["install_requires"], c["options.extras_require"]["all"])' > /tmp/requirements.txt \
     && /opt/venv/bin/pip install ${PIP_OPTS} --extra-index-url "${TORCH_INDEX_URL}" \
         -c constraints.txt "${TORCH_SPEC}" -r /tmp/requirements.txt \
     && if [ -n "${GPU_SPEC}" ]; then \

@@ -9,16 +9,18 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 .PHONY: demo test lint format clean-demo compile-pipeline triton parity parity-venv image test-containers test-zoo
 
 # CPU torch first, pinned (an unpinned torch pulls the CUDA build), then everything under
-# constraints.txt, so installs are quick and the same everywhere.
+# constraints.txt, so installs are quick and the same everywhere. The project with all its
+# extras (pipeline + serving): the demo and the tests need both; `pip install reidflow` alone
+# is the library (setup.cfg).
 $(BIN)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e .
+	$(BIN)/pip install -q -c constraints.txt -e '.[all]'
 	touch $@
 
 $(BIN)/.installed-dev: $(BIN)/.installed
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[all,dev]'
 	touch $@
 
 # The main job: the whole local pipeline on the embedded synthetic dataset, then a summary.

@@ -15,11 +15,12 @@
 # Run it in the CUDA image (`make image VARIANT=cuda`), from a checkout mounted at /workspace:
 #   podman run --rm --device nvidia.com/gpu=all -v "$PWD":/workspace -w /workspace \
 #     --entrypoint bash reidflow:0.1.0-cuda benchmarks/gpu_check.sh /workspace/gpu-check
-# or in any environment with a CUDA build of torch and reidflow installed (`pip install -e .`,
-# faiss-gpu and tensorrt for checks 4-5). Output: one log per check and throughput.json in
-# OUT_DIR (default ./gpu-check); the summary lists PASS / FAIL / MISSING / SKIP per check, and the
-# exit status is 1 when any check failed or is missing. CHECKS="train export" runs only those
-# (data and environment always run); DEVICE=cpu runs the flow without a GPU, to try the script.
+# or in any environment with a CUDA build of torch and reidflow installed
+# (`pip install -e '.[all]'`, faiss-gpu and tensorrt for checks 4-5). Output: one log per check
+# and throughput.json in OUT_DIR (default ./gpu-check); the summary lists PASS / FAIL / MISSING /
+# SKIP per check, and the exit status is 1 when any check failed or is missing. CHECKS="train
+# export" runs only those (data and environment always run); DEVICE=cpu runs the flow without a
+# GPU, to try the script.
 set -uo pipefail
 
 out=$(mkdir -p "${1:-gpu-check}" && cd "${1:-gpu-check}" && pwd)

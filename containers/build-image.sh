@@ -62,7 +62,7 @@ if [ "$variant" = cuda ]; then
   gpu_spec="faiss-gpu==1.15.1"
   export PIP_FIND_LINKS="" PIP_CONFIG_FILE=/dev/null
   "$python" -m pip download -q -d "$wheels" -c constraints.txt \
-    torch==2.13.0 $gpu_spec . setuptools wheel
+    torch==2.13.0 $gpu_spec ".[all]" setuptools wheel
   # TensorRT's PyPI packages are sources that fetch NVIDIA's libraries while installing: where
   # that fails (no NVIDIA index or driver tools), the image goes without TensorRT.
   tensorrt=${TENSORRT_SPEC:-tensorrt-cu12}
@@ -80,7 +80,7 @@ else
     index_opts=(--extra-index-url "$torch_index")
   fi
   "$python" -m pip download -q -d "$wheels" -c constraints.txt "${index_opts[@]}" \
-    torch==2.13.0 . setuptools wheel
+    torch==2.13.0 ".[all]" setuptools wheel
 fi
 clear_wheelhouse() { find wheels -maxdepth 1 -type f ! -name README.md -delete; }
 clear_wheelhouse

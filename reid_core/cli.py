@@ -258,7 +258,9 @@ def _pipeline(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path.cwd()))
     try:
         from pipelines import tools
-    except ImportError as err:
+    except ModuleNotFoundError as err:
+        if err.name not in ("pipelines", "pipelines.tools"):
+            raise  # kfp or another package of the pipeline extra: main() names the extra
         raise SystemExit(f"error: run `reid pipeline` from the project checkout ({err})") from None
     if args.pipeline_command == "compile":
         print(f"compiled {tools.compile_pipeline(args.out, _config(args))}")
@@ -458,9 +460,50 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if debug:
             raise
-        print(f"error: {_message(err)}", file=sys.stderr)
+        message = _missing_extra(err, args.command) or _message(err)
+        print(f"error: {message}", file=sys.stderr)
         return 2 if _bad_input(err) else 1
     return 0
+
+
+# The packages the extras add to the bare library (setup.cfg), by the name they are imported as
+# (with their own dependencies reidflow imports: kfp's kubernetes, boto3's botocore).
+PIPELINE_PACKAGES = frozenset(
+    {
+        "mlflow",
+        "dvc",
+        "great_expectations",
+        "kfp",
+        "kfp_server_api",
+        "kubernetes",
+        "kubeflow",
+        "matplotlib",
+        "onnxruntime",
+        "boto3",
+        "botocore",
+    }
+)
+SERVING_PACKAGES = frozenset({"tritonclient", "onnxruntime", "boto3", "botocore", "faiss"})
+SERVING_COMMANDS = frozenset({"serve", "index", "query"})
+
+
+def _missing_extra(err: Exception, command: str) -> str | None:
+    """For a package of an extra that this install lacks, the line that names the extra."""
+    if not isinstance(err, ModuleNotFoundError) or not err.name:
+        return None
+    package = err.name.partition(".")[0]
+    if package in SERVING_PACKAGES and (
+        command in SERVING_COMMANDS or package not in PIPELINE_PACKAGES
+    ):
+        extra = "serving"
+    elif package in PIPELINE_PACKAGES:
+        extra = "pipeline"
+    else:
+        return None
+    return (
+        f"`reid {command}` needs {package}, which the bare reidflow does not install: "
+        f"pip install 'reidflow[{extra}]'"
+    )
 
 
 def _ours(err: Exception) -> bool:
