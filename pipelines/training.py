@@ -10,14 +10,15 @@ each fetch task records what it fetched in its artifact's metadata and the train
 An empty `target_dataset` skips the target's preprocessing, the adaptation and the evaluations
 on the target (a `dsl.If` branch); the teacher is then evaluated on the source only.
 
-with three evaluations, one per model, each over its test sets (the first is the primary one):
-the teacher on source and target (direct transfer), the student on source (the one promote
-judges), the adapted teacher on target and source (what adaptation forgot). Adaptation is a
-chain of `ADAPT_CHAIN` one-round tasks, each taking the previous one's model; the pipeline
-parameter `adapt_rounds` says how many of them adapt (the rest pass the model on), and
-`extra_teachers` adds registry teachers (`models:/name@alias`) to the distillation. Each task's
-inputs are the outputs of the tasks before it; the config travels whole as one YAML string so
-every stage sees the same `ReidConfig`.
+Which model is evaluated on which test sets (the first is the primary one), and which model is
+exported and promoted, come from `reid_core.stages.graph.GRAPH`, which dvc.yaml follows too
+(tests/test_pipeline_graph.py checks both). An evaluation on the target, or of a model trained
+on it, runs in the `dsl.If` branch; the `dsl.Else` branch evaluates the other models on their
+other test sets. Adaptation is a chain of `ADAPT_CHAIN` one-round tasks, each taking the
+previous one's model; the pipeline parameter `adapt_rounds` says how many of them adapt (the
+rest pass the model on), and `extra_teachers` adds registry teachers (`models:/name@alias`) to
+the distillation. Each task's inputs are the outputs of the tasks before it; the config travels
+whole as one YAML string so every stage sees the same `ReidConfig`.
 
 `pipeline_run_id` is `dsl.PIPELINE_JOB_ID_PLACEHOLDER`: on a KFP backend it resolves to the run
 UUID, under `kfp.local` to one random id per pipeline call, shared by all its tasks. Caching
@@ -38,12 +39,11 @@ from kfp.dsl.graph_component import GraphComponent
 from components import stages as c
 from pipelines.placement import launches_job, place, stage_overrides, training_image
 from reid_core.config import ReidConfig, load_config
+from reid_core.stages.graph import GRAPH, SOURCE, TARGET
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 PIPELINE_NAME = "reid-training"
-SOURCE_DOMAIN = "source"
-TARGET_DOMAIN = "target"
 ADAPT_CHAIN = 6
 """Pseudo-label rounds the compiled pipeline chains: the most `adapt_rounds` can ask for."""
 
@@ -125,12 +125,12 @@ def build_pipeline(config: ReidConfig | None = None) -> GraphComponent:
             "config_overrides": [],
         }
         # Manifest rows name their domain (dvc.yaml's `--set data.domain=...`); all else is shared.
-        source_run = {**run, "config_overrides": [f"data.domain={SOURCE_DOMAIN}"]}
-        target_run = {**run, "config_overrides": [f"data.domain={TARGET_DOMAIN}"]}
+        source_run = {**run, "config_overrides": [f"data.domain={SOURCE}"]}
+        target_run = {**run, "config_overrides": [f"data.domain={TARGET}"]}
 
-        source = task("fetch", **run, name=SOURCE_DOMAIN, reference=source_dataset)
+        source = task("fetch", **run, name=SOURCE, reference=source_dataset)
         source.set_display_name("fetch source dataset")
-        target = task("fetch", **run, name=TARGET_DOMAIN, reference=target_dataset)
+        target = task("fetch", **run, name=TARGET, reference=target_dataset)
         target.set_display_name("fetch target dataset")
         src_data = source.outputs["dataset"]
         tgt_data = target.outputs["dataset"]
@@ -153,17 +153,22 @@ def build_pipeline(config: ReidConfig | None = None) -> GraphComponent:
             teacher_uris=extra_teachers,
         )
         student.set_display_name("distill student (source)")
-        student_ckpt = student.outputs["checkpoint"]
+        # Each model's checkpoint and each domain's test set (dataset, manifest), as built.
+        checkpoints = {"teacher": teacher_ckpt, "student": student.outputs["checkpoint"]}
+        test_sets = {SOURCE: (src_data, src_manifest)}
 
-        def evaluate(name: str, model, *test_sets) -> dsl.PipelineTask:
-            evaluation = task("evaluate", **run, model=model, **c.evaluate_inputs(*test_sets))
-            return evaluation.set_display_name(f"evaluate {name}")
+        def evaluate(model: str, domains: tuple[str, ...]) -> dsl.PipelineTask:
+            wired = c.evaluate_inputs(*(test_sets[domain] for domain in domains))
+            evaluation = task("evaluate", **run, model=checkpoints[model], **wired)
+            return evaluation.set_display_name(f"evaluate {model} @ {', '.join(domains)}")
 
-        source_set = (src_data, src_manifest)
+        def needs_target(model: str) -> bool:
+            return TARGET in GRAPH.trained_on(model)
+
         with dsl.If(target_dataset != "", "a target dataset is given"):
             prep_tgt = task("preprocess", **target_run, dataset=tgt_data)
             prep_tgt.set_display_name("preprocess target")
-            target_set = (tgt_data, prep_tgt.outputs["manifest"])
+            test_sets[TARGET] = (tgt_data, prep_tgt.outputs["manifest"])
             adapted_ckpt = teacher_ckpt
             for number in range(1, ADAPT_CHAIN + 1):
                 adapted = task(
@@ -178,33 +183,48 @@ def build_pipeline(config: ReidConfig | None = None) -> GraphComponent:
                 )
                 adapted.set_display_name(f"adapt round {number} (target)")
                 adapted_ckpt = adapted.outputs["checkpoint"]
-            evaluate("teacher @ source, target", teacher_ckpt, source_set, target_set)
-            evaluate("adapted @ target, source", adapted_ckpt, target_set, source_set)
+            checkpoints["adapted"] = adapted_ckpt
+            for ev in GRAPH.evaluations:
+                if TARGET in ev.test_sets or needs_target(ev.model):
+                    evaluate(ev.model, ev.test_sets)
         with dsl.Else("no target dataset: no adaptation"):
-            evaluate("teacher @ source", teacher_ckpt, source_set)
-        ev_student = evaluate("student @ source", student_ckpt, source_set)
+            for ev in GRAPH.evaluations:
+                rest = tuple(d for d in ev.test_sets if d != TARGET)
+                if rest != ev.test_sets and rest and not needs_target(ev.model):
+                    evaluate(ev.model, rest)
+        in_every_run = {
+            ev.model: evaluate(ev.model, ev.test_sets)
+            for ev in GRAPH.evaluations
+            if TARGET not in ev.test_sets and not needs_target(ev.model)
+        }
+        if GRAPH.served not in in_every_run:
+            raise ValueError(f"promote needs {GRAPH.served}'s evaluation in every run")
+        ev_served = in_every_run[GRAPH.served]
 
+        served_ckpt = checkpoints[GRAPH.served]
+        served_data, served_manifest = test_sets[GRAPH.model(GRAPH.served).domain]
         exported = task(
-            "export", **run, dataset=src_data, manifest=src_manifest, model=student_ckpt
+            "export", **run, dataset=served_data, manifest=served_manifest, model=served_ckpt
         )
-        exported.set_display_name("export student (ONNX)")
+        exported.set_display_name(f"export {GRAPH.served} (ONNX)")
         promoted = task(
             "promote",
             **run,
             onnx=exported.outputs["onnx"],
-            model=student_ckpt,
-            evaluation=ev_student.outputs["metrics"],
+            model=served_ckpt,
+            evaluation=ev_served.outputs["metrics"],
         )
         # Registers a model version and rewrites the Triton repository: never reuse a cached one.
-        promoted.set_display_name("promote student").set_caching_options(enable_caching=False)
+        promoted.set_display_name(f"promote {GRAPH.served}")
+        promoted.set_caching_options(enable_caching=False)
 
         return TrainingOutputs(
             decision=promoted.outputs["decision"],
             student_onnx=exported.outputs["onnx"],
-            student_metrics=ev_student.outputs["metrics"],
-            student_table=ev_student.outputs["metrics_table"],
-            student_report=ev_student.outputs["report_page"],
-            student_roc=ev_student.outputs["roc"],
+            student_metrics=ev_served.outputs["metrics"],
+            student_table=ev_served.outputs["metrics_table"],
+            student_report=ev_served.outputs["report_page"],
+            student_roc=ev_served.outputs["roc"],
         )
 
     return reid_training_pipeline

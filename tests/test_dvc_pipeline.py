@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reid_core.stages.graph import GRAPH
 from tests.support.project import Project, copy_project, digest
 
 pytestmark = pytest.mark.integration
@@ -30,12 +31,8 @@ TRAIN_AND_DOWNSTREAM = {
     "export",
     "promote",
 }
-# Each model's evaluation and its test sets, the primary one first (dvc.yaml).
-TEST_SETS = {
-    "teacher": ["source", "target"],
-    "student": ["source"],
-    "adapted": ["target", "source"],
-}
+# Each model's evaluation and its test sets, the primary one first (the graph dvc.yaml follows).
+TEST_SETS = {e.model: list(e.test_sets) for e in GRAPH.evaluations}
 RUNNING = re.compile(r"^Running stage '([^']+)':", re.MULTILINE)
 
 

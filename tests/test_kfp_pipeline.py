@@ -25,6 +25,7 @@ from pipelines.training import ADAPT_CHAIN
 from reid_core.config import ConfigError
 from reid_core.stages import STAGES, PortError
 from reid_core.stages.kfp_glue import parse_config_yaml, port_paths
+from tests.support.kfp_spec import component_tasks, function_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,40 +73,8 @@ def spec(compiled: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every task that runs a component, the condition branches' included, each with `sources`:
-    its inputs traced through the branches to a producer `(task, output)` or a pipeline
-    parameter `("pipeline", name)`; and `condition`: the branch's, or "" outside one."""
-    found: dict[str, dict[str, Any]] = {}
-
-    def walk(dag: dict[str, Any], outer: dict[str, tuple[str, str]], condition: str) -> None:
-        for name, task in dag["tasks"].items():
-            sources = {}
-            for kind in ("artifacts", "parameters"):
-                for port, source in task.get("inputs", {}).get(kind, {}).items():
-                    if "taskOutputArtifact" in source:
-                        output = source["taskOutputArtifact"]
-                        sources[port] = (output["producerTask"], output["outputArtifactKey"])
-                    elif "componentInputArtifact" in source:
-                        sources[port] = outer[source["componentInputArtifact"]]
-                    elif "componentInputParameter" in source:
-                        given = source["componentInputParameter"]
-                        sources[port] = outer.get(given, ("pipeline", given))
-            branch = task.get("triggerPolicy", {}).get("condition", "") or condition
-            component = spec["components"][task["componentRef"]["name"]]
-            if "dag" in component:
-                walk(component["dag"], sources, branch)
-            else:
-                found[name] = {**task, "sources": sources, "condition": branch}
-
-    walk(spec["root"]["dag"], {}, "")
-    return found
-
-
-def _function_of(spec: dict[str, Any], task: dict[str, Any]) -> str:
-    """The Python function (= component) a compiled task runs."""
-    component = spec["components"][task["componentRef"]["name"]]
-    args = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]["args"]
-    return args[args.index("--function_to_execute") + 1]
+    """Every task that runs a component, with its traced `sources` and its `condition`."""
+    return component_tasks(spec)
 
 
 def _producer(
@@ -113,7 +82,7 @@ def _producer(
 ) -> tuple[str, str]:
     """(function, task name) of the task whose output feeds `port` of `task`."""
     name = task["sources"][port][0]
-    return _function_of(spec, tasks[name]), name
+    return function_of(spec, tasks[name]), name
 
 
 def _round_number(task: dict[str, Any]) -> int:
@@ -154,7 +123,7 @@ def test_compiling_twice_gives_identical_bytes(compiled: Path, tmp_path: Path) -
 def test_compiled_pipeline_runs_each_stage_with_its_artifact_types(
     spec: dict[str, Any], tasks: dict[str, dict[str, Any]]
 ) -> None:
-    functions = [_function_of(spec, task) for task in tasks.values()]
+    functions = [function_of(spec, task) for task in tasks.values()]
     assert {f: functions.count(f) for f in set(functions)} == TASKS_PER_FUNCTION
     assert set(STAGES) <= set(functions)
     for task in tasks.values():
@@ -163,7 +132,7 @@ def test_compiled_pipeline_runs_each_stage_with_its_artifact_types(
         for port, definition in {**inputs, **outputs}.items():
             title = definition["artifactType"]["schemaTitle"]
             expected = PORT_TYPES[_port_of(port)]
-            assert title == expected, f"{_function_of(spec, task)}.{port} is {title}"
+            assert title == expected, f"{function_of(spec, task)}.{port} is {title}"
         assert task["taskInfo"]["name"], "every task has a display name"
     assert len({t["taskInfo"]["name"] for t in tasks.values()}) == len(tasks)
 
@@ -237,7 +206,7 @@ def test_fetch_tasks_take_the_run_forms_dataset_parameters(
     fetches = {
         task["inputs"]["parameters"]["name"]["runtimeValue"]["constant"]: task
         for task in tasks.values()
-        if _function_of(spec, task) == "fetch"
+        if function_of(spec, task) == "fetch"
     }
     assert set(fetches) == {"source", "target"}
     for name, task in fetches.items():
@@ -250,14 +219,14 @@ def test_pipeline_wires_teacher_student_adaptation_and_promotion(
 ) -> None:
     by_function: dict[str, list[dict[str, Any]]] = {}
     for task in tasks.values():
-        by_function.setdefault(_function_of(spec, task), []).append(task)
+        by_function.setdefault(function_of(spec, task), []).append(task)
     # The dataset each fetch task names, as the domains the assertions below speak of.
     synth_style = {
         name: {"source": "day", "target": "dusk"}[
             task["inputs"]["parameters"]["name"]["runtimeValue"]["constant"]
         ]
         for name, task in tasks.items()
-        if _function_of(spec, task) == "fetch"
+        if function_of(spec, task) == "fetch"
     }
     assert sorted(synth_style.values()) == ["day", "dusk"]
 
@@ -320,7 +289,7 @@ def test_pipeline_wires_teacher_student_adaptation_and_promotion(
     ]
     assert test_sets_of(evaluated) == ("day",) and not evaluated["condition"]
     for task in tasks.values():
-        function = _function_of(spec, task)
+        function = function_of(spec, task)
         uses_target = function in ("preprocess", "adapt", "evaluate") and (
             "dusk" in test_sets_of(task) if function == "evaluate" else domain_of(task) == "dusk"
         )
