@@ -49,9 +49,8 @@ def _add_triton_client_args(parser: argparse.ArgumentParser) -> None:
 def _embedder(args: argparse.Namespace, config):
     from reid_core.serving.client import TritonEmbedder
 
-    port = config.triton.http_port if args.protocol == "http" else config.triton.grpc_port
     model = args.model or config.promote.model_name
-    return TritonEmbedder(args.url or f"127.0.0.1:{port}", model, args.protocol)
+    return TritonEmbedder.from_config(config.triton, model, args.url, args.protocol)
 
 
 def _positive(text: str) -> int:
@@ -311,26 +310,17 @@ def _config_yaml(args: argparse.Namespace) -> str:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from reid_core.serving.server import Installation, TritonServer, install
+    from reid_core.serving.server import TritonServer, install
 
     triton = _config(args).triton
     if args.serve_command == "install":
         done = install(triton.server_dir, args.wheel, args.force)
         print(f"tritonserver installed in {done.root}")
         return
-    repository = args.repository or triton.repository
-    server = TritonServer(
-        repository,
-        Installation(triton.server_dir),
-        triton.http_port,
-        triton.grpc_port,
-        triton.metrics_port,
-        triton.poll_seconds,
-        args.log,
-    )
+    server = TritonServer.from_config(triton, args.repository, args.log)
     with server:
         print(
-            f"serving {repository} (polled every {triton.poll_seconds} s): "
+            f"serving {server.repository} (polled every {triton.poll_seconds} s): "
             f"HTTP {server.http_url}, gRPC {server.grpc_url}; Ctrl-C stops",
             flush=True,
         )
@@ -379,26 +369,16 @@ def _ablate(args: argparse.Namespace) -> None:
 
 
 def _index(args: argparse.Namespace) -> None:
-    from reid_core.serving.gallery import GalleryIndex, load_gallery_features
+    from reid_core.serving.indexing import index_from_dataset, index_from_features
 
     config = _config(args)
-    model = None
     if args.features:
-        features, metadata = load_gallery_features(args.features, args.split)
-        source = f"{args.features} ({args.split})"
+        index = index_from_features(args.features, args.split, config.index)
+    elif not args.manifest:
+        raise FileNotFoundError("--dataset needs --manifest (from `reid preprocess`)")
     else:
-        from reid_core.data.manifest import read_manifest
-        from reid_core.serving.query import check_split_images, embed_split
-
-        if not args.manifest:
-            raise FileNotFoundError("--dataset needs --manifest (from `reid preprocess`)")
-        manifest, _ = read_manifest(args.manifest)
-        check_split_images(args.dataset, manifest, args.split)
-        with _embedder(args, config) as embedder:
-            features, metadata = embed_split(embedder, args.dataset, manifest, args.split)
-            model = {"name": embedder.model, "version": embedder.served_version}
-            source = f"{args.dataset} ({args.split}) through Triton"
-    index = GalleryIndex.build(features, metadata, config.index, source=source, model=model)
+        index = index_from_dataset(args.dataset, args.manifest, args.split, config.index,
+                                   lambda: _embedder(args, config))  # fmt: skip
     index.save(args.out)
     print(f"index {index.kind}: {index.count} items × {index.dim} dims -> {args.out}")
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from reid_core.data.images import decode_resized
 from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME
+
+if TYPE_CHECKING:
+    from reid_core.config import TritonConfig
 
 Protocol = Literal["http", "grpc"]
 
@@ -21,6 +24,19 @@ class TritonEmbedder:
     (`embed`) or files (`embed_files`, which decodes and resizes them as the dataset loader
     does). An empty `version` asks Triton for its newest ready version.
     """
+
+    @classmethod
+    def from_config(
+        cls,
+        triton: TritonConfig,
+        model: str,
+        url: str | None = None,
+        protocol: Protocol = "http",
+    ) -> TritonEmbedder:
+        """A client of the local server the `triton` section describes (127.0.0.1 on its
+        port for `protocol`), or of `url` when given."""
+        port = triton.http_port if protocol == "http" else triton.grpc_port
+        return cls(url or f"127.0.0.1:{port}", model, protocol)
 
     def __init__(
         self, url: str, model: str, protocol: Protocol = "http", version: str = ""

@@ -25,9 +25,12 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from reid_core.atomic import atomic_output
+
+if TYPE_CHECKING:
+    from reid_core.config import TritonConfig
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 INSTALL_RECORD = "install.json"
@@ -199,6 +202,24 @@ class TritonServer:
     Use as a context manager, or `start()` / `stop()`. Logs go to `log` (a file) when given,
     otherwise to this process's stdout/stderr.
     """
+
+    @classmethod
+    def from_config(
+        cls,
+        triton: TritonConfig,
+        repository: str | Path | None = None,
+        log: str | Path | None = None,
+    ) -> TritonServer:
+        """The server the `triton` section describes, over `repository` (default: its own)."""
+        return cls(
+            repository or triton.repository,
+            Installation(triton.server_dir),
+            triton.http_port,
+            triton.grpc_port,
+            triton.metrics_port,
+            triton.poll_seconds,
+            log,
+        )
 
     def __init__(
         self,
