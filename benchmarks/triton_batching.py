@@ -22,10 +22,10 @@ from common import random_images
 
 from reid_core.config import ModelConfig, ReidConfig, TritonConfig
 from reid_core.export.onnx import ServingModel, export_onnx
-from reid_core.export.triton import publish_next_version
 from reid_core.modeling import create_model
 from reid_core.serving.client import TritonEmbedder
 from reid_core.serving.server import Installation, TritonServer, free_ports
+from reid_core.serving.triton import publish_next_version
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "reid"

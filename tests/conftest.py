@@ -142,7 +142,7 @@ def s3_bucket(s3_endpoint, request) -> str:
     """A new, empty bucket on the loopback S3 server; returns its name."""
     import re
 
-    from reid_core.export.s3_repository import s3_client
+    from reid_core.serving.s3_repository import s3_client
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
     bucket = f"{name}-{os.urandom(4).hex()}"

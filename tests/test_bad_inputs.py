@@ -263,7 +263,7 @@ def test_values_that_reach_gates_and_files_are_refused_naming_the_key(tmp_path, 
 
 def test_triton_refuses_a_model_name_that_could_break_its_config():
     from reid_core.config import TritonConfig
-    from reid_core.export.triton import triton_config
+    from reid_core.serving.triton import triton_config
 
     with pytest.raises(ValueError, match="not a model name Triton can serve"):
         triton_config('a"b', 128, 64, 512, TritonConfig())

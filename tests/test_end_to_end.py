@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from reid_core.export.s3_repository import S3Repository, s3_client
 from reid_core.serving.client import TritonEmbedder
+from reid_core.serving.s3_repository import S3Repository, s3_client
 from reid_core.serving.server import TritonServer, free_ports
 from tests.support.project import Project, copy_project, digest
 

@@ -79,7 +79,7 @@ def test_stages_log_runs_params_metric_history_and_artifacts_to_the_server(
     uploaded = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoint")}
     assert "model.safetensors" in uploaded, uploaded
     assert train.info.artifact_uri.startswith("mlflow-artifacts:"), train.info.artifact_uri
-    from reid_core.export.s3_repository import s3_client
+    from reid_core.serving.s3_repository import s3_client
 
     stored = s3_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="mlflow/")
     keys = [o["Key"] for o in stored.get("Contents", [])]

@@ -13,7 +13,7 @@ import pytest
 
 from reid_core.config import ConfigError, load_config
 from reid_core.data.synth import SynthSpec, generate
-from reid_core.export.s3_repository import s3_client
+from reid_core.serving.s3_repository import s3_client
 from reid_core.sources import (
     NO_DATASET,
     DvcReference,

@@ -232,7 +232,7 @@ def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(
 ):
     import mlflow
 
-    from reid_core.export.repositories import open_repository
+    from reid_core.serving.repositories import open_repository
 
     ws, env = workspace
     evaluation = json.loads((ws / "eval.json").read_text())
@@ -677,7 +677,7 @@ def test_ablation_writes_a_table_and_one_mlflow_run_per_variant(workspace):
 def _promotion_state(client, name: str, repo: str) -> tuple:
     """What a failed promotion or rollback must leave as it found it: aliases, served
     versions, config.pbtxt's text and the version folders."""
-    from reid_core.export.repositories import open_repository
+    from reid_core.serving.repositories import open_repository
 
     repository = open_repository(repo)
     aliases = dict(client.get_registered_model(name).aliases)
@@ -687,8 +687,8 @@ def _promotion_state(client, name: str, repo: str) -> tuple:
 def _fault(monkeypatch, step: str) -> None:
     """Make promotion fail at `step`, as a lost tracking server or an unwritable repository
     would."""
-    from reid_core.export.repositories import LocalRepository
-    from reid_core.export.s3_repository import S3Repository
+    from reid_core.serving.repositories import LocalRepository
+    from reid_core.serving.s3_repository import S3Repository
     from reid_core.stages import promote
     from reid_core.tracking import registry
 

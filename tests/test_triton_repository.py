@@ -12,15 +12,15 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from reid_core.config import TritonConfig
-from reid_core.export.repositories import LocalRepository, served_in
-from reid_core.export.s3_repository import (
+from reid_core.serving.repositories import LocalRepository, served_in
+from reid_core.serving.s3_repository import (
     PublishError,
     S3Location,
     S3Repository,
     s3_client,
     s3_etag,
 )
-from reid_core.export.triton import publish_next_version, triton_config
+from reid_core.serving.triton import publish_next_version, triton_config
 
 
 def parse(text: str) -> model_config_pb2.ModelConfig:

@@ -19,12 +19,12 @@ from reid_core.data.images import load_images
 from reid_core.data.manifest import build_manifest, write_manifest
 from reid_core.data.synth import SynthSpec, generate
 from reid_core.export.onnx import ServingModel, export_onnx
-from reid_core.export.triton import publish_next_version
 from reid_core.modeling import create_model
 from reid_core.serving.client import TritonEmbedder
 from reid_core.serving.gallery import GalleryIndex
 from reid_core.serving.query import index_mismatch
 from reid_core.serving.server import Installation, ServerError, TritonServer, free_ports
+from reid_core.serving.triton import publish_next_version
 
 pytestmark = pytest.mark.integration
 

@@ -1,1 +1,1 @@
-"""Export for serving: ONNX with a parity gate, Triton model repositories."""
+"""Export for serving: ONNX (and TensorRT on a GPU) with a parity gate."""

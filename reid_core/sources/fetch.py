@@ -199,7 +199,7 @@ def _fetch_dvc(reference: DvcReference, tmp: Path) -> dict:
 def _fetch_s3(reference: S3Reference, tmp: Path) -> dict:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from reid_core.export.s3_repository import S3Location, s3_client
+    from reid_core.serving.s3_repository import S3Location, s3_client
 
     location = S3Location.parse(reference.location)
     prefix = location.prefix + "/"

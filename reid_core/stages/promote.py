@@ -13,9 +13,9 @@ from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.export.onnx import OnnxFileError, latency_ms, onnx_interface
-from reid_core.export.repositories import open_repository
-from reid_core.export.triton import MODEL_FILES, publication
 from reid_core.json_files import Number, read_json_object
+from reid_core.serving.repositories import open_repository
+from reid_core.serving.triton import MODEL_FILES, publication
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import PIPELINE_TAG, stage_run

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reid_core.config import ExportConfig
 from reid_core.redact import redact
 from reid_core.tracking.model_uri import is_model_uri
 from reid_core.tracking.promotion import Candidate
@@ -33,8 +34,8 @@ _EXAMPLE_BATCH = 2
 # How far the PyTorch flavour may drift from ONNX Runtime on the example: loose enough for an
 # fp16 ONNX graph (the export gate's fp16 tolerance), tight enough to catch a wrong checkpoint
 # or a mismatched `l2_normalize`.
-_MAX_ABS_DIFF = 5e-2
-_MIN_COSINE = 0.999
+_MAX_ABS_DIFF = ExportConfig.model_fields["fp16_max_abs_diff"].default
+_MIN_COSINE = ExportConfig.model_fields["fp16_min_cosine"].default
 _PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from reid_core.config import ReidConfig
 from reid_core.export.onnx import onnx_interface
-from reid_core.export.repositories import open_repository
-from reid_core.export.triton import publication
+from reid_core.serving.repositories import open_repository
+from reid_core.serving.triton import publication
 from reid_core.tracking.registry import (
     CHAMPION,
     PREVIOUS,
@@ -43,6 +43,7 @@ def rollback(config: ReidConfig) -> Rollback:
     """Restore the champion's predecessor (registry `previous`) as champion and serve it."""
     import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
 
     name = config.promote.model_name
     if config.triton.backend == "tensorrt":
@@ -68,7 +69,8 @@ def rollback(config: ReidConfig) -> Rollback:
                     artifact_uri=f"models:/{name}/{target}", dst_path=tmp
                 )
             )
-            onnx_path = folder / "model.onnx"
+            # the file MLflow's onnx flavour saved, as its MLmodel records it
+            onnx_path = folder / Model.load(folder).flavors["onnx"]["data"]
             height, width, dim = onnx_interface(onnx_path)
             # one change: a failure after the publish undoes it and puts the aliases back
             with (

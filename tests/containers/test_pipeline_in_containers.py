@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from reid_core.data.synth import SynthSpec, generate
-from reid_core.export.s3_repository import s3_client
 from reid_core.serving.client import TritonEmbedder
+from reid_core.serving.s3_repository import s3_client
 from reid_core.serving.server import TritonServer, free_ports
 from reid_core.stages import STAGES
 

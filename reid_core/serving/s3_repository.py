@@ -28,8 +28,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from reid_core.export.repositories import CONFIG_FILE, ModelRepository
 from reid_core.s3_location import S3Location
+from reid_core.serving.repositories import CONFIG_FILE, ModelRepository
 
 # multipart size: the ETag of a multipart upload depends on it, so it is fixed, not tuned
 PART_BYTES = 8 * 1024 * 1024

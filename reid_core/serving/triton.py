@@ -21,7 +21,7 @@ from pathlib import Path
 
 from reid_core.config import MODEL_NAME_PATTERN, TritonConfig
 from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME
-from reid_core.export.repositories import open_repository
+from reid_core.serving.repositories import open_repository
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 # the file each flavour serves, as the export stage names it and Triton's default expects it

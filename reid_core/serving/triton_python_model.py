@@ -1,6 +1,6 @@
 """Triton python-backend model: runs the version's model.onnx with ONNX Runtime.
 
-`reid_core.export.triton` copies this file as `<name>/<version>/model.py` when the repository is
+`reid_core.serving.triton` copies this file as `<name>/<version>/model.py` when the repository is
 written for the bundled CPU tritonserver, which has the python backend but no onnxruntime one. It
 runs inside Triton's stub interpreter, so it imports only numpy, onnxruntime and Triton's own
 `triton_python_backend_utils`; never import it from reid_core.

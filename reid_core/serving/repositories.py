@@ -204,7 +204,7 @@ class LocalRepository(ModelRepository):
 def open_repository(location: str | Path) -> ModelRepository:
     """The store behind `triton.repository`: `s3://…` (Triton's own spelling) or a folder."""
     if str(location).startswith("s3://"):
-        from reid_core.export.s3_repository import S3Repository
+        from reid_core.serving.s3_repository import S3Repository
 
         return S3Repository(str(location))
     return LocalRepository(location)
