@@ -146,6 +146,34 @@ def test_nan_loss_stops_training_naming_the_term(tiny):
         fit(model, data, solver, AugmentConfig(**NO_AUGMENT), bad_loss, [NaNGuard()])
 
 
+def test_losses_evaluations_and_lr_reach_every_sink(tiny, caplog):
+    from reid_core.engine.hooks import MetricLogger, PeriodicEvaluation
+    from reid_core.engine.sinks import LoggingSink
+
+    class Collect:
+        def __init__(self):
+            self.calls: list[tuple[int, dict]] = []
+
+        def log_metrics(self, metrics, step):
+            self.calls.append((step, dict(metrics)))
+
+    model, data, loss_fn = tiny
+    solver = SolverConfig(epochs=2, ids_per_batch=4, images_per_id=2)
+    collect = Collect()
+    sinks = [collect, LoggingSink()]
+    hooks = [MetricLogger(2, sinks, prefix="t_"),
+             PeriodicEvaluation(1, lambda m: {"score": 0.5}, sinks, prefix="v_")]  # fmt: skip
+    with caplog.at_level("INFO", logger="reid_core.training"):
+        fit(model, data, solver, AugmentConfig(**NO_AUGMENT), loss_fn, hooks)
+    losses = [(s, m) for s, m in collect.calls if "t_lr" in m]
+    assert losses and all(s % 2 == 0 or s == losses[-1][0] for s, _ in losses)
+    assert all({"t_loss_ce", "t_loss_triplet"} <= set(m) for _, m in losses)
+    scores = [s for s, m in collect.calls if m == {"v_score": 0.5}]
+    assert len(scores) == 2 and scores[-1] == losses[-1][0]  # once per epoch, the last at the end
+    assert len(caplog.records) == len(collect.calls)
+    assert "v_score=0.5" in caplog.records[-1].getMessage()
+
+
 def test_ema_follows_the_weights_by_the_decay():
     model = torch.nn.Linear(3, 2)
     ema = ModelEMA(model, decay=0.75)
