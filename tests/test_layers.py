@@ -1,0 +1,66 @@
+"""The layers of docs/ARCHITECTURE.md hold: the library imports nothing of the pipeline.
+
+Read from the source (every import, at module level or inside a function), so a forbidden
+import fails here before it can make the bare package or the library's users need the
+pipeline's tools.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ("modeling", "engine", "evaluation", "data", "distill", "uda", "export")
+LIBRARY_MODULES = ("reid_core.options", "reid_core.registry")
+# what the library may not import: the pipeline's layers and tools, and serving
+PIPELINE = ("config", "stages", "artifacts", "tracking", "serving", "sources", "validation",
+            "cli", "cluster", "experiments")  # fmt: skip
+TOOLS = ("mlflow", "dvc", "kfp", "great_expectations", "tritonclient", "boto3", "botocore")
+
+
+def imported_modules(file: Path, package: str) -> set[str]:
+    """Absolute names of everything `file` imports (relative imports resolved in `package`)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                found.add(".".join([*parts, *([node.module] if node.module else [])]))
+            else:
+                found.add(node.module)
+    return found
+
+
+def forbidden(name: str) -> bool:
+    parts = name.split(".")
+    if parts[0] in TOOLS:
+        return True
+    return parts[0] == "reid_core" and len(parts) > 1 and parts[1] in PIPELINE
+
+
+def _library_files() -> list[Path]:
+    files = [f for pkg in LIBRARY for f in (ROOT / "reid_core" / pkg).rglob("*.py")]
+    return sorted(files) + [ROOT / (m.replace(".", "/") + ".py") for m in LIBRARY_MODULES]
+
+
+@pytest.mark.parametrize("file", _library_files(), ids=lambda f: f.relative_to(ROOT).as_posix())
+def test_the_library_imports_nothing_of_the_pipeline(file):
+    module = ".".join(file.relative_to(ROOT).with_suffix("").parts)
+    package = module.removesuffix(".__init__") if file.name == "__init__.py" else module
+    package = package if file.name == "__init__.py" else package.rpartition(".")[0]
+    bad = sorted(n for n in imported_modules(file, package) if forbidden(n))
+    assert not bad, f"{file.relative_to(ROOT)} imports {bad}: the library must not"
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from ..config import ReidConfig\n    import mlflow\n")
+    names = imported_modules(source, "reid_core.engine")
+    assert {"reid_core.config", "mlflow"} <= names
+    assert all(forbidden(n) for n in ("reid_core.config", "mlflow", "reid_core.tracking.runs"))
+    assert not forbidden("reid_core.options") and not forbidden("torch")
