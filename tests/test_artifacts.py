@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from reid_core.artifacts import ExportRecord
+from reid_core.artifacts import EvaluatedSet, EvaluationRecord, ExportRecord
 from reid_core.json_files import JsonFileError
 
 RECORD = ExportRecord(
@@ -56,3 +56,83 @@ def test_a_file_that_is_not_the_artifact_is_refused_naming_it(tmp_path, changes,
 def test_a_float_field_takes_a_json_integer(tmp_path):
     _written(tmp_path, max_abs_diff=0)
     assert ExportRecord.load(tmp_path).max_abs_diff == 0
+
+
+def test_a_folder_artifact_may_also_be_saved_to_and_read_from_a_path(tmp_path):
+    path = RECORD.save_file(tmp_path / "elsewhere.json")
+    assert ExportRecord.load_file(path) == RECORD
+
+
+def test_a_list_or_mapping_field_holds_items_of_its_type(tmp_path):
+    _written(tmp_path, parity_batch_sizes=[1, "7"])
+    with pytest.raises(JsonFileError, match="parity_batch_sizes: item '7' has the wrong type"):
+        ExportRecord.load(tmp_path)
+    _written(tmp_path, figures={"max_abs_diff_batch1": "small"})
+    with pytest.raises(JsonFileError, match="figures: 'max_abs_diff_batch1' has the wrong type"):
+        ExportRecord.load(tmp_path)
+
+
+# ------------------------------------------------------------- the evaluation metrics JSON
+
+SOURCE = EvaluatedSet(
+    metrics={"rank1": 0.75, "rank5": 0.9, "mAP": 0.5, "mINP": 0.25, "tar_at_far_0.01": 0.1},
+    domain="source", eval_set_hash="a" * 16, dvc_md5="",
+)  # fmt: skip
+EVALUATION = EvaluationRecord(
+    metrics=SOURCE.metrics, model_stage="distill", domain="source", test_set="source",
+    eval_set_hash=SOURCE.eval_set_hash, metric="cosine", flip=False, query_expansion="none",
+    rerank=False,
+    test_sets={"source": SOURCE, "dusk": EvaluatedSet({"rank1": 0.5, "mAP": 0.25, "mINP": 0.125},
+                                                       "dusk", "b" * 16, "0123.dir")},
+)  # fmt: skip
+
+
+def test_the_evaluation_json_keeps_the_primary_metrics_flat_and_reads_back_equal(tmp_path):
+    path = EVALUATION.save_file(tmp_path / "eval.json")
+    data = json.loads(path.read_text())
+    assert data["mAP"] == 0.5 and data["tar_at_far_0.01"] == 0.1  # as dvc metrics reads them
+    assert data["test_sets"]["dusk"] == {
+        "rank1": 0.5, "mAP": 0.25, "mINP": 0.125, "domain": "dusk", "eval_set_hash": "b" * 16,
+        "dvc_md5": "0123.dir",
+    }  # fmt: skip
+    assert data["format_version"] == EvaluationRecord.VERSION and "metrics" not in data
+    assert EvaluationRecord.load_file(path) == EVALUATION
+    assert [name for name, _ in EVALUATION.sets()] == ["source", "dusk"]
+    with pytest.raises(TypeError, match="use save_file/load_file"):
+        EvaluationRecord.load(tmp_path)
+
+
+def _evaluation(tmp_path, change) -> str:
+    data = json.loads(EVALUATION.to_json())
+    change(data)
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("mAP"), "lacks 'mAP'; is it the file reid evaluate writes"),
+        (lambda d: d.update(mAP="0.5"), "'mAP' has the wrong type"),
+        (lambda d: d.update(note="text"), "'note' has the wrong type"),
+        (lambda d: d.update(flip="no"), "'flip' has the wrong type"),
+        (lambda d: d["test_sets"]["dusk"].pop("mINP"), "test_sets 'dusk': lacks 'mINP'"),
+        (lambda d: d["test_sets"]["dusk"].update(rank1=None), "test_sets 'dusk': 'rank1' has"),
+        (lambda d: d["test_sets"].update(dusk=[1]), "test_sets 'dusk': not an object"),
+        (lambda d: d["test_sets"].pop("source"), "primary test set 'source' has no row"),
+        (lambda d: d.pop("format_version"), "has no format_version"),
+    ],
+    ids=["no-mAP", "text-mAP", "text-extra", "text-flip", "row-without-mINP", "row-null-rank1",
+         "row-a-list", "no-primary-row", "unversioned"],
+)  # fmt: skip
+def test_an_evaluation_json_that_is_not_one_is_refused_naming_it(tmp_path, change, message):
+    path = _evaluation(tmp_path, change)
+    with pytest.raises(JsonFileError, match=message) as caught:
+        EvaluationRecord.load_file(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_an_evaluation_json_may_hold_any_metric_that_is_a_number(tmp_path):
+    path = _evaluation(tmp_path, lambda d: d.update({"tar_at_far_0.5": 1}))
+    assert EvaluationRecord.load_file(path).metrics["tar_at_far_0.5"] == 1

@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from reid_core.artifacts import ExportRecord
+from reid_core.artifacts import EvaluationRecord, ExportRecord
 from reid_core.cli import _build_parser, main
 from reid_core.config import ConfigError, ReidConfig, load_config
 from reid_core.data.manifest import MANIFEST_COLUMNS
@@ -270,9 +270,6 @@ def _json_damage(required: dict[str, type | tuple[type, ...]]) -> st.SearchStrat
     )
 
 
-NUMBER = (int, float)
-
-
 def _in_folder(files: dict[str, st.SearchStrategy[Damage]]) -> st.SearchStrategy[Damage]:
     """Damage to one file of a folder; the error must name that file."""
 
@@ -427,9 +424,7 @@ DAMAGES: dict[str, st.SearchStrategy[Damage]] = {
         {"model.onnx": _bytes_damage(),
          ExportRecord.FILE: _json_damage(ExportRecord.required_keys())}
     ),
-    "evaluation": _json_damage(
-        {"eval_set_hash": str, "mAP": NUMBER, "rank1": NUMBER, "mINP": NUMBER}
-    ),
+    "evaluation": _json_damage(EvaluationRecord.required_keys()),
     "features": st.one_of(
         _bytes_damage(),
         _npz_damage([f"gallery_{k}" for k in ("feats", "pids", "camids", "paths")]),
@@ -442,7 +437,7 @@ DAMAGES: dict[str, st.SearchStrategy[Damage]] = {
     ),
     "image": _bytes_damage(noise_after_cut=False),
     "reports": _in_folder(
-        {"eval/teacher.json": _json_damage({"mAP": NUMBER, "rank1": NUMBER, "mINP": NUMBER}),
+        {"eval/teacher.json": _json_damage(EvaluationRecord.required_keys()),
          "validation/source.json": _json_damage({"summary": dict})}
     ),
     "wheel": _bytes_damage(),

@@ -2,10 +2,11 @@
 
 Each test set is a dataset folder with its manifest; its name is the manifest's domain (or, if
 that is empty, the dataset folder's name) and must be unique. The first test set is the primary
-one: its metrics are the flat keys of the metrics JSON (what promote judges) and are logged
-to MLflow unprefixed; every set's metrics also go in the JSON's `test_sets` table and to MLflow
-as `<set>/<metric>`. The report folder holds the table (Markdown, HTML) and each set's PNGs
-(see `reid_core.evaluation.reports`); features go to `<features>/<set>.npz`.
+one: its metrics are the flat keys of the metrics JSON (`EvaluationRecord`; what promote
+judges) and are logged to MLflow unprefixed; every set's metrics also go in the JSON's
+`test_sets` table and to MLflow as `<set>/<metric>`. The report folder holds the table
+(Markdown, HTML) and each set's PNGs (see `reid_core.evaluation.reports`); features go to
+`<features>/<set>.npz`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from reid_core.atomic import atomic_output, remove_outputs, write_json
+from reid_core.artifacts import EvaluatedSet, EvaluationRecord
+from reid_core.atomic import atomic_output, remove_outputs
 from reid_core.config import EvaluateConfig, ReidConfig
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
@@ -131,29 +133,27 @@ def run(
             logged.update({f"{n}/{k}": v for n, m in rows.items() for k, v in m.items()})
             mlflow.log_metrics(logged)
             mlflow.log_artifacts(str(report_dir), "reports")
-            write_json(
-                metrics_file,
-                {
-                    **rows[primary.name],
-                    "model_stage": model_meta["stage"],
-                    "domain": primary.meta.get("domain", ""),
-                    "test_set": primary.name,
-                    "metric": cfg.metric,
-                    "flip": cfg.flip,
-                    "query_expansion": cfg.query_expansion,
-                    "rerank": cfg.rerank,
-                    "eval_set_hash": primary.meta.get("eval_set_hash", ""),
-                    "test_sets": {
-                        s.name: {
-                            **rows[s.name],
-                            "domain": s.meta.get("domain", ""),
-                            "eval_set_hash": s.meta.get("eval_set_hash", ""),
-                            "dvc_md5": s.meta.get("dvc_md5", ""),
-                        }
-                        for s in sets
-                    },
+            record = EvaluationRecord(
+                metrics=rows[primary.name],
+                model_stage=model_meta["stage"],
+                domain=primary.meta.get("domain", ""),
+                test_set=primary.name,
+                eval_set_hash=primary.meta.get("eval_set_hash", ""),
+                metric=cfg.metric,
+                flip=cfg.flip,
+                query_expansion=cfg.query_expansion,
+                rerank=cfg.rerank,
+                test_sets={
+                    s.name: EvaluatedSet(
+                        metrics=rows[s.name],
+                        domain=s.meta.get("domain", ""),
+                        eval_set_hash=s.meta.get("eval_set_hash", ""),
+                        dvc_md5=s.meta.get("dvc_md5", ""),
+                    )
+                    for s in sets
                 },
             )
+            metrics_file.write_text(record.to_json())
     return logged
 
 

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import torch
 
-from reid_core.artifacts import ExportRecord
+from reid_core.artifacts import EvaluationRecord, ExportRecord
 from reid_core.atomic import atomic_output, write_json
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.export.onnx import OnnxFileError, latency_ms, onnx_interface
 from reid_core.export.repositories import open_repository
 from reid_core.export.triton import MODEL_FILES, publication
-from reid_core.json_files import Number, read_json_object
 from reid_core.tracking import registry
 from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import PIPELINE_TAG, stage_run
@@ -41,11 +40,7 @@ def run(
     cfg = config.promote
     parity = ExportRecord.load(inputs["onnx"])
     served = _served_file(inputs["onnx"], config.triton.backend)
-    evaluation = read_json_object(
-        inputs["evaluation"],
-        {"eval_set_hash": str, "mAP": Number, "rank1": Number, "mINP": Number},
-        "reid evaluate",
-    )
+    evaluation = EvaluationRecord.load_file(inputs["evaluation"])
     # every input is read whole before the lock is taken or anything is registered
     model, meta = load_checkpoint(inputs["model"])
     onnx_file = inputs["onnx"] / ExportRecord.MODEL_FILE
@@ -66,10 +61,10 @@ def run(
             "reid.dvc_md5": meta.get("dvc_md5", ""),
             "reid.train_run_id": trained_by.info.run_id if trained_by is not None else "",
             "reid.model_stage": meta.get("stage", ""),
-            "reid.eval_set_hash": evaluation["eval_set_hash"],
-            "reid.mAP": evaluation["mAP"],
-            "reid.rank1": evaluation["rank1"],
-            "reid.mINP": evaluation["mINP"],
+            "reid.eval_set_hash": evaluation.eval_set_hash,
+            "reid.mAP": evaluation.metrics["mAP"],
+            "reid.rank1": evaluation.metrics["rank1"],
+            "reid.mINP": evaluation.metrics["mINP"],
             "reid.parity_max_abs_diff": parity.max_abs_diff,
             "reid.parity_passed": "true" if parity.parity_passed else "false",
             "reid.parity_min_cosine": parity.min_cosine,
@@ -81,8 +76,8 @@ def run(
             **json.loads(meta.get("data_lineage") or "{}"),
             # the DVC hash of every dataset behind the figures: training data above, test sets
             **{
-                f"reid.eval_dvc_md5.{name}": test_set.get("dvc_md5", "")
-                for name, test_set in evaluation.get("test_sets", {}).items()
+                f"reid.eval_dvc_md5.{name}": test_set.dvc_md5
+                for name, test_set in evaluation.test_sets.items()
             },
         }
         client = mlflow.MlflowClient()
@@ -134,8 +129,8 @@ def run(
             "triton_version": triton_version,
             "triton_version_path": published,
             "triton_repository": str(config.triton.repository),
-            "mAP": evaluation["mAP"],
-            "rank1": evaluation["rank1"],
+            "mAP": evaluation.metrics["mAP"],
+            "rank1": evaluation.metrics["rank1"],
         }
         mlflow.log_dict(result, "promotion.json")
         mlflow.log_text(report, "promotion.md")

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reid_core.artifacts import EvaluationRecord
 from reid_core.config import ReidConfig
-from reid_core.json_files import (
-    JsonFileError,
-    Number,
-    fits,
-    read_json_object,
-    require_keys,
-)
+from reid_core.json_files import read_json_object
 from reid_core.tracking.runs import ui_command
 
-EVALUATION_KEYS = {"rank1": Number, "mAP": Number, "mINP": Number}
 DECISION_KEYS = {
     "promoted": bool,
     "model_name": str,
@@ -25,20 +19,11 @@ DECISION_KEYS = {
 }
 
 
-def _eval_rows(path: Path) -> list[tuple[str, dict]]:
+def _eval_rows(path: Path) -> list[tuple[str, dict[str, float]]]:
     """One ("<model> @ <test set>", metrics) row per test set of an evaluate metrics JSON, the
-    primary set first; a JSON without a `test_sets` table is one row named after the file."""
-    m = read_json_object(path, EVALUATION_KEYS, "reid evaluate")
-    sets = m.get("test_sets")
-    if not isinstance(sets, dict) or not sets:
-        return [(path.stem, m)]
-    primary = m.get("test_set")
-    names = sorted(sets, key=lambda name: (name != primary, name))
-    for name in names:
-        if not isinstance(sets[name], dict):
-            raise JsonFileError(f"{path}: test set {name!r} is not an object")
-        require_keys(sets[name], EVALUATION_KEYS, f"{path}: test set {name!r}")
-    return [(f"{path.stem} @ {name}", sets[name]) for name in names]
+    primary set first."""
+    record = EvaluationRecord.load_file(path)
+    return [(f"{path.stem} @ {name}", row.metrics) for name, row in record.sets()]
 
 
 def pipeline_summary(reports: Path, config: ReidConfig) -> str:
@@ -67,9 +52,7 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
         lines.append("")
         lines.append(f"{'evaluation':<{width}}{'rank-1':>8}{'rank-5':>8}{'mAP':>8}{'mINP':>8}")
         for label, m in rows:
-            rank5 = m.get("rank5")  # optional: an older file may lack it
-            if not fits(rank5, Number):
-                rank5 = float("nan")
+            rank5 = m.get("rank5", float("nan"))  # none when the gallery is shorter than 5
             lines.append(
                 f"{label:<{width}}{m['rank1']:>8.1%}{rank5:>8.1%}{m['mAP']:>8.1%}{m['mINP']:>8.1%}"
             )
