@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from reid_core.artifacts import EvaluatedSet, EvaluationRecord, ExportRecord
+from reid_core.artifacts import (
+    EvaluatedSet,
+    EvaluationRecord,
+    ExportRecord,
+    FeatureSet,
+    FeaturesFileError,
+    SplitFeatures,
+)
 from reid_core.json_files import JsonFileError
 
 RECORD = ExportRecord(
@@ -136,3 +144,82 @@ def test_an_evaluation_json_that_is_not_one_is_refused_naming_it(tmp_path, chang
 def test_an_evaluation_json_may_hold_any_metric_that_is_a_number(tmp_path):
     path = _evaluation(tmp_path, lambda d: d.update({"tar_at_far_0.5": 1}))
     assert EvaluationRecord.load_file(path).metrics["tar_at_far_0.5"] == 1
+
+
+# ------------------------------------------------------------------- the features .npz
+
+
+def _features(rows: int = 5) -> FeatureSet:
+    rng = np.random.default_rng(0)
+
+    def split(n: int, name: str) -> SplitFeatures:
+        paths = np.array([f"{name}/{i}.jpg" for i in range(n)], dtype=object)  # as splits hold
+        return SplitFeatures(rng.random((n, 4), np.float32), np.arange(n, dtype=np.int32),
+                             np.zeros(n, np.int64), paths)  # fmt: skip
+
+    return FeatureSet(split(3, "query"), split(rows, "gallery"), normalized=False)
+
+
+def test_features_read_back_as_saved_with_plain_arrays(tmp_path):
+    path = _features().save(tmp_path / "source.npz")
+    loaded = FeatureSet.load(path)
+    for name in ("query", "gallery"):
+        saved, read = getattr(_features(), name), getattr(loaded, name)
+        for column in ("feats", "pids", "camids", "paths"):
+            np.testing.assert_array_equal(getattr(read, column), getattr(saved, column))
+        assert read.pids.dtype == np.int64 and read.paths.dtype.kind == "U"
+    assert loaded.normalized is False
+    gallery = FeatureSet.load_split(path, "gallery")
+    assert len(gallery) == 5 and list(gallery.metadata()) == ["paths", "pids", "camids"]
+    with np.load(path, allow_pickle=False) as data:
+        assert int(data["format_version"]) == FeatureSet.VERSION
+
+
+def _resaved(path, change) -> None:
+    with np.load(path) as data:
+        arrays = dict(data)
+    change(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.pop("format_version"), "has no format_version: written by an older"),
+        (lambda a: a.update(format_version=np.array(2)), "format version 2, this reidflow reads"),
+        (lambda a: a.pop("gallery_camids"), "not a features file of reid evaluate: missing "
+                                             "gallery_camids"),
+        (lambda a: a.update(gallery_pids=a["gallery_pids"][:-1]), r"gallery_pids has shape \(4,"),
+        (lambda a: a.update(gallery_pids=a["gallery_pids"] * 1.5), "gallery_pids must be integers"),
+        (lambda a: a.update(gallery_feats=a["gallery_feats"][0]), "gallery_feats must be rows"),
+        (lambda a: a.update(gallery_paths=np.arange(5)), "gallery_paths must be strings"),
+        (lambda a: a.update(gallery_paths=np.array([object()] * 5)), "unreadable features file"),
+        (lambda a: a.update(normalized=np.array([1, 2])), "normalized must be one bool"),
+    ],
+    ids=["unversioned", "newer", "no-camids", "row-short", "float-pids", "1-d-feats",
+         "number-paths", "pickled", "normalized-array"],
+)  # fmt: skip
+def test_a_features_file_that_is_not_one_is_refused_naming_it(tmp_path, change, message):
+    path = _features().save(tmp_path / "source.npz")
+    _resaved(path, change)
+    with pytest.raises(FeaturesFileError, match=message) as caught:
+        FeatureSet.load(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_features_that_are_no_archive_are_refused_naming_them(tmp_path):
+    with open(tmp_path / "array.npz", "wb") as f:
+        np.save(f, np.ones(3))  # an .npy: np.load gives an array, not an archive
+    (tmp_path / "broken.npz").write_bytes(b"PK broken")
+    for name, message in [("array.npz", "not a NumPy archive"), ("broken.npz", "unreadable"),
+                          ("absent.npz", "no such features file")]:  # fmt: skip
+        path = tmp_path / name
+        with pytest.raises(FeaturesFileError, match=message) as caught:
+            FeatureSet.load_split(path, "gallery")
+        assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_split_features_of_unequal_lengths_cannot_be_made():
+    with pytest.raises(ValueError, match="camids has shape \\(2,\\): it needs one entry per row"):
+        SplitFeatures(np.ones((3, 2), np.float32), np.arange(3), np.arange(2), np.array(["a"] * 3))

@@ -3,6 +3,15 @@ in one place, read back with a clear error when the file is not what its writer 
 
 from reid_core.artifacts.evaluation_record import EvaluatedSet, EvaluationRecord
 from reid_core.artifacts.export_record import ExportRecord
+from reid_core.artifacts.features_file import FeatureSet, FeaturesFileError, SplitFeatures
 from reid_core.artifacts.json_artifact import JsonArtifact
 
-__all__ = ["EvaluatedSet", "EvaluationRecord", "ExportRecord", "JsonArtifact"]
+__all__ = [
+    "EvaluatedSet",
+    "EvaluationRecord",
+    "ExportRecord",
+    "FeatureSet",
+    "FeaturesFileError",
+    "JsonArtifact",
+    "SplitFeatures",
+]

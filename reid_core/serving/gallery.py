@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
+from reid_core.artifacts.features_file import SPLITS, FeatureSet, FeaturesFileError
 from reid_core.atomic import atomic_output
 from reid_core.config import IndexConfig
 
@@ -281,39 +282,16 @@ class GalleryIndex:
 def load_gallery_features(
     npz: Path, split: str = "gallery"
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(features, metadata) of one split of the evaluate stage's features file.
-
-    The file holds `<split>_feats`, `_pids`, `_camids`, `_paths` for the query and gallery
-    splits (and a `normalized` flag, which does not matter here: the index normalises).
-    """
-    if split not in ("gallery", "query"):
+    """(float32 features, metadata) of one split of the evaluate stage's features file
+    (`reid_core.artifacts.FeatureSet`); its `normalized` flag does not matter here: the index
+    normalises."""
+    if split not in SPLITS:
         raise GalleryIndexError(f"split must be gallery or query, not {split!r}")
-    npz = Path(npz)
-    if not npz.is_file():
-        raise IndexFileError(f"{npz}: no such features file (the evaluate stage writes one)")
-    names = {"feats": f"{split}_feats"} | {k: f"{split}_{k}" for k in REQUIRED_METADATA}
     try:
-        with np.load(npz, allow_pickle=False) as data:
-            absent = [key for key in names.values() if key not in data.files]
-            if absent:
-                raise IndexFileError(
-                    f"{npz}: not an evaluate features file: missing {', '.join(absent)} "
-                    f"(it has {', '.join(data.files) or 'nothing'})"
-                )
-            arrays = {name: data[key] for name, key in names.items()}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        if isinstance(err, IndexFileError):
-            raise
-        raise IndexFileError(f"{npz}: unreadable features file ({err})") from None
-    features = arrays.pop("feats")
-    if not np.issubdtype(features.dtype, np.floating):
-        raise IndexFileError(f"{npz}: {split}_feats has dtype {features.dtype}, not float")
-    try:
-        features = _as_matrix(features, f"{split}_feats")
-        arrays = _check_metadata(arrays, len(features))
-    except GalleryIndexError as err:
-        raise IndexFileError(f"{npz}: {err}") from None
-    return features.astype(np.float32, copy=False), arrays
+        features = FeatureSet.load_split(npz, split)
+    except FeaturesFileError as err:
+        raise IndexFileError(str(err)) from None
+    return features.feats.astype(np.float32, copy=False), features.metadata()
 
 
 def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from reid_core.artifacts import EvaluatedSet, EvaluationRecord
+from reid_core.artifacts import EvaluatedSet, EvaluationRecord, FeatureSet, SplitFeatures
 from reid_core.atomic import atomic_output, remove_outputs
 from reid_core.config import EvaluateConfig, ReidConfig
 from reid_core.data.manifest import read_manifest
@@ -188,17 +187,9 @@ def _evaluate_set(
         ),
         *curves(report_dir, result, verification, dist, *labels, title),
     ]
-    with open(features, "wb") as f:
-        np.savez(
-            f,
-            query_feats=q_feats,
-            query_pids=query.pids,
-            query_camids=query.camids,
-            query_paths=query.paths.astype(str),
-            gallery_feats=g_feats,
-            gallery_pids=gallery.pids,
-            gallery_camids=gallery.camids,
-            gallery_paths=gallery.paths.astype(str),
-            normalized=np.array(False),
-        )
+    FeatureSet(
+        query=SplitFeatures(q_feats, query.pids, query.camids, query.paths),
+        gallery=SplitFeatures(g_feats, gallery.pids, gallery.camids, gallery.paths),
+        normalized=False,
+    ).save(features)
     return {**result.as_metrics(), **verification.as_metrics()}, verification, images
