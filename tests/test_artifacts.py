@@ -13,6 +13,7 @@ from reid_core.artifacts import (
     ExportRecord,
     FeatureSet,
     FeaturesFileError,
+    PromotionRecord,
     SplitFeatures,
 )
 from reid_core.json_files import JsonFileError
@@ -223,3 +224,33 @@ def test_features_that_are_no_archive_are_refused_naming_them(tmp_path):
 def test_split_features_of_unequal_lengths_cannot_be_made():
     with pytest.raises(ValueError, match="camids has shape \\(2,\\): it needs one entry per row"):
         SplitFeatures(np.ones((3, 2), np.float32), np.arange(3), np.arange(2), np.array(["a"] * 3))
+
+
+# ------------------------------------------------------------------ the promotion decision
+
+DECISION = PromotionRecord(
+    model_name="reid", version=2, promoted=False, reasons=["FAIL mAP gain: +0.0000"],
+    previous_champion=None, evaluation_set="a" * 16, triton_version=None,
+    triton_version_path="", triton_repository="serving/model_repository", mAP=0.5, rank1=1,
+)  # fmt: skip
+
+
+def test_a_decision_reads_back_with_its_empty_values(tmp_path):
+    path = DECISION.save_file(tmp_path / "promotion.json")
+    assert json.loads(path.read_text())["triton_version"] is None
+    assert PromotionRecord.load_file(path) == DECISION
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"triton_version": "1"}, "'triton_version' has the wrong type"),
+     ({"previous_champion": 1.5}, "'previous_champion' has the wrong type"),
+     ({"reasons": ["ok", 3]}, "reasons: item 3 has the wrong type"),
+     ({"promoted": None}, "'promoted' has the wrong type")],
+)  # fmt: skip
+def test_a_decision_of_the_wrong_types_is_refused_naming_it(tmp_path, change, message):
+    path = tmp_path / "promotion.json"
+    path.write_text(json.dumps({**json.loads(DECISION.to_json()), **change}))
+    with pytest.raises(JsonFileError, match=message) as caught:
+        PromotionRecord.load_file(path)
+    assert str(caught.value).startswith(f"{path}: ")

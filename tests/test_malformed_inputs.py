@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from reid_core.artifacts import EvaluationRecord, ExportRecord
+from reid_core.artifacts import EvaluationRecord, ExportRecord, PromotionRecord
 from reid_core.cli import _build_parser, main
 from reid_core.config import ConfigError, ReidConfig, load_config
 from reid_core.data.manifest import MANIFEST_COLUMNS
@@ -39,6 +39,13 @@ from reid_core.sources import FetchRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
+
+PROMOTION = PromotionRecord(
+    model_name="reid", version=1, promoted=True, reasons=["pass champion: none yet"],
+    previous_champion=None, evaluation_set="0" * 16, triton_version=1,
+    triton_version_path="serving/model_repository/reid/1", triton_repository="serving",
+    mAP=0.5, rank1=0.75,
+)  # fmt: skip
 
 # Each command as it would run on the valid inputs: {kind} is an input of that kind (the one
 # damaged, or its valid original), {out} an empty folder for what the command writes.
@@ -150,6 +157,7 @@ def made(tmp_path_factory) -> Iterator[dict[str, Path]]:
         (reports / "validation").mkdir()
         shutil.copy(ws / "eval.json", reports / "eval" / "teacher.json")
         shutil.copy(ws / "validation.json", reports / "validation" / "source.json")
+        PROMOTION.save_file(reports / "promotion.json")  # promote's, without a registry run
         wheel = ws / "nvidia_pytriton-0-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as archive:  # the layout install reads, no server
             archive.writestr("pytriton/tritonserver/bin/tritonserver", b"\x7fELF")
@@ -438,7 +446,8 @@ DAMAGES: dict[str, st.SearchStrategy[Damage]] = {
     "image": _bytes_damage(noise_after_cut=False),
     "reports": _in_folder(
         {"eval/teacher.json": _json_damage(EvaluationRecord.required_keys()),
-         "validation/source.json": _json_damage({"summary": dict})}
+         "validation/source.json": _json_damage({"summary": dict}),
+         "promotion.json": _json_damage(PromotionRecord.required_keys())}
     ),
     "wheel": _bytes_damage(),
     "config": _config_damage(),

@@ -5,6 +5,7 @@ from reid_core.artifacts.evaluation_record import EvaluatedSet, EvaluationRecord
 from reid_core.artifacts.export_record import ExportRecord
 from reid_core.artifacts.features_file import FeatureSet, FeaturesFileError, SplitFeatures
 from reid_core.artifacts.json_artifact import JsonArtifact
+from reid_core.artifacts.promotion_record import PromotionRecord
 
 __all__ = [
     "EvaluatedSet",
@@ -13,5 +14,6 @@ __all__ = [
     "FeatureSet",
     "FeaturesFileError",
     "JsonArtifact",
+    "PromotionRecord",
     "SplitFeatures",
 ]

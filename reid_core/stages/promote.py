@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from reid_core.artifacts import EvaluationRecord, ExportRecord
-from reid_core.atomic import atomic_output, write_json
+from reid_core.artifacts import EvaluationRecord, ExportRecord, PromotionRecord
+from reid_core.atomic import atomic_output
 from reid_core.config import ReidConfig
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.export.onnx import OnnxFileError, latency_ms, onnx_interface
@@ -119,22 +119,22 @@ def run(
                 registry.record_failed_promotion(cfg.model_name, version, err)
                 raise
         report = decision.markdown(cfg.model_name, challenger, current)
-        result = {
-            "model_name": cfg.model_name,
-            "version": version,
-            "promoted": decision.promote,
-            "reasons": decision.reasons,
-            "previous_champion": serving.version if serving else None,
-            "evaluation_set": challenger.eval_set_hash,
-            "triton_version": triton_version,
-            "triton_version_path": published,
-            "triton_repository": str(config.triton.repository),
-            "mAP": evaluation.metrics["mAP"],
-            "rank1": evaluation.metrics["rank1"],
-        }
-        mlflow.log_dict(result, "promotion.json")
+        record = PromotionRecord(
+            model_name=cfg.model_name,
+            version=version,
+            promoted=decision.promote,
+            reasons=decision.reasons,
+            previous_champion=serving.version if serving else None,
+            evaluation_set=challenger.eval_set_hash,
+            triton_version=triton_version,
+            triton_version_path=published,
+            triton_repository=str(config.triton.repository),
+            mAP=evaluation.metrics["mAP"],
+            rank1=evaluation.metrics["rank1"],
+        )
+        mlflow.log_text(record.to_json(), "promotion.json")
         mlflow.log_text(report, "promotion.md")
-        write_json(outputs["decision"], result)
+        record.save_file(outputs["decision"])
         with atomic_output(outputs["markdown"]) as tmp:
             tmp.write_text(report)
     return {"version": float(version), "promoted": float(decision.promote)}

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reid_core.artifacts import EvaluationRecord
+from reid_core.artifacts import EvaluationRecord, PromotionRecord
 from reid_core.config import ReidConfig
 from reid_core.json_files import read_json_object
 from reid_core.tracking.runs import ui_command
-
-DECISION_KEYS = {
-    "promoted": bool,
-    "model_name": str,
-    "version": int,
-    "reasons": list,
-    "triton_repository": str,
-    "triton_version_path": (str, type(None)),
-}
 
 
 def _eval_rows(path: Path) -> list[tuple[str, dict[str, float]]]:
@@ -61,16 +52,16 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
         shown = ", ".join(str(page) for page in pages)
         lines.append(f"evaluation reports (table, rank lists, CMC, ROC, distances): {shown}")
     if decision_file.is_file():
-        decision = read_json_object(decision_file, DECISION_KEYS, "reid promote")
+        decision = PromotionRecord.load_file(decision_file)
         lines.append("")
-        verdict = "champion" if decision["promoted"] else "not promoted"
+        verdict = "champion" if decision.promoted else "not promoted"
         lines.append(
-            f"registered model: {decision['model_name']} version {decision['version']} ({verdict}: "
-            f"{'; '.join(decision['reasons'])})"
+            f"registered model: {decision.model_name} version {decision.version} ({verdict}: "
+            f"{'; '.join(decision.reasons)})"
         )
-        where = decision["triton_version_path"] or "unchanged"
+        where = decision.triton_version_path or "unchanged"
         lines.append(
-            f"Triton model repository: {decision['triton_repository']} (new version: {where}); "
+            f"Triton model repository: {decision.triton_repository} (new version: {where}); "
             "serve it with `make triton && .venv/bin/reid serve run`"
         )
     lines.append(f"MLflow UI: {ui_command(config)}")
