@@ -293,10 +293,13 @@ def test_loading_a_missing_or_damaged_index_names_the_problem(gallery, tmp_path)
     fresh()
     info = json.loads((folder / "index.json").read_text())
     (folder / "index.json").write_text(json.dumps({**info, "format_version": 99}))
-    with pytest.raises(IndexFileError, match="format version 99.*rebuild"):
+    with pytest.raises(IndexFileError, match="format version 99.*run reid index build again"):
+        GalleryIndex.load(folder)
+    (folder / "index.json").write_text(json.dumps({**info, "count": True}))
+    with pytest.raises(IndexFileError, match="index.json: 'count' has the wrong type"):
         GalleryIndex.load(folder)
     (folder / "index.json").write_text("{")
-    with pytest.raises(IndexFileError, match="not valid JSON"):
+    with pytest.raises(IndexFileError, match="index.json: not a JSON file"):
         GalleryIndex.load(folder)
 
 

@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from reid_core.artifacts import EvaluationRecord, ExportRecord, PromotionRecord
+from reid_core.artifacts import EvaluationRecord, ExportRecord, IndexInfo, PromotionRecord
 from reid_core.cli import _build_parser, main
 from reid_core.config import ConfigError, ReidConfig, load_config
 from reid_core.data.manifest import MANIFEST_COLUMNS
@@ -440,8 +440,7 @@ DAMAGES: dict[str, st.SearchStrategy[Damage]] = {
     "index": _in_folder(
         {"index.faiss": _bytes_damage(),
          "metadata.npz": st.one_of(_bytes_damage(), _npz_damage(["paths", "pids", "camids"])),
-         "index.json": _json_damage({"config": dict, "count": int, "dim": int,
-                                     "format_version": int})}
+         IndexInfo.FILE: _json_damage({**IndexInfo.required_keys(), "format_version": int})}
     ),
     "image": _bytes_damage(noise_after_cut=False),
     "reports": _in_folder(

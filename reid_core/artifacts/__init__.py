@@ -4,6 +4,7 @@ in one place, read back with a clear error when the file is not what its writer 
 from reid_core.artifacts.evaluation_record import EvaluatedSet, EvaluationRecord
 from reid_core.artifacts.export_record import ExportRecord
 from reid_core.artifacts.features_file import FeatureSet, FeaturesFileError, SplitFeatures
+from reid_core.artifacts.index_info import IndexInfo
 from reid_core.artifacts.json_artifact import JsonArtifact
 from reid_core.artifacts.promotion_record import PromotionRecord
 
@@ -13,6 +14,7 @@ __all__ = [
     "ExportRecord",
     "FeatureSet",
     "FeaturesFileError",
+    "IndexInfo",
     "JsonArtifact",
     "PromotionRecord",
     "SplitFeatures",
