@@ -34,7 +34,8 @@ def load_train_split(
 def evaluation_hook(
     config: ReidConfig, dataset: Path, manifest: Path, every: int, device: str
 ) -> list[Hook]:
-    """Rank-1/mAP on the manifest's query/gallery every `every` epochs ([] when 0)."""
+    """Rank metrics on the manifest's query/gallery every `every` epochs ([] when 0), named
+    as evaluate names them, after `val_` (`val_rank1`, `val_mAP`, ...)."""
     if every == 0:
         return []
     df, _ = read_manifest(manifest)
@@ -42,8 +43,7 @@ def evaluation_hook(
     query, gallery = (load_split(dataset, df, s, h, w) for s in ("query", "gallery"))
 
     def evaluate(model: ReidModel) -> dict[str, float]:
-        result = evaluate_splits(model, query, gallery, config.evaluate, device)
-        return {"val_rank1": result.cmc[0], "val_mAP": result.mAP}
+        return evaluate_splits(model, query, gallery, config.evaluate, device).as_metrics("val_")
 
     return [PeriodicEvaluation(every, evaluate, [MlflowSink()])]
 

@@ -26,8 +26,8 @@ from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
 from reid_core.engine.checkpoint import load_checkpoint
 from reid_core.engine.device import resolve_device
-from reid_core.evaluation import evaluate_rank, extract_features, tar_at_far
-from reid_core.evaluation.protocol import evaluation_distances
+from reid_core.evaluation import extract_features
+from reid_core.evaluation.protocol import evaluate_distances, evaluation_distances
 from reid_core.evaluation.reports import SetReport, curves, rank_list_image, write_report
 from reid_core.evaluation.verification import VerificationResult
 from reid_core.stages import PortError
@@ -173,9 +173,9 @@ def _evaluate_set(
     q_feats = extract_features(model, query.images, cfg.batch_size, cfg.flip)
     g_feats = extract_features(model, gallery.images, cfg.batch_size, cfg.flip)
     dist = evaluation_distances(q_feats, g_feats, cfg, device)
+    result = evaluate_distances(dist, query, gallery, cfg, verify=True)
+    verification = result.verification  # asked for: not None
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
-    result = evaluate_rank(dist, *labels, cfg.max_rank)
-    verification = tar_at_far(dist, *labels, cfg.fars)
     report_dir.mkdir()
     images = [
         rank_list_image(
@@ -185,11 +185,11 @@ def _evaluate_set(
             (query.paths, query.pids, query.camids),
             (gallery.paths, gallery.pids, gallery.camids),
         ),
-        *curves(report_dir, result, verification, dist, *labels, title),
+        *curves(report_dir, result.rank, verification, dist, *labels, title),
     ]
     FeatureSet(
         query=SplitFeatures(q_feats, query.pids, query.camids, query.paths),
         gallery=SplitFeatures(g_feats, gallery.pids, gallery.camids, gallery.paths),
         normalized=False,
     ).save(features)
-    return {**result.as_metrics(), **verification.as_metrics()}, verification, images
+    return result.as_metrics(), verification, images
