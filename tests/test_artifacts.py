@@ -13,6 +13,7 @@ from reid_core.artifacts import (
     ExportRecord,
     FeatureSet,
     FeaturesFileError,
+    ModelLineage,
     PromotionRecord,
     SplitFeatures,
 )
@@ -254,3 +255,40 @@ def test_a_decision_of_the_wrong_types_is_refused_naming_it(tmp_path, change, me
     with pytest.raises(JsonFileError, match=message) as caught:
         PromotionRecord.load_file(path)
     assert str(caught.value).startswith(f"{path}: ")
+
+
+# --------------------------------------------------------- a checkpoint's lineage (meta.json)
+
+LINEAGE = ModelLineage(
+    stage="adapt", role="adapted", domain="target", data_fingerprint="f" * 16, dvc_md5="",
+    data_lineage='{"reid.dataset.target.kind": "synth"}', config_hash="c" * 16,
+    source_weights_sha256="0" * 64, rounds_completed=2,
+)  # fmt: skip
+
+
+def test_a_lineage_adds_its_own_keys_to_the_checkpoint_metadata_and_reads_back():
+    meta = {"height": 64, "width": 32, "embedding_dim": 128, **LINEAGE.as_meta()}
+    assert "teachers" not in meta and meta["rounds_completed"] == 2  # distill's facts left out
+    assert ModelLineage.from_meta(meta, "ckpt/meta.json") == LINEAGE
+    assert LINEAGE.data_lineage_tags() == {"reid.dataset.target.kind": "synth"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"stage": None}, "'stage' has the wrong type"),
+     ({"rounds_completed": "2"}, "'rounds_completed' has the wrong type"),
+     ({"teachers": ["a", 1]}, "teachers: item 1 has the wrong type"),
+     ({"data_lineage": "{"}, "data_lineage is not JSON"),
+     ({"data_lineage": "[]"}, "data_lineage must be a JSON object of strings")],
+)  # fmt: skip
+def test_a_checkpoint_with_a_bad_lineage_is_refused_naming_its_meta_json(change, message):
+    meta = {"height": 64, "width": 32, **LINEAGE.as_meta(), **change}
+    with pytest.raises(JsonFileError, match=message) as caught:
+        ModelLineage.from_meta(meta, "ckpt/meta.json")
+    assert str(caught.value).startswith("ckpt/meta.json: ")
+
+
+def test_a_checkpoint_without_lineage_says_which_stages_write_one():
+    message = "ckpt/meta.json: lacks 'stage', 'role'.*; is it a checkpoint of reid train, distill"
+    with pytest.raises(JsonFileError, match=message):
+        ModelLineage.from_meta({"height": 64, "width": 32}, "ckpt/meta.json")

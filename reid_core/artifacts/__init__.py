@@ -6,6 +6,7 @@ from reid_core.artifacts.export_record import ExportRecord
 from reid_core.artifacts.features_file import FeatureSet, FeaturesFileError, SplitFeatures
 from reid_core.artifacts.index_info import IndexInfo
 from reid_core.artifacts.json_artifact import JsonArtifact
+from reid_core.artifacts.model_lineage import ModelLineage
 from reid_core.artifacts.promotion_record import PromotionRecord
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "FeaturesFileError",
     "IndexInfo",
     "JsonArtifact",
+    "ModelLineage",
     "PromotionRecord",
     "SplitFeatures",
 ]

@@ -84,7 +84,7 @@ class JsonArtifact:
                 f"{path}: format version {version!r}, this reidflow reads version "
                 f"{cls.VERSION}: run {cls.WRITTEN_BY} again"
             )
-        return _from_json_object(cls, data, str(path), f"; is it the file {cls.WRITTEN_BY} writes?")
+        return from_json_object(cls, data, str(path), f"; is it the file {cls.WRITTEN_BY} writes?")
 
     @classmethod
     def _file_name(cls) -> str:
@@ -129,7 +129,7 @@ def _json_object(value: Any) -> Any:
     return value
 
 
-def _from_json_object(cls: type[D], data: dict[str, Any], where: str, hint: str = "") -> D:
+def from_json_object(cls: type[D], data: dict[str, Any], where: str, hint: str = "") -> D:
     """The dataclass `cls` from a JSON object read from `where`: a missing or unknown key, a
     value of the wrong type, or what `cls` itself refuses is a JsonFileError naming `where`."""
     kinds = _json_kinds(cls)
@@ -157,9 +157,14 @@ def _checked(hint: Any, value: Any, where: str) -> Any:
     """A field's value, read further: a dataclass's object (or each object of a
     `dict[str, <dataclass>]`) as that dataclass, the items of a `dict[str, <scalar>]` or
     `list[<scalar>]` checked."""
+    if get_origin(hint) in (Union, UnionType):  # an optional value: None, or read as the other
+        others = [arg for arg in get_args(hint) if arg is not NoneType]
+        if value is None or len(others) != 1:
+            return value
+        hint = others[0]
     args = get_args(hint)
     if is_dataclass(hint):
-        return _from_json_object(hint, value, where)
+        return from_json_object(hint, value, where)
     if get_origin(hint) is dict and len(args) == 2:
         item = args[1]
         if is_dataclass(item):
@@ -167,7 +172,7 @@ def _checked(hint: Any, value: Any, where: str) -> Any:
             for key, obj in value.items():
                 if not isinstance(obj, dict):
                     raise JsonFileError(f"{where} {key!r}: not an object")
-                out[key] = _from_json_object(item, obj, f"{where} {key!r}")
+                out[key] = from_json_object(item, obj, f"{where} {key!r}")
             return out
         if item in (str, int, float, bool):
             require_keys(value, dict.fromkeys(value, _kind(item)), where)

@@ -100,9 +100,10 @@ def run(
             model,
             data_meta,
             outputs["checkpoint"],
-            {"role": "adapted", "source_weights_sha256": source_weights,
-             "rounds_completed": int(metrics["rounds_completed"])},
-        )  # fmt: skip
+            role="adapted",
+            source_weights_sha256=source_weights,
+            rounds_completed=int(metrics["rounds_completed"]),
+        )
         write_json(outputs["metrics"], metrics)
     shutil.rmtree(resume_dir, ignore_errors=True)  # complete, and its run is closed
     return metrics

@@ -19,12 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from reid_core.artifacts import EvaluatedSet, EvaluationRecord, FeatureSet, SplitFeatures
+from reid_core.artifacts import (
+    EvaluatedSet,
+    EvaluationRecord,
+    FeatureSet,
+    ModelLineage,
+    SplitFeatures,
+)
 from reid_core.atomic import atomic_output, remove_outputs
 from reid_core.config import EvaluateConfig, ReidConfig
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
-from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.engine.checkpoint import META, load_checkpoint
 from reid_core.engine.device import resolve_device
 from reid_core.evaluation import extract_features
 from reid_core.evaluation.protocol import evaluate_distances, evaluation_distances
@@ -88,14 +94,15 @@ def run(
     sets = load_test_sets(inputs["dataset"], inputs["manifest"])
     primary = sets[0]
     model, model_meta = load_checkpoint(inputs["model"])
+    lineage = ModelLineage.from_meta(model_meta, Path(inputs["model"]) / META)
     device = resolve_device(config.runtime.device)
     model.to(device)
-    role = model_meta.get("role", model_meta["stage"])
+    role = lineage.role
     names = [s.name for s in sets]
     with stage_run("evaluate", config):
         mlflow.set_tags(
             {
-                "reid.model_stage": model_meta["stage"],
+                "reid.model_stage": lineage.stage,
                 "reid.domain": primary.meta.get("domain", ""),
                 "reid.test_sets": ",".join(names),
                 "reid.model_run_id": training_run_id(inputs["model"]),
@@ -126,7 +133,7 @@ def run(
                 reports.append(SetReport(test_set.name, metrics, images))
                 if primary_roc is None:
                     primary_roc = verification
-            title = f"{role} ({model_meta['stage']})"
+            title = f"{role} ({lineage.stage})"
             write_report(report_dir, title, reports, cfg.fars, primary_roc)
             logged = {**rows[primary.name]}
             logged.update({f"{n}/{k}": v for n, m in rows.items() for k, v in m.items()})
@@ -134,7 +141,7 @@ def run(
             mlflow.log_artifacts(str(report_dir), "reports")
             record = EvaluationRecord(
                 metrics=rows[primary.name],
-                model_stage=model_meta["stage"],
+                model_stage=lineage.stage,
                 domain=primary.meta.get("domain", ""),
                 test_set=primary.name,
                 eval_set_hash=primary.meta.get("eval_set_hash", ""),

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from reid_core.artifacts import EvaluationRecord, ExportRecord, PromotionRecord
+from reid_core.artifacts import EvaluationRecord, ExportRecord, ModelLineage, PromotionRecord
 from reid_core.atomic import atomic_output
 from reid_core.config import ReidConfig
-from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.engine.checkpoint import META, load_checkpoint
 from reid_core.export.onnx import OnnxFileError, latency_ms, onnx_interface
 from reid_core.export.repositories import open_repository
 from reid_core.export.triton import MODEL_FILES, publication
@@ -43,6 +42,7 @@ def run(
     evaluation = EvaluationRecord.load_file(inputs["evaluation"])
     # every input is read whole before the lock is taken or anything is registered
     model, meta = load_checkpoint(inputs["model"])
+    lineage = ModelLineage.from_meta(meta, Path(inputs["model"]) / META)
     onnx_file = inputs["onnx"] / ExportRecord.MODEL_FILE
     graph = onnx_interface(onnx_file)
     if graph != (parity.height, parity.width, parity.embedding_dim):
@@ -56,11 +56,11 @@ def run(
         latency = latency_ms(onnx_file, torch.zeros(1, 3, parity.height, parity.width))
         tags = {
             "reid.git_commit": trained_tags.get("reid.git_commit", ""),
-            "reid.config_hash": meta.get("config_hash", ""),
-            "reid.data_fingerprint": meta.get("data_fingerprint", ""),
-            "reid.dvc_md5": meta.get("dvc_md5", ""),
+            "reid.config_hash": lineage.config_hash,
+            "reid.data_fingerprint": lineage.data_fingerprint,
+            "reid.dvc_md5": lineage.dvc_md5,
             "reid.train_run_id": trained_by.info.run_id if trained_by is not None else "",
-            "reid.model_stage": meta.get("stage", ""),
+            "reid.model_stage": lineage.stage,
             "reid.eval_set_hash": evaluation.eval_set_hash,
             "reid.mAP": evaluation.metrics["mAP"],
             "reid.rank1": evaluation.metrics["rank1"],
@@ -73,7 +73,7 @@ def run(
             "reid.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
             "reid.pipeline_run_id": run.data.tags.get(PIPELINE_TAG, ""),
             # where the training data was fetched from (reference, revision, DVC md5, ETags)
-            **json.loads(meta.get("data_lineage") or "{}"),
+            **lineage.data_lineage_tags(),
             # the DVC hash of every dataset behind the figures: training data above, test sets
             **{
                 f"reid.eval_dvc_md5.{name}": test_set.dvc_md5
