@@ -141,7 +141,7 @@ def percent_metrics(model: Any, query: Any, gallery: Any, config: Any) -> dict[s
     from reid_core.evaluation.protocol import evaluate_splits
 
     result = evaluate_splits(model, query, gallery, config.evaluate)
-    return {"rank1": 100 * float(result.cmc[0]), "mAP": 100 * result.mAP}
+    return {"rank1": 100 * float(result.rank.cmc[0]), "mAP": 100 * result.rank.mAP}
 
 
 def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:

@@ -218,8 +218,8 @@ def train_reidflow(config: ReidConfig, seed: int, splits, epochs: int | None = N
         "images_per_second": len(recorder.losses) * batch / seconds,
     }
     if epochs is None:
-        result = evaluate_splits(model, query, gallery, config.evaluate)
-        out.update(rank1=100 * float(result.cmc[0]), mAP=100 * result.mAP, mINP=100 * result.mINP)
+        rank = evaluate_splits(model, query, gallery, config.evaluate).rank
+        out.update(rank1=100 * float(rank.cmc[0]), mAP=100 * rank.mAP, mINP=100 * rank.mINP)
     return out
 
 

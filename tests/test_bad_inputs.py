@@ -142,7 +142,12 @@ def test_summary_of_a_folder_without_reports_says_so(tmp_path, capsys):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "teacher.json").write_text('{"mAP": 0.5}')
     assert main(["summary", "--reports", str(tmp_path)]) == 2
-    assert "teacher.json: lacks 'rank1', 'mINP'" in _one_error_line(capsys.readouterr().err)
+    line = _one_error_line(capsys.readouterr().err)
+    assert "teacher.json: has no format_version: written by an older reidflow" in line
+    (tmp_path / "eval" / "teacher.json").write_text('{"format_version": 1, "mAP": 0.5}')
+    assert main(["summary", "--reports", str(tmp_path)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "teacher.json: lacks 'model_stage'" in line and "'rank1', 'mINP'; is it" in line
 
 
 def test_a_failure_no_reidflow_code_raised_names_its_type_and_points_to_debug():

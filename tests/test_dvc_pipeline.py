@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reid_core.artifacts import EvaluationRecord, PromotionRecord
 from reid_core.stages.graph import GRAPH
 from tests.support.project import Project, copy_project, digest
 
@@ -60,22 +61,21 @@ def test_first_repro_runs_every_stage_and_writes_its_outputs(project):
 
     root = project.root
     for name, test_sets in TEST_SETS.items():
-        metrics = json.loads((root / "reports" / "eval" / f"{name}.json").read_text())
-        assert metrics["test_set"] == test_sets[0] and sorted(metrics["test_sets"]) == sorted(
-            test_sets
-        )
+        metrics = EvaluationRecord.load_file(root / "reports" / "eval" / f"{name}.json")
+        assert metrics.test_set == test_sets[0]
+        assert sorted(metrics.test_sets) == sorted(test_sets)
         for test_set in test_sets:
             for key in ("rank1", "mAP", "mINP"):
-                value = metrics["test_sets"][test_set][key]
+                value = metrics.test_sets[test_set].metrics[key]
                 assert 0.0 <= value <= 1.0, (name, test_set, key, value)
         report = root / "reports" / "eval" / name
         rows = [line for line in (report / "metrics.md").read_text().splitlines()[4:] if line]
         assert [row.split("|")[1].strip() for row in rows[: len(test_sets)]] == test_sets
         assert (report / "report.html").is_file()
         assert {p.stem for p in (root / "work" / "features" / name).glob("*.npz")} == set(test_sets)
-    decision = json.loads((root / "reports" / "promotion.json").read_text())
+    decision = PromotionRecord.load_file(root / "reports" / "promotion.json")
     model_name = yaml.safe_load((root / "params.yaml").read_text())["promote"]["model_name"]
-    assert decision["model_name"] == model_name
+    assert decision.model_name == model_name
     assert (root / "serving" / "model_repository" / model_name / "1" / "model.onnx").is_file()
     assert (root / "work" / "models" / "teacher" / "model.safetensors").is_file()
     assert (root / "work" / "manifests" / "source.parquet").is_file()

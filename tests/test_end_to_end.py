@@ -9,7 +9,6 @@ Triton switches to it by itself; a second untrained one is refused, with its rea
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
@@ -18,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
+from reid_core.artifacts import PromotionRecord
 from reid_core.serving.client import TritonEmbedder
 from reid_core.serving.s3_repository import S3Repository, s3_client
 from reid_core.serving.server import TritonServer, free_ports
@@ -37,9 +37,9 @@ def set_distill(project: Project, lr: float, epochs: int) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def repro(project: Project, run_id: str) -> dict:
+def repro(project: Project, run_id: str) -> PromotionRecord:
     project.run("dvc", "repro", run_id=run_id)
-    return json.loads((project.root / "reports" / "promotion.json").read_text())
+    return PromotionRecord.load_file(project.root / "reports" / "promotion.json")
 
 
 def dataset_md5(project: Project) -> str:
@@ -78,7 +78,7 @@ def test_the_better_run_becomes_champion_and_is_served_the_worse_is_refused(
     # run 1: nothing to beat, so even an untrained student becomes champion
     set_distill(project, UNTRAINED, epochs=1)
     first = repro(project, "e2e-1")
-    assert first["promoted"] and first["version"] == 1 and first["triton_version"] == 1
+    assert first.promoted and first.version == 1 and first.triton_version == 1
     first_onnx = tmp_path / "first.onnx"
     shutil.copyfile(project.root / "work" / "onnx" / "student" / "model.onnx", first_onnx)
 
@@ -102,9 +102,9 @@ def test_the_better_run_becomes_champion_and_is_served_the_worse_is_refused(
         # run 2: a trained student beats the champion; Triton, polling, switches to it
         set_distill(project, TRAINED, epochs=3)
         second = repro(project, "e2e-2")
-        assert second["promoted"], second["reasons"]
-        assert (second["version"], second["triton_version"]) == (2, 2)
-        assert second["mAP"] > first["mAP"]
+        assert second.promoted, second.reasons
+        assert (second.version, second.triton_version) == (2, 2)
+        assert second.mAP > first.mAP
         version_ready = "/v2/models/{}/versions/{}/ready".format
         wait_for(lambda: server.status(version_ready(NAME, 2)) == 200, "v2 not served", server)
         wait_for(lambda: server.status(version_ready(NAME, 1)) == 400, "v1 not unloaded", server)
@@ -119,9 +119,9 @@ def test_the_better_run_becomes_champion_and_is_served_the_worse_is_refused(
         # run 3: another untrained student is refused; nothing new reaches Triton
         set_distill(project, UNTRAINED_AGAIN, epochs=1)
         third = repro(project, "e2e-3")
-        assert not third["promoted"] and third["version"] == 3
-        assert third["triton_version"] is None
-        assert any(r.startswith("FAIL mAP gain") for r in third["reasons"]), third["reasons"]
+        assert not third.promoted and third.version == 3
+        assert third.triton_version is None
+        assert any(r.startswith("FAIL mAP gain") for r in third.reasons), third.reasons
         assert "**refused**" in (project.root / "reports" / "promotion.md").read_text()
         time.sleep(3)  # three polls: still version 2
         assert server.status(version_ready(NAME, 2)) == 200

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from reid_core.artifacts import FeatureSet, SplitFeatures
 from reid_core.cli import main
 from reid_core.config import IndexConfig
 from reid_core.serving.gallery import (
@@ -292,10 +293,13 @@ def test_loading_a_missing_or_damaged_index_names_the_problem(gallery, tmp_path)
     fresh()
     info = json.loads((folder / "index.json").read_text())
     (folder / "index.json").write_text(json.dumps({**info, "format_version": 99}))
-    with pytest.raises(IndexFileError, match="format version 99.*rebuild"):
+    with pytest.raises(IndexFileError, match="format version 99.*run reid index build again"):
+        GalleryIndex.load(folder)
+    (folder / "index.json").write_text(json.dumps({**info, "count": True}))
+    with pytest.raises(IndexFileError, match="index.json: 'count' has the wrong type"):
         GalleryIndex.load(folder)
     (folder / "index.json").write_text("{")
-    with pytest.raises(IndexFileError, match="not valid JSON"):
+    with pytest.raises(IndexFileError, match="index.json: not a JSON file"):
         GalleryIndex.load(folder)
 
 
@@ -312,18 +316,13 @@ def test_cuda_is_refused_clearly_when_faiss_has_no_gpu(gallery):
 
 def write_evaluate_features(path, feats, meta, queries) -> None:
     """A features file as the evaluate stage writes it."""
-    np.savez(
-        path,
-        query_feats=queries,
-        query_pids=np.zeros(len(queries), dtype=np.int64),
-        query_camids=np.zeros(len(queries), dtype=np.int64),
-        query_paths=np.array([f"query/{i}.jpg" for i in range(len(queries))]),
-        gallery_feats=feats,
-        gallery_pids=meta["pids"],
-        gallery_camids=meta["camids"],
-        gallery_paths=meta["paths"],
-        normalized=np.array(False),
-    )
+    n = len(queries)
+    query_paths = np.array([f"query/{i}.jpg" for i in range(n)])
+    FeatureSet(
+        query=SplitFeatures(queries, np.zeros(n, np.int64), np.zeros(n, np.int64), query_paths),
+        gallery=SplitFeatures(feats, meta["pids"], meta["camids"], meta["paths"]),
+        normalized=False,
+    ).save(path)
 
 
 def test_the_cli_builds_an_index_from_evaluate_features_that_loads_back(

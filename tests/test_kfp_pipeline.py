@@ -22,6 +22,7 @@ from components import (
 )
 from pipelines import tools
 from pipelines.training import ADAPT_CHAIN
+from reid_core.artifacts import EvaluationRecord, PromotionRecord
 from reid_core.config import ConfigError
 from reid_core.stages import STAGES, PortError
 from reid_core.stages.kfp_glue import parse_config_yaml, port_paths
@@ -379,8 +380,7 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
     assert result["status"] == "SUCCEEDED"
     assert len(states) == sum(TASKS_PER_FUNCTION.values())
     decision_file = Path(result["outputs"]["decision"]["uri"])
-    decision = json.loads(decision_file.read_text())
-    assert isinstance(decision, dict) and decision
+    PromotionRecord.load_file(decision_file)  # the decision, whole
     outputs = result["outputs"]
     evaluations = {
         task["display_name"]: task["outputs"]["metrics"]["metadata"]
@@ -397,8 +397,8 @@ def test_run_local_executes_every_task_and_promotes_to_triton(
     assert teacher["rank1"] == teacher["source/rank1"] and "target/mAP" in teacher
     skipped = [t["display_name"] for t in result["tasks"].values() if t["state"] == "SKIPPED"]
     assert skipped == ["evaluate teacher @ source"], "the branch for no target is not taken"
-    evaluation = json.loads(Path(outputs["student_metrics"]["uri"]).read_text())
-    assert set(evaluation["test_sets"]) == {"source"}
+    evaluation = EvaluationRecord.load_file(Path(outputs["student_metrics"]["uri"]))
+    assert set(evaluation.test_sets) == {"source"}
     # The evaluate task's views for the KFP UI: the table, the page, the primary ROC.
     table = Path(outputs["student_table"]["uri"]).read_text()
     assert "| source |" in table and "rank-1 (%)" in table
@@ -466,8 +466,8 @@ def test_run_local_without_a_target_skips_adaptation_and_its_evaluations(
     )
     metadata = target["outputs"]["dataset"]["metadata"]
     assert metadata == {"reid.dataset.target.kind": "none", "reid.dataset.target.files": "0"}
-    decision = json.loads(Path(result["outputs"]["decision"]["uri"]).read_text())
-    assert decision["promoted"], decision
+    decision = PromotionRecord.load_file(Path(result["outputs"]["decision"]["uri"]))
+    assert decision.promoted, decision
 
 
 def test_pipeline_arguments_follow_the_config_and_take_typed_parameters() -> None:

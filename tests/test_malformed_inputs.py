@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from reid_core.artifacts import ExportRecord
+from reid_core.artifacts import EvaluationRecord, ExportRecord, IndexInfo, PromotionRecord
 from reid_core.cli import _build_parser, main
 from reid_core.config import ConfigError, ReidConfig, load_config
 from reid_core.data.manifest import MANIFEST_COLUMNS
@@ -39,6 +39,13 @@ from reid_core.sources import FetchRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
+
+PROMOTION = PromotionRecord(
+    model_name="reid", version=1, promoted=True, reasons=["pass champion: none yet"],
+    previous_champion=None, evaluation_set="0" * 16, triton_version=1,
+    triton_version_path="serving/model_repository/reid/1", triton_repository="serving",
+    mAP=0.5, rank1=0.75,
+)  # fmt: skip
 
 # Each command as it would run on the valid inputs: {kind} is an input of that kind (the one
 # damaged, or its valid original), {out} an empty folder for what the command writes.
@@ -150,6 +157,7 @@ def made(tmp_path_factory) -> Iterator[dict[str, Path]]:
         (reports / "validation").mkdir()
         shutil.copy(ws / "eval.json", reports / "eval" / "teacher.json")
         shutil.copy(ws / "validation.json", reports / "validation" / "source.json")
+        PROMOTION.save_file(reports / "promotion.json")  # promote's, without a registry run
         wheel = ws / "nvidia_pytriton-0-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as archive:  # the layout install reads, no server
             archive.writestr("pytriton/tritonserver/bin/tritonserver", b"\x7fELF")
@@ -268,9 +276,6 @@ def _json_damage(required: dict[str, type | tuple[type, ...]]) -> st.SearchStrat
         keys.map(dropped),
         wrong.map(lambda kv: retyped(*kv)),
     )
-
-
-NUMBER = (int, float)
 
 
 def _in_folder(files: dict[str, st.SearchStrategy[Damage]]) -> st.SearchStrategy[Damage]:
@@ -427,9 +432,7 @@ DAMAGES: dict[str, st.SearchStrategy[Damage]] = {
         {"model.onnx": _bytes_damage(),
          ExportRecord.FILE: _json_damage(ExportRecord.required_keys())}
     ),
-    "evaluation": _json_damage(
-        {"eval_set_hash": str, "mAP": NUMBER, "rank1": NUMBER, "mINP": NUMBER}
-    ),
+    "evaluation": _json_damage(EvaluationRecord.required_keys()),
     "features": st.one_of(
         _bytes_damage(),
         _npz_damage([f"gallery_{k}" for k in ("feats", "pids", "camids", "paths")]),
@@ -437,13 +440,13 @@ DAMAGES: dict[str, st.SearchStrategy[Damage]] = {
     "index": _in_folder(
         {"index.faiss": _bytes_damage(),
          "metadata.npz": st.one_of(_bytes_damage(), _npz_damage(["paths", "pids", "camids"])),
-         "index.json": _json_damage({"config": dict, "count": int, "dim": int,
-                                     "format_version": int})}
+         IndexInfo.FILE: _json_damage({**IndexInfo.required_keys(), "format_version": int})}
     ),
     "image": _bytes_damage(noise_after_cut=False),
     "reports": _in_folder(
-        {"eval/teacher.json": _json_damage({"mAP": NUMBER, "rank1": NUMBER, "mINP": NUMBER}),
-         "validation/source.json": _json_damage({"summary": dict})}
+        {"eval/teacher.json": _json_damage(EvaluationRecord.required_keys()),
+         "validation/source.json": _json_damage({"summary": dict}),
+         "promotion.json": _json_damage(PromotionRecord.required_keys())}
     ),
     "wheel": _bytes_damage(),
     "config": _config_damage(),

@@ -106,3 +106,23 @@ def test_matches_the_protocol_definition_on_any_problem(problem, max_rank):
 def test_bad_inputs_are_clear_errors(dist, q, g, message):
     with pytest.raises(ValueError, match=message):
         evaluate_rank(dist, np.ones(q), np.ones(g), np.zeros(q), np.ones(g))
+
+
+def test_metric_names_are_those_evaluate_writes_and_a_prefix_goes_before_each():
+    from reid_core.evaluation import tar_at_far
+    from reid_core.evaluation.protocol import EvaluationResult
+
+    rng = np.random.default_rng(3)
+    q_pids, g_pids = rng.integers(0, 8, 20), rng.integers(0, 8, 60)
+    q_cams, g_cams = np.zeros(20, int), np.ones(60, int)
+    dist = rng.random((20, 60))
+    labels = (q_pids, g_pids, q_cams, g_cams)
+    result = EvaluationResult(evaluate_rank(dist, *labels, 50), tar_at_far(dist, *labels, [0.01]))
+    plain = result.as_metrics()
+    assert set(plain) == {"mAP", "mINP", "num_valid_queries", "rank1", "rank5", "rank10",
+                          "tar_at_far_0.01"}  # fmt: skip
+    assert plain["rank1"] == result.rank.cmc[0] and plain["mAP"] == result.rank.mAP
+    assert result.as_metrics("val_") == {f"val_{name}": v for name, v in plain.items()}
+    without = EvaluationResult(result.rank).as_metrics("target_")  # training's: no verification
+    assert without == {f"target_{name}": v for name, v in result.rank.as_metrics().items()}
+    assert "target_tar_at_far_0.01" not in without

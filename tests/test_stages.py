@@ -6,12 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reid_core.artifacts import ExportRecord
+from reid_core.artifacts import EvaluationRecord, ExportRecord, PromotionRecord
 from reid_core.engine.checkpoint import weights_digest
 from reid_core.tracking.trained_by import WEIGHTS_TAG
 
@@ -34,6 +35,20 @@ def evaluate_outputs(name: str) -> tuple[str, ...]:
         "--report",
         f"{name}_report",
     )
+
+
+def evaluation_as(ws: Path, name: str, map_gain: float = 0.0, eval_set_hash: str = "") -> str:
+    """A copy of eval.json named `name`, its primary mAP `map_gain` higher, on another
+    evaluation set when `eval_set_hash` is given; returns the name."""
+    evaluation = EvaluationRecord.load_file(ws / "eval.json")
+    metrics = {**evaluation.metrics, "mAP": evaluation.metrics["mAP"] + map_gain}
+    other = eval_set_hash or evaluation.eval_set_hash
+    replace(evaluation, metrics=metrics, eval_set_hash=other).save_file(ws / name)
+    return name
+
+
+def decision(path: Path) -> PromotionRecord:
+    return PromotionRecord.load_file(path)
 
 
 def reid(*args, cwd, env, check=True):
@@ -189,16 +204,16 @@ def test_a_better_model_replaces_the_champion_and_rollback_restores_it(workspace
     import mlflow
 
     ws, env = workspace
-    evaluation = json.loads((ws / "eval.json").read_text())
-    (ws / "eval_better.json").write_text(json.dumps({**evaluation, "mAP": evaluation["mAP"] + 0.1}))
+    evaluation = EvaluationRecord.load_file(ws / "eval.json")
+    evaluation_as(ws, "eval_better.json", map_gain=0.1)
     repo = ws / "rollback_repository"
     sets = ("--set", "promote.model_name=reid-rollback", "--set", f"triton.repository={repo}")
     for i, ev in enumerate(("eval.json", "eval_better.json")):
         outputs = ("--decision", f"rb{i}.json", "--markdown", f"rb{i}.md")
         reid("promote", "--onnx", "onnx", "--model", "student", "--evaluation", ev, *outputs,
              *sets, cwd=ws, env=env)  # fmt: skip
-    second = json.loads((ws / "rb1.json").read_text())
-    assert second["promoted"] and second["triton_version"] == 2
+    second = decision(ws / "rb1.json")
+    assert second.promoted and second.triton_version == 2
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
     assert str(client.get_model_version_by_alias("reid-rollback", "previous").version) == "1"
 
@@ -216,7 +231,7 @@ def test_a_better_model_replaces_the_champion_and_rollback_restores_it(workspace
     assert again.returncode == 1 and "nothing to roll back to" in again.stderr
 
     table = reid("models", "compare", *sets, cwd=ws, env=env).stdout.splitlines()
-    own_set = f"champion-{evaluation['eval_set_hash'][:12]}"  # v1's set's champion again too
+    own_set = f"champion-{evaluation.eval_set_hash[:12]}"  # v1's set's champion again too
     assert table[0] == "|  | v2 | v1 |" and table[2] == f"| aliases | — | champion, {own_set} |"
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table}
     assert rows["Triton version"].endswith("| 2 | 3 |")  # v1 served again as version 3
@@ -235,7 +250,6 @@ def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(
     from reid_core.serving.repositories import open_repository
 
     ws, env = workspace
-    evaluation = json.loads((ws / "eval.json").read_text())
     name = f"reid-race-{store}"
     if store == "s3":  # the lock is then an S3 object, as for promotions on several machines
         endpoint = request.getfixturevalue("s3_endpoint")
@@ -246,9 +260,7 @@ def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(
     sets = ("--set", f"promote.model_name={name}", "--set", f"triton.repository={repo}")
     procs = []
     for i, gain in enumerate((0.0, 0.1)):
-        (ws / f"race{i}.json").write_text(
-            json.dumps({**evaluation, "mAP": evaluation["mAP"] + gain})
-        )
+        evaluation_as(ws, f"race{i}.json", map_gain=gain)
         cmd = ["promote", "--onnx", "onnx", "--model", "student", "--evaluation", f"race{i}.json",
                "--decision", f"rd{i}.json", "--markdown", f"rd{i}.md", *sets]  # fmt: skip
         procs.append(
@@ -264,44 +276,43 @@ def test_two_racing_promotions_end_with_one_consistent_champion_and_repository(
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-    decisions = [json.loads((ws / f"rd{i}.json").read_text()) for i in range(2)]
+    decisions = [decision(ws / f"rd{i}.json") for i in range(2)]
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias(name, "champion")
-    assert int(champion.version) == decisions[1]["version"]  # the better one, whatever the order
+    assert int(champion.version) == decisions[1].version  # the better one, whatever the order
     published = open_repository(repo).versions(name)
-    promoted = [d for d in decisions if d["promoted"]]
+    promoted = [d for d in decisions if d.promoted]
     assert published == list(range(1, len(promoted) + 1))
     assert champion.tags["reid.triton_version"] == str(published[-1])  # newest = champion
     assert open_repository(repo).served(name) == [published[-1]]  # and Triton serves it
     if len(promoted) == 2:  # the worse one went first; the better one then replaced it
-        assert champion.tags["reid.previous_champion"] == str(decisions[0]["version"])
+        assert champion.tags["reid.previous_champion"] == str(decisions[0].version)
 
 
 def test_a_model_on_a_new_evaluation_set_is_judged_against_that_sets_champion(workspace):
     import mlflow
 
     ws, env = workspace
-    evaluation = json.loads((ws / "eval.json").read_text())
-    other = {**evaluation, "eval_set_hash": "f" * 16, "mAP": evaluation["mAP"] - 0.2}
-    (ws / "eval_other_set.json").write_text(json.dumps(other))
+    evaluation = EvaluationRecord.load_file(ws / "eval.json")
+    evaluation_as(ws, "eval_other_set.json", map_gain=-0.2, eval_set_hash="f" * 16)
     name = "reid-two-sets"
     sets = ("--set", f"promote.model_name={name}", "--set", f"triton.repository={ws / 'two'}")
     for i, ev in enumerate(("eval.json", "eval_other_set.json", "eval.json")):
         outputs = ("--decision", f"ts{i}.json", "--markdown", f"ts{i}.md")
         reid("promote", "--onnx", "onnx", "--model", "student", "--evaluation", ev, *outputs,
              *sets, cwd=ws, env=env)  # fmt: skip
-    first, second, third = (json.loads((ws / f"ts{i}.json").read_text()) for i in range(3))
-    assert first["promoted"]
+    first, second, third = (decision(ws / f"ts{i}.json") for i in range(3))
+    assert first.promoted
     # A worse mAP on another set is no reason to refuse: that set had no champion yet.
-    assert second["promoted"] and second["evaluation_set"] == "f" * 16
-    assert second["reasons"][-1] == f"pass champion: no champion on evaluation set {'f' * 12} yet"
+    assert second.promoted and second.evaluation_set == "f" * 16
+    assert second.reasons[-1] == f"pass champion: no champion on evaluation set {'f' * 12} yet"
     assert f"Judged on evaluation set `{'f' * 12}`" in (ws / "ts1.md").read_text()
     # Back on the first set, the comparison is with that set's champion (v1), not the served v2.
-    assert not third["promoted"] and "vs champion v1's" in third["reasons"][0]
+    assert not third.promoted and "vs champion v1's" in third.reasons[0]
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
     aliases = client.get_registered_model(name).aliases
     assert int(aliases["champion"]) == 2 and int(aliases[f"champion-{'f' * 12}"]) == 2
-    assert int(aliases[f"champion-{evaluation['eval_set_hash'][:12]}"]) == 1
+    assert int(aliases[f"champion-{evaluation.eval_set_hash[:12]}"]) == 1
 
 
 def test_promote_registers_then_refuses_an_equal_model(workspace):
@@ -333,11 +344,10 @@ def test_promote_registers_then_refuses_an_equal_model(workspace):
         cwd=ws,
         env=env,
     )
-    first = json.loads((ws / "d1.json").read_text())
-    second = json.loads((ws / "d2.json").read_text())
-    assert first["promoted"] and first["version"] == 1
-    assert not second["promoted"] and second["reasons"][0].startswith("FAIL mAP gain")
-    assert first["triton_version"] == 1 and second["triton_version"] is None
+    first, second = decision(ws / "d1.json"), decision(ws / "d2.json")
+    assert first.promoted and first.version == 1
+    assert not second.promoted and second.reasons[0].startswith("FAIL mAP gain")
+    assert first.triton_version == 1 and second.triton_version is None
     report = (ws / "r2.md").read_text()
     assert "**refused**" in report and "| mAP gain | FAIL |" in report
     assert "| rank-1 drop | pass |" in report and "champion v1" in report
@@ -738,16 +748,15 @@ def test_a_promotion_failing_at_any_step_leaves_registry_and_triton_as_they_were
     else:
         repo = str(ws / f"fault_{step}_repository")
     config = load_config([TINY], [f"promote.model_name={name}", f"triton.repository={repo}"])
-    evaluation = json.loads((ws / "eval.json").read_text())
-    (ws / "eval_fault.json").write_text(json.dumps({**evaluation, "mAP": evaluation["mAP"] + 0.1}))
+    evaluation_as(ws, "eval_fault.json", map_gain=0.1)
     inputs = {"onnx": ws / "onnx", "model": ws / "student", "evaluation": ws / "eval.json"}
 
-    def promote(evaluation_file: str) -> dict:
+    def promote(evaluation_file: str) -> PromotionRecord:
         outputs = {"decision": ws / f"{name}.json", "markdown": ws / f"{name}.md"}
         run_stage("promote", config, {**inputs, "evaluation": ws / evaluation_file}, outputs)
-        return json.loads(outputs["decision"].read_text())
+        return decision(outputs["decision"])
 
-    assert promote("eval.json")["promoted"]  # v1: champion, served as Triton version 1
+    assert promote("eval.json").promoted  # v1: champion, served as Triton version 1
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
     before = _promotion_state(client, name, repo)
     with monkeypatch.context() as patch:
@@ -757,7 +766,7 @@ def test_a_promotion_failing_at_any_step_leaves_registry_and_triton_as_they_were
     assert _promotion_state(client, name, repo) == before
     assert client.get_model_version(name, "2").tags[PROMOTION_TAG].startswith("failed: ")
     # the next promotion works from the state the failed one left
-    assert promote("eval_fault.json")["triton_version"] == 2
+    assert promote("eval_fault.json").triton_version == 2
 
 
 def test_a_rollback_failing_after_its_publish_is_undone(workspace, monkeypatch):
@@ -771,8 +780,7 @@ def test_a_rollback_failing_after_its_publish_is_undone(workspace, monkeypatch):
         monkeypatch.setenv(key, env[key])
     name, repo = "reid-fault-rollback", str(ws / "fault_rollback_repository")
     sets = ("--set", f"promote.model_name={name}", "--set", f"triton.repository={repo}")
-    evaluation = json.loads((ws / "eval.json").read_text())
-    (ws / "eval_rb.json").write_text(json.dumps({**evaluation, "mAP": evaluation["mAP"] + 0.1}))
+    evaluation_as(ws, "eval_rb.json", map_gain=0.1)
     for i, ev in enumerate(("eval.json", "eval_rb.json")):
         reid("promote", "--onnx", "onnx", "--model", "student", "--evaluation", ev, "--decision",
              f"frb{i}.json", "--markdown", f"frb{i}.md", *sets, cwd=ws, env=env)  # fmt: skip

@@ -1,6 +1,9 @@
-"""How an evaluation turns features into query–gallery distances, as configured."""
+"""How an evaluation turns features into query–gallery distances, as configured, and the
+distances into one result whose `as_metrics` names the metrics for every caller."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,6 +14,7 @@ from reid_core.evaluation.features import extract_features
 from reid_core.evaluation.query_expansion import alpha_query_expansion
 from reid_core.evaluation.rank import RankResult, evaluate_rank
 from reid_core.evaluation.rerank import re_rank
+from reid_core.evaluation.verification import VerificationResult, tar_at_far
 from reid_core.options import EvaluateConfig
 
 
@@ -36,17 +40,48 @@ def evaluation_distances(
     return compute_distance(q, g, config.metric)
 
 
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What one evaluation measured: rank metrics, and verification when it was asked for.
+
+    `as_metrics(prefix)` names them; every caller (the evaluate stage, the evaluation during
+    training and adaptation) takes its names from it, with its own prefix.
+    """
+
+    rank: RankResult
+    verification: VerificationResult | None = None
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        """`mAP`, `mINP`, `num_valid_queries`, `rank1`/`rank5`/`rank10` (those the CMC
+        reaches) and, with verification, `tar_at_far_<far>`: each after `prefix`."""
+        out = self.rank.as_metrics(prefix)
+        if self.verification is not None:
+            out |= self.verification.as_metrics(prefix)
+        return out
+
+
+def evaluate_distances(
+    dist: np.ndarray, query: Split, gallery: Split, config: EvaluateConfig, verify: bool = False
+) -> EvaluationResult:
+    """Rank metrics (CMC to `config.max_rank`, mAP, mINP) of a query × gallery distance
+    matrix and, when `verify`, TAR at `config.fars`."""
+    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+    rank = evaluate_rank(dist, *labels, config.max_rank)
+    return EvaluationResult(rank, tar_at_far(dist, *labels, config.fars) if verify else None)
+
+
 def evaluate_splits(
     model: torch.nn.Module,
     query: Split,
     gallery: Split,
     config: EvaluateConfig,
     device: str = "cpu",
-) -> RankResult:
-    """CMC/mAP/mINP of `model` on decoded query and gallery splits (evaluation during
-    training; the evaluate stage adds verification, reports and saved features)."""
+    verify: bool = False,
+) -> EvaluationResult:
+    """`evaluate_distances` of `model` on decoded query and gallery splits, as configured
+    (evaluation during training; the evaluate stage also keeps the features and distances
+    for its files and reports)."""
     q_feats = extract_features(model, query.images, config.batch_size, config.flip)
     g_feats = extract_features(model, gallery.images, config.batch_size, config.flip)
     dist = evaluation_distances(q_feats, g_feats, config, device)
-    return evaluate_rank(dist, query.pids, gallery.pids, query.camids, gallery.camids,
-                         config.max_rank)  # fmt: skip
+    return evaluate_distances(dist, query, gallery, config, verify)

@@ -25,10 +25,11 @@ class RankResult:
     all_inp: np.ndarray  # per valid query
     num_valid: int
 
-    def as_metrics(self) -> dict[str, float]:
-        """Flat metric names as the pipeline logs them (fractions 0–1)."""
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        """Flat metric names as the pipeline logs and writes them (fractions 0–1): `mAP`,
+        `mINP`, `num_valid_queries`, `rank1`, `rank5`, `rank10`, each after `prefix`."""
         out = {"mAP": self.mAP, "mINP": self.mINP, "num_valid_queries": float(self.num_valid)}
-        return out | cmc_metrics(self.cmc)
+        return {f"{prefix}{name}": value for name, value in (out | cmc_metrics(self.cmc)).items()}
 
 
 def cmc_metrics(cmc: np.ndarray) -> dict[str, float]:

@@ -29,9 +29,10 @@ class VerificationResult:
     num_positive_pairs: int
     num_negative_pairs: int
 
-    def as_metrics(self) -> dict[str, float]:
-        """Names valid in MLflow (which rejects '@' and '='), e.g. `tar_at_far_0.0001`."""
-        return {f"tar_at_far_{far:g}": value for far, value in self.tar.items()}
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        """Names valid in MLflow (which rejects '@' and '='), e.g. `tar_at_far_0.0001`, each
+        after `prefix`."""
+        return {f"{prefix}tar_at_far_{far:g}": value for far, value in self.tar.items()}
 
 
 def tar_at_far(

@@ -118,8 +118,7 @@ def run_ablation(
                 fit(model, data, cfg.solver, cfg.augment, ReidLoss(cfg.loss))
                 seconds = time.perf_counter() - start
                 result = evaluate_splits(model, query, gallery, base.evaluate, str(device))
-                metrics = {"rank1": result.cmc[0], "mAP": result.mAP, "mINP": result.mINP,
-                           "train_seconds": seconds}  # fmt: skip
+                metrics = {**result.as_metrics(), "train_seconds": seconds}
                 mlflow.log_metrics(metrics)
                 results.append(metrics)
         mean = {k: float(np.mean([r[k] for r in results])) for k in results[0]}

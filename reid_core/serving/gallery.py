@@ -17,8 +17,9 @@ inner product is the cosine similarity and similarities come back in descending 
 the index are rows of `metadata` (paths, pids, camids), so a search result names gallery images.
 
 On disk an index is a folder, written atomically: `index.faiss` (faiss.write_index of the CPU
-index), `metadata.npz` (plain arrays, readable with `allow_pickle=False`) and `index.json` (kind,
-dimension, count, the config used, the feature source, when it was built).
+index), `metadata.npz` (plain arrays, readable with `allow_pickle=False`) and `index.json`
+(`reid_core.artifacts.IndexInfo`: kind, dimension, count, the config used, the feature source,
+when it was built).
 
 faiss is imported where it is used, so importing this module (the CLI does, for its errors)
 stays light and loads no second OpenMP runtime into processes that never build an index.
@@ -26,7 +27,6 @@ stays light and loads no second OpenMP runtime into processes that never build a
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from collections.abc import Mapping
@@ -37,16 +37,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
+from reid_core.artifacts import FeatureSet, FeaturesFileError, IndexInfo
+from reid_core.artifacts.features_file import SPLITS
 from reid_core.atomic import atomic_output
 from reid_core.config import IndexConfig
+from reid_core.json_files import JsonFileError
 
 if TYPE_CHECKING:
     import faiss
 
-FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.npz"
-INFO_FILE = "index.json"
+INFO_FILE = IndexInfo.FILE
+BUILD_FACTS = ("source", "model", "created", "settings")  # what `info` holds, for index.json
 REQUIRED_METADATA = ("paths", "pids", "camids")
 # k-means (IVF lists, PQ codebooks) wants at least this many training points per centroid:
 # faiss warns below it. We refuse below it rather than train a poor index.
@@ -206,24 +209,23 @@ class GalleryIndex:
         folder = Path(folder)
         # a refined index on a GPU: faiss copies its base back and the (CPU) refine part with it
         cpu_index = faiss.index_gpu_to_cpu(self.index) if self.device == "cuda" else self.index
-        info = {
-            "format_version": FORMAT_VERSION,
-            "kind": self.kind,
-            "dim": self.dim,
-            "count": self.count,
-            "metric": "inner_product",
-            "normalized": True,
-            "metadata": sorted(self.metadata),
-            "config": self.config.model_dump(mode="json"),
-            "faiss_version": faiss.__version__,
+        info = IndexInfo(
+            kind=self.kind,
+            dim=self.dim,
+            count=self.count,
+            metric="inner_product",
+            normalized=True,
+            metadata=sorted(self.metadata),
+            config=self.config.model_dump(mode="json"),
+            faiss_version=faiss.__version__,
             **self.info,
-        }
+        )
         with atomic_output(folder, directory=True) as tmp:
             faiss.write_index(cpu_index, str(tmp / INDEX_FILE))
             meta = _check_metadata(self.metadata, self.count)
             with open(tmp / METADATA_FILE, "wb") as f:
                 np.savez(f, allow_pickle=False, **meta)
-            (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            info.save(tmp)
 
     @classmethod
     def load(cls, folder: Path, device: str = "auto") -> GalleryIndex:
@@ -238,8 +240,11 @@ class GalleryIndex:
         absent = [n for n in (INFO_FILE, INDEX_FILE, METADATA_FILE) if not (folder / n).is_file()]
         if absent:
             raise IndexFileError(f"{folder}: incomplete index folder, missing {', '.join(absent)}")
-        info = _read_info(folder / INFO_FILE)
-        saved = dict(info["config"])
+        try:
+            info = IndexInfo.load(folder)
+        except JsonFileError as err:
+            raise IndexFileError(str(err)) from None
+        saved = dict(info.config)
         if saved.get("kind") == "ivfpq":
             saved.setdefault("refine", "none")  # written before IVF-PQ had a refine step
         try:
@@ -258,11 +263,10 @@ class GalleryIndex:
             raise IndexFileError(
                 f"{folder / INDEX_FILE}: holds {_structure(index)}, but {INFO_FILE} says {said}"
             )
-        stated = (info.get("dim"), info.get("count"))
-        if (index.d, index.ntotal) != stated or any(isinstance(v, bool) for v in stated):
+        if (index.d, index.ntotal) != (info.dim, info.count):
             raise IndexFileError(
                 f"{folder / INDEX_FILE}: {index.ntotal} × {index.d}, but {INFO_FILE} says "
-                f"{info.get('count')} × {info.get('dim')}"
+                f"{info.count} × {info.dim}"
             )
         metadata = _read_metadata(folder / METADATA_FILE, index.ntotal)
         resolved = _resolve_device(config.kind, config.device)
@@ -274,46 +278,23 @@ class GalleryIndex:
         _set_search_params(index, config)
         if refine is not None:
             index = _refined(index, config, refine)
-        extra = {k: info.get(k) for k in ("source", "model", "created", "settings")}
+        extra = {k: getattr(info, k) for k in BUILD_FACTS}
         return cls(index, metadata, config, extra, resolved, resources)
 
 
 def load_gallery_features(
     npz: Path, split: str = "gallery"
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(features, metadata) of one split of the evaluate stage's features file.
-
-    The file holds `<split>_feats`, `_pids`, `_camids`, `_paths` for the query and gallery
-    splits (and a `normalized` flag, which does not matter here: the index normalises).
-    """
-    if split not in ("gallery", "query"):
+    """(float32 features, metadata) of one split of the evaluate stage's features file
+    (`reid_core.artifacts.FeatureSet`); its `normalized` flag does not matter here: the index
+    normalises."""
+    if split not in SPLITS:
         raise GalleryIndexError(f"split must be gallery or query, not {split!r}")
-    npz = Path(npz)
-    if not npz.is_file():
-        raise IndexFileError(f"{npz}: no such features file (the evaluate stage writes one)")
-    names = {"feats": f"{split}_feats"} | {k: f"{split}_{k}" for k in REQUIRED_METADATA}
     try:
-        with np.load(npz, allow_pickle=False) as data:
-            absent = [key for key in names.values() if key not in data.files]
-            if absent:
-                raise IndexFileError(
-                    f"{npz}: not an evaluate features file: missing {', '.join(absent)} "
-                    f"(it has {', '.join(data.files) or 'nothing'})"
-                )
-            arrays = {name: data[key] for name, key in names.items()}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        if isinstance(err, IndexFileError):
-            raise
-        raise IndexFileError(f"{npz}: unreadable features file ({err})") from None
-    features = arrays.pop("feats")
-    if not np.issubdtype(features.dtype, np.floating):
-        raise IndexFileError(f"{npz}: {split}_feats has dtype {features.dtype}, not float")
-    try:
-        features = _as_matrix(features, f"{split}_feats")
-        arrays = _check_metadata(arrays, len(features))
-    except GalleryIndexError as err:
-        raise IndexFileError(f"{npz}: {err}") from None
-    return features.astype(np.float32, copy=False), arrays
+        features = FeatureSet.load_split(npz, split)
+    except FeaturesFileError as err:
+        raise IndexFileError(str(err)) from None
+    return features.feats.astype(np.float32, copy=False), features.metadata()
 
 
 def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
@@ -498,24 +479,6 @@ def _expected_structure(config: IndexConfig) -> str:
         return plain
     refine = {"sq8": "IndexScalarQuantizer", "flat": "IndexFlatIP"}[config.refine]
     return f"{plain} refined by {refine}"
-
-
-def _read_info(path: Path) -> dict[str, Any]:
-    try:
-        info = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as err:
-        raise IndexFileError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(info, dict):
-        raise IndexFileError(f"{path}: not an index description (a JSON object expected)")
-    version = info.get("format_version")
-    if isinstance(version, bool) or version != FORMAT_VERSION:
-        raise IndexFileError(
-            f"{path}: index format version {version!r}, this reidflow reads version "
-            f"{FORMAT_VERSION}: rebuild the index with `reid index build`"
-        )
-    if not isinstance(info.get("config"), dict):
-        raise IndexFileError(f"{path}: has no index config")
-    return info
 
 
 def _read_metadata(path: Path, count: int) -> dict[str, np.ndarray]:

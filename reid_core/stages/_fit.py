@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from reid_core.artifacts import ModelLineage
 from reid_core.config import ReidConfig
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import Split, load_split
@@ -34,7 +35,8 @@ def load_train_split(
 def evaluation_hook(
     config: ReidConfig, dataset: Path, manifest: Path, every: int, device: str
 ) -> list[Hook]:
-    """Rank-1/mAP on the manifest's query/gallery every `every` epochs ([] when 0)."""
+    """Rank metrics on the manifest's query/gallery every `every` epochs ([] when 0), named
+    as evaluate names them, after `val_` (`val_rank1`, `val_mAP`, ...)."""
     if every == 0:
         return []
     df, _ = read_manifest(manifest)
@@ -42,8 +44,7 @@ def evaluation_hook(
     query, gallery = (load_split(dataset, df, s, h, w) for s in ("query", "gallery"))
 
     def evaluate(model: ReidModel) -> dict[str, float]:
-        result = evaluate_splits(model, query, gallery, config.evaluate, device)
-        return {"val_rank1": result.cmc[0], "val_mAP": result.mAP}
+        return evaluate_splits(model, query, gallery, config.evaluate, device).as_metrics("val_")
 
     return [PeriodicEvaluation(every, evaluate, [MlflowSink()])]
 
@@ -80,26 +81,28 @@ def finish(
     model: ReidModel,
     data_meta: dict[str, str],
     checkpoint: Path,
-    extra: dict[str, Any],
+    role: str,
+    **facts: Any,
 ) -> None:
-    """Save the checkpoint with its lineage and log it to the active MLflow run.
+    """Save the checkpoint with its lineage (`ModelLineage`: the stage, its `role`, the
+    training data, the config and the stage's own `facts`) and log it to the active MLflow run.
 
     The checkpoint holds only what the inputs determine (no run id, commit or time), so a
     re-run writes the same bytes; the run is tagged with the weights' digest instead.
     """
     import mlflow
 
-    meta = {
-        "stage": stage,
-        "height": config.data.height,
-        "width": config.data.width,
-        "domain": data_meta.get("domain", ""),
-        "data_fingerprint": data_meta.get("fingerprint", ""),
-        "dvc_md5": data_meta.get("dvc_md5", ""),
-        "data_lineage": data_meta.get("data_lineage", "{}"),
-        "config_hash": config.digest(),
-        **extra,
-    }
+    lineage = ModelLineage(
+        stage=stage,
+        role=role,
+        domain=data_meta.get("domain", ""),
+        data_fingerprint=data_meta.get("fingerprint", ""),
+        dvc_md5=data_meta.get("dvc_md5", ""),
+        data_lineage=data_meta.get("data_lineage", "{}"),
+        config_hash=config.digest(),
+        **facts,
+    )
+    meta = {"height": config.data.height, "width": config.data.width, **lineage.as_meta()}
     save_checkpoint(checkpoint, model, meta)
     mlflow.set_tag(WEIGHTS_TAG, weights_digest(checkpoint))  # how later stages find this run
     mlflow.log_artifacts(str(checkpoint), "checkpoint")

@@ -100,9 +100,10 @@ def run(
             model,
             data_meta,
             outputs["checkpoint"],
-            {"role": "adapted", "source_weights_sha256": source_weights,
-             "rounds_completed": int(metrics["rounds_completed"])},
-        )  # fmt: skip
+            role="adapted",
+            source_weights_sha256=source_weights,
+            rounds_completed=int(metrics["rounds_completed"]),
+        )
         write_json(outputs["metrics"], metrics)
     shutil.rmtree(resume_dir, ignore_errors=True)  # complete, and its run is closed
     return metrics
@@ -120,13 +121,14 @@ def _target_splits(config: ReidConfig, dataset: Path, df) -> dict[str, Split]:
 
 
 def _target_evaluation(config: ReidConfig, splits: dict[str, Split], device):
-    """Target rank-1/mAP/mINP of a model ({} when the target has no labelled query/gallery)."""
+    """Target rank metrics of a model, named as evaluate names them after `target_`
+    (`target_rank1`, `target_mAP`, ...); {} when the target has no labelled query/gallery."""
 
     def evaluate(model: ReidModel) -> dict[str, float]:
         if "query" not in splits or "gallery" not in splits:
             return {}
         result = evaluate_splits(model, splits["query"], splits["gallery"], config.evaluate,
                                  str(device))  # fmt: skip
-        return {"target_rank1": result.cmc[0], "target_mAP": result.mAP, "target_mINP": result.mINP}
+        return result.as_metrics("target_")
 
     return evaluate

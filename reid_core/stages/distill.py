@@ -64,9 +64,10 @@ def run(
             student,
             data_meta,
             outputs["checkpoint"],
-            {"role": "student", "teachers": [s["source"] for s in sources],
-             "teacher_weights_sha256": [s["weights"] for s in sources]},
-        )  # fmt: skip
+            role="student",
+            teachers=[s["source"] for s in sources],
+            teacher_weights_sha256=[s["weights"] for s in sources],
+        )
         write_json(outputs["metrics"], metrics)
     shutil.rmtree(resume_dir, ignore_errors=True)  # complete, and its run is closed
     return metrics

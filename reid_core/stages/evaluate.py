@@ -2,10 +2,11 @@
 
 Each test set is a dataset folder with its manifest; its name is the manifest's domain (or, if
 that is empty, the dataset folder's name) and must be unique. The first test set is the primary
-one: its metrics are the flat keys of the metrics JSON (what promote judges) and are logged
-to MLflow unprefixed; every set's metrics also go in the JSON's `test_sets` table and to MLflow
-as `<set>/<metric>`. The report folder holds the table (Markdown, HTML) and each set's PNGs
-(see `reid_core.evaluation.reports`); features go to `<features>/<set>.npz`.
+one: its metrics are the flat keys of the metrics JSON (`EvaluationRecord`; what promote
+judges) and are logged to MLflow unprefixed; every set's metrics also go in the JSON's
+`test_sets` table and to MLflow as `<set>/<metric>`. The report folder holds the table
+(Markdown, HTML) and each set's PNGs (see `reid_core.evaluation.reports`); features go to
+`<features>/<set>.npz`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from reid_core.atomic import atomic_output, remove_outputs, write_json
+from reid_core.artifacts import (
+    EvaluatedSet,
+    EvaluationRecord,
+    FeatureSet,
+    ModelLineage,
+    SplitFeatures,
+)
+from reid_core.atomic import atomic_output, remove_outputs
 from reid_core.config import EvaluateConfig, ReidConfig
 from reid_core.data.manifest import read_manifest
 from reid_core.data.splits import load_split
-from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.engine.checkpoint import META, load_checkpoint
 from reid_core.engine.device import resolve_device
-from reid_core.evaluation import evaluate_rank, extract_features, tar_at_far
-from reid_core.evaluation.protocol import evaluation_distances
+from reid_core.evaluation import extract_features
+from reid_core.evaluation.protocol import evaluate_distances, evaluation_distances
 from reid_core.evaluation.reports import SetReport, curves, rank_list_image, write_report
 from reid_core.evaluation.verification import VerificationResult
 from reid_core.stages import PortError
@@ -87,14 +94,15 @@ def run(
     sets = load_test_sets(inputs["dataset"], inputs["manifest"])
     primary = sets[0]
     model, model_meta = load_checkpoint(inputs["model"])
+    lineage = ModelLineage.from_meta(model_meta, Path(inputs["model"]) / META)
     device = resolve_device(config.runtime.device)
     model.to(device)
-    role = model_meta.get("role", model_meta["stage"])
+    role = lineage.role
     names = [s.name for s in sets]
     with stage_run("evaluate", config):
         mlflow.set_tags(
             {
-                "reid.model_stage": model_meta["stage"],
+                "reid.model_stage": lineage.stage,
                 "reid.domain": primary.meta.get("domain", ""),
                 "reid.test_sets": ",".join(names),
                 "reid.model_run_id": training_run_id(inputs["model"]),
@@ -125,35 +133,33 @@ def run(
                 reports.append(SetReport(test_set.name, metrics, images))
                 if primary_roc is None:
                     primary_roc = verification
-            title = f"{role} ({model_meta['stage']})"
+            title = f"{role} ({lineage.stage})"
             write_report(report_dir, title, reports, cfg.fars, primary_roc)
             logged = {**rows[primary.name]}
             logged.update({f"{n}/{k}": v for n, m in rows.items() for k, v in m.items()})
             mlflow.log_metrics(logged)
             mlflow.log_artifacts(str(report_dir), "reports")
-            write_json(
-                metrics_file,
-                {
-                    **rows[primary.name],
-                    "model_stage": model_meta["stage"],
-                    "domain": primary.meta.get("domain", ""),
-                    "test_set": primary.name,
-                    "metric": cfg.metric,
-                    "flip": cfg.flip,
-                    "query_expansion": cfg.query_expansion,
-                    "rerank": cfg.rerank,
-                    "eval_set_hash": primary.meta.get("eval_set_hash", ""),
-                    "test_sets": {
-                        s.name: {
-                            **rows[s.name],
-                            "domain": s.meta.get("domain", ""),
-                            "eval_set_hash": s.meta.get("eval_set_hash", ""),
-                            "dvc_md5": s.meta.get("dvc_md5", ""),
-                        }
-                        for s in sets
-                    },
+            record = EvaluationRecord(
+                metrics=rows[primary.name],
+                model_stage=lineage.stage,
+                domain=primary.meta.get("domain", ""),
+                test_set=primary.name,
+                eval_set_hash=primary.meta.get("eval_set_hash", ""),
+                metric=cfg.metric,
+                flip=cfg.flip,
+                query_expansion=cfg.query_expansion,
+                rerank=cfg.rerank,
+                test_sets={
+                    s.name: EvaluatedSet(
+                        metrics=rows[s.name],
+                        domain=s.meta.get("domain", ""),
+                        eval_set_hash=s.meta.get("eval_set_hash", ""),
+                        dvc_md5=s.meta.get("dvc_md5", ""),
+                    )
+                    for s in sets
                 },
             )
+            metrics_file.write_text(record.to_json())
     return logged
 
 
@@ -174,9 +180,9 @@ def _evaluate_set(
     q_feats = extract_features(model, query.images, cfg.batch_size, cfg.flip)
     g_feats = extract_features(model, gallery.images, cfg.batch_size, cfg.flip)
     dist = evaluation_distances(q_feats, g_feats, cfg, device)
+    result = evaluate_distances(dist, query, gallery, cfg, verify=True)
+    verification = result.verification  # asked for: not None
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
-    result = evaluate_rank(dist, *labels, cfg.max_rank)
-    verification = tar_at_far(dist, *labels, cfg.fars)
     report_dir.mkdir()
     images = [
         rank_list_image(
@@ -186,19 +192,11 @@ def _evaluate_set(
             (query.paths, query.pids, query.camids),
             (gallery.paths, gallery.pids, gallery.camids),
         ),
-        *curves(report_dir, result, verification, dist, *labels, title),
+        *curves(report_dir, result.rank, verification, dist, *labels, title),
     ]
-    with open(features, "wb") as f:
-        np.savez(
-            f,
-            query_feats=q_feats,
-            query_pids=query.pids,
-            query_camids=query.camids,
-            query_paths=query.paths.astype(str),
-            gallery_feats=g_feats,
-            gallery_pids=gallery.pids,
-            gallery_camids=gallery.camids,
-            gallery_paths=gallery.paths.astype(str),
-            normalized=np.array(False),
-        )
-    return {**result.as_metrics(), **verification.as_metrics()}, verification, images
+    FeatureSet(
+        query=SplitFeatures(q_feats, query.pids, query.camids, query.paths),
+        gallery=SplitFeatures(g_feats, gallery.pids, gallery.camids, gallery.paths),
+        normalized=False,
+    ).save(features)
+    return result.as_metrics(), verification, images

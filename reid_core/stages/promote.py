@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from reid_core.artifacts import ExportRecord
-from reid_core.atomic import atomic_output, write_json
+from reid_core.artifacts import EvaluationRecord, ExportRecord, ModelLineage, PromotionRecord
+from reid_core.atomic import atomic_output
 from reid_core.config import ReidConfig
-from reid_core.engine.checkpoint import load_checkpoint
+from reid_core.engine.checkpoint import META, load_checkpoint
 from reid_core.export.onnx import OnnxFileError, latency_ms, onnx_interface
-from reid_core.json_files import Number, read_json_object
 from reid_core.serving.repositories import open_repository
 from reid_core.serving.triton import MODEL_FILES, publication
 from reid_core.tracking import registry
@@ -41,13 +39,10 @@ def run(
     cfg = config.promote
     parity = ExportRecord.load(inputs["onnx"])
     served = _served_file(inputs["onnx"], config.triton.backend)
-    evaluation = read_json_object(
-        inputs["evaluation"],
-        {"eval_set_hash": str, "mAP": Number, "rank1": Number, "mINP": Number},
-        "reid evaluate",
-    )
+    evaluation = EvaluationRecord.load_file(inputs["evaluation"])
     # every input is read whole before the lock is taken or anything is registered
     model, meta = load_checkpoint(inputs["model"])
+    lineage = ModelLineage.from_meta(meta, Path(inputs["model"]) / META)
     onnx_file = inputs["onnx"] / ExportRecord.MODEL_FILE
     graph = onnx_interface(onnx_file)
     if graph != (parity.height, parity.width, parity.embedding_dim):
@@ -61,15 +56,15 @@ def run(
         latency = latency_ms(onnx_file, torch.zeros(1, 3, parity.height, parity.width))
         tags = {
             "reid.git_commit": trained_tags.get("reid.git_commit", ""),
-            "reid.config_hash": meta.get("config_hash", ""),
-            "reid.data_fingerprint": meta.get("data_fingerprint", ""),
-            "reid.dvc_md5": meta.get("dvc_md5", ""),
+            "reid.config_hash": lineage.config_hash,
+            "reid.data_fingerprint": lineage.data_fingerprint,
+            "reid.dvc_md5": lineage.dvc_md5,
             "reid.train_run_id": trained_by.info.run_id if trained_by is not None else "",
-            "reid.model_stage": meta.get("stage", ""),
-            "reid.eval_set_hash": evaluation["eval_set_hash"],
-            "reid.mAP": evaluation["mAP"],
-            "reid.rank1": evaluation["rank1"],
-            "reid.mINP": evaluation["mINP"],
+            "reid.model_stage": lineage.stage,
+            "reid.eval_set_hash": evaluation.eval_set_hash,
+            "reid.mAP": evaluation.metrics["mAP"],
+            "reid.rank1": evaluation.metrics["rank1"],
+            "reid.mINP": evaluation.metrics["mINP"],
             "reid.parity_max_abs_diff": parity.max_abs_diff,
             "reid.parity_passed": "true" if parity.parity_passed else "false",
             "reid.parity_min_cosine": parity.min_cosine,
@@ -78,11 +73,11 @@ def run(
             "reid.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
             "reid.pipeline_run_id": run.data.tags.get(PIPELINE_TAG, ""),
             # where the training data was fetched from (reference, revision, DVC md5, ETags)
-            **json.loads(meta.get("data_lineage") or "{}"),
+            **lineage.data_lineage_tags(),
             # the DVC hash of every dataset behind the figures: training data above, test sets
             **{
-                f"reid.eval_dvc_md5.{name}": test_set.get("dvc_md5", "")
-                for name, test_set in evaluation.get("test_sets", {}).items()
+                f"reid.eval_dvc_md5.{name}": test_set.dvc_md5
+                for name, test_set in evaluation.test_sets.items()
             },
         }
         client = mlflow.MlflowClient()
@@ -124,22 +119,22 @@ def run(
                 registry.record_failed_promotion(cfg.model_name, version, err)
                 raise
         report = decision.markdown(cfg.model_name, challenger, current)
-        result = {
-            "model_name": cfg.model_name,
-            "version": version,
-            "promoted": decision.promote,
-            "reasons": decision.reasons,
-            "previous_champion": serving.version if serving else None,
-            "evaluation_set": challenger.eval_set_hash,
-            "triton_version": triton_version,
-            "triton_version_path": published,
-            "triton_repository": str(config.triton.repository),
-            "mAP": evaluation["mAP"],
-            "rank1": evaluation["rank1"],
-        }
-        mlflow.log_dict(result, "promotion.json")
+        record = PromotionRecord(
+            model_name=cfg.model_name,
+            version=version,
+            promoted=decision.promote,
+            reasons=decision.reasons,
+            previous_champion=serving.version if serving else None,
+            evaluation_set=challenger.eval_set_hash,
+            triton_version=triton_version,
+            triton_version_path=published,
+            triton_repository=str(config.triton.repository),
+            mAP=evaluation.metrics["mAP"],
+            rank1=evaluation.metrics["rank1"],
+        )
+        mlflow.log_text(record.to_json(), "promotion.json")
         mlflow.log_text(report, "promotion.md")
-        write_json(outputs["decision"], result)
+        record.save_file(outputs["decision"])
         with atomic_output(outputs["markdown"]) as tmp:
             tmp.write_text(report)
     return {"version": float(version), "promoted": float(decision.promote)}

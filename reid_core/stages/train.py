@@ -77,7 +77,7 @@ def run(
             "train_ids": float(count_ids(data.labels)),
         }
         mlflow.log_metrics({**metrics, "train_seconds": time.perf_counter() - start})
-        finish("train", config, model, data_meta, outputs["checkpoint"], {"role": "teacher"})
+        finish("train", config, model, data_meta, outputs["checkpoint"], role="teacher")
         write_json(outputs["metrics"], metrics)
     shutil.rmtree(resume_dir, ignore_errors=True)  # complete, and its run is closed
     return metrics

@@ -4,41 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reid_core.artifacts import EvaluationRecord, PromotionRecord
 from reid_core.config import ReidConfig
-from reid_core.json_files import (
-    JsonFileError,
-    Number,
-    fits,
-    read_json_object,
-    require_keys,
-)
+from reid_core.json_files import read_json_object
 from reid_core.tracking.runs import ui_command
 
-EVALUATION_KEYS = {"rank1": Number, "mAP": Number, "mINP": Number}
-DECISION_KEYS = {
-    "promoted": bool,
-    "model_name": str,
-    "version": int,
-    "reasons": list,
-    "triton_repository": str,
-    "triton_version_path": (str, type(None)),
-}
 
-
-def _eval_rows(path: Path) -> list[tuple[str, dict]]:
+def _eval_rows(path: Path) -> list[tuple[str, dict[str, float]]]:
     """One ("<model> @ <test set>", metrics) row per test set of an evaluate metrics JSON, the
-    primary set first; a JSON without a `test_sets` table is one row named after the file."""
-    m = read_json_object(path, EVALUATION_KEYS, "reid evaluate")
-    sets = m.get("test_sets")
-    if not isinstance(sets, dict) or not sets:
-        return [(path.stem, m)]
-    primary = m.get("test_set")
-    names = sorted(sets, key=lambda name: (name != primary, name))
-    for name in names:
-        if not isinstance(sets[name], dict):
-            raise JsonFileError(f"{path}: test set {name!r} is not an object")
-        require_keys(sets[name], EVALUATION_KEYS, f"{path}: test set {name!r}")
-    return [(f"{path.stem} @ {name}", sets[name]) for name in names]
+    primary set first."""
+    record = EvaluationRecord.load_file(path)
+    return [(f"{path.stem} @ {name}", row.metrics) for name, row in record.sets()]
 
 
 def pipeline_summary(reports: Path, config: ReidConfig) -> str:
@@ -67,9 +43,7 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
         lines.append("")
         lines.append(f"{'evaluation':<{width}}{'rank-1':>8}{'rank-5':>8}{'mAP':>8}{'mINP':>8}")
         for label, m in rows:
-            rank5 = m.get("rank5")  # optional: an older file may lack it
-            if not fits(rank5, Number):
-                rank5 = float("nan")
+            rank5 = m.get("rank5", float("nan"))  # none when the gallery is shorter than 5
             lines.append(
                 f"{label:<{width}}{m['rank1']:>8.1%}{rank5:>8.1%}{m['mAP']:>8.1%}{m['mINP']:>8.1%}"
             )
@@ -78,16 +52,16 @@ def pipeline_summary(reports: Path, config: ReidConfig) -> str:
         shown = ", ".join(str(page) for page in pages)
         lines.append(f"evaluation reports (table, rank lists, CMC, ROC, distances): {shown}")
     if decision_file.is_file():
-        decision = read_json_object(decision_file, DECISION_KEYS, "reid promote")
+        decision = PromotionRecord.load_file(decision_file)
         lines.append("")
-        verdict = "champion" if decision["promoted"] else "not promoted"
+        verdict = "champion" if decision.promoted else "not promoted"
         lines.append(
-            f"registered model: {decision['model_name']} version {decision['version']} ({verdict}: "
-            f"{'; '.join(decision['reasons'])})"
+            f"registered model: {decision.model_name} version {decision.version} ({verdict}: "
+            f"{'; '.join(decision.reasons)})"
         )
-        where = decision["triton_version_path"] or "unchanged"
+        where = decision.triton_version_path or "unchanged"
         lines.append(
-            f"Triton model repository: {decision['triton_repository']} (new version: {where}); "
+            f"Triton model repository: {decision.triton_repository} (new version: {where}); "
             "serve it with `make triton && .venv/bin/reid serve run`"
         )
     lines.append(f"MLflow UI: {ui_command(config)}")
