@@ -2,6 +2,7 @@ import contextlib
 import io
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -9,6 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
+import reid_core
 from reid_core.artifacts import ExportRecord
 from reid_core.config import ModelConfig, load_config
 from reid_core.data.manifest import build_manifest, write_manifest
@@ -39,6 +41,14 @@ def test_onnx_has_the_documented_interface(exported):
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param  # dynamic batch
     assert [d.dim_value for d in dims[1:]] == [3, 64, 32]
+
+
+def test_onnx_file_names_no_source_path_so_a_checkout_anywhere_writes_the_same_bytes(exported):
+    _, path = exported
+    source = Path(reid_core.__file__).resolve().parent
+    assert str(source).encode() not in path.read_bytes()
+    for node in onnx.load(str(path)).graph.node:
+        assert "pkg.torch.onnx.stack_trace" not in {p.key for p in node.metadata_props}
 
 
 def test_onnx_runtime_matches_pytorch_at_several_batch_sizes(exported):

@@ -25,6 +25,7 @@ from reid_core.modeling.model import ReidModel
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"
+_SOURCE_TRACE = "pkg.torch.onnx.stack_trace"  # node metadata naming source files
 
 
 class HalfPrecision(nn.Module):
@@ -63,18 +64,21 @@ def export_onnx(serving: ServingModel, dest: Path, height: int, width: int, opse
     """Write a single-file ONNX model with a dynamic batch dimension."""
     example = torch.zeros(2, 3, height, width)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
+    program = torch.onnx.export(
         serving.eval(),
         (example,),
-        str(dest),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
         opset_version=opset,
         dynamic_shapes={"images": {0: batch}},
-        external_data=False,
         dynamo=True,
         verbose=False,
     )
+    for node in program.model.graph.all_nodes():
+        # the exporter records the Python stack of each op, with this checkout's absolute
+        # paths: the same weights would give a different file in every folder
+        node.metadata_props.pop(_SOURCE_TRACE, None)
+    program.save(str(dest), external_data=False)
 
 
 def parity_batches(images: torch.Tensor, batch_sizes: Sequence[int]) -> list[torch.Tensor]:
