@@ -8,13 +8,14 @@ makes `dvc repro` run the stage again; and every code dep must hold one of them.
 
 from __future__ import annotations
 
-import ast
 import re
 from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.imports import imported_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "reid_core"
@@ -33,18 +34,7 @@ def _imports(module: str) -> frozenset[str]:
     """The project modules `module`'s source imports, wherever in it the import sits."""
     file = _file_of(module)
     package = module if file.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parts, *([node.module] if node.module else [])])
-            else:
-                base = node.module
-            found.add(base)  # `from a import b`: b is a module or a name in a
-            found.update(f"{base}.{alias.name}" for alias in node.names)
+    found = imported_names(file, package)
     return frozenset(m for m in found if m.split(".")[0] == PACKAGE and _file_of(m))
 
 

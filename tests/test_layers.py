@@ -7,10 +7,11 @@ pipeline's tools.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from tests.support.imports import imported_names
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("modeling", "engine", "evaluation", "data", "distill", "uda", "export")
@@ -19,21 +20,6 @@ LIBRARY_MODULES = ("reid_core.options", "reid_core.registry")
 PIPELINE = ("config", "stages", "artifacts", "tracking", "serving", "sources", "validation",
             "cli", "cluster", "experiments")  # fmt: skip
 TOOLS = ("mlflow", "dvc", "kfp", "great_expectations", "tritonclient", "boto3", "botocore")
-
-
-def imported_modules(file: Path, package: str) -> set[str]:
-    """Absolute names of everything `file` imports (relative imports resolved in `package`)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                found.add(".".join([*parts, *([node.module] if node.module else [])]))
-            else:
-                found.add(node.module)
-    return found
 
 
 def forbidden(name: str) -> bool:
@@ -53,14 +39,14 @@ def test_the_library_imports_nothing_of_the_pipeline(file):
     module = ".".join(file.relative_to(ROOT).with_suffix("").parts)
     package = module.removesuffix(".__init__") if file.name == "__init__.py" else module
     package = package if file.name == "__init__.py" else package.rpartition(".")[0]
-    bad = sorted(n for n in imported_modules(file, package) if forbidden(n))
+    bad = sorted(n for n in imported_names(file, package) if forbidden(n))
     assert not bad, f"{file.relative_to(ROOT)} imports {bad}: the library must not"
 
 
 def test_the_check_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from ..config import ReidConfig\n    import mlflow\n")
-    names = imported_modules(source, "reid_core.engine")
+    names = imported_names(source, "reid_core.engine")
     assert {"reid_core.config", "mlflow"} <= names
     assert all(forbidden(n) for n in ("reid_core.config", "mlflow", "reid_core.tracking.runs"))
     assert not forbidden("reid_core.options") and not forbidden("torch")

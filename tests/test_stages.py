@@ -507,24 +507,9 @@ def test_a_missing_input_is_named(workspace):
 
 def test_two_test_sets_give_one_table_whose_rows_equal_each_set_alone(workspace):
     ws, env = workspace
-    reid(
-        "evaluate",
-        *SOURCE_SET,
-        *evaluate_outputs("alone_source"),
-        "--model",
-        "student",
-        cwd=ws,
-        env=env,
-    )
-    reid(
-        "evaluate",
-        *TARGET_SET,
-        *evaluate_outputs("alone_target"),
-        "--model",
-        "student",
-        cwd=ws,
-        env=env,
-    )
+    for name, test_set in (("source", SOURCE_SET), ("target", TARGET_SET)):
+        reid("evaluate", *test_set, *evaluate_outputs(f"alone_{name}"), "--model", "student",
+             cwd=ws, env=env)  # fmt: skip
     both = json.loads((ws / "eval.json").read_text())
     for name in ("source", "target"):
         alone = json.loads((ws / f"alone_{name}.json").read_text())
