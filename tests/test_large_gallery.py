@@ -69,6 +69,7 @@ def test_top_k_metrics_are_labelled_truncated():
     assert result.mAP_at_k == pytest.approx(0.5)
     assert result.complete == 0.0
     assert set(result.as_metrics()) == {"mAP_at_3", "complete_at_3", "num_valid_queries", "rank1"}
+    assert result.as_metrics("val_") == {f"val_{k}": v for k, v in result.as_metrics().items()}
 
 
 @pytest.mark.parametrize(

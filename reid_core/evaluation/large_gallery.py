@@ -58,14 +58,15 @@ class TopKResult:
     complete: float
     num_valid: int
 
-    def as_metrics(self) -> dict[str, float]:
-        """Flat names that say the metrics are truncated at k."""
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        """Flat names that say the metrics are truncated at k, each after `prefix` (as
+        `RankResult.as_metrics`)."""
         out = {
             f"mAP_at_{self.k}": self.mAP_at_k,
             f"complete_at_{self.k}": self.complete,
             "num_valid_queries": float(self.num_valid),
         }
-        return out | cmc_metrics(self.cmc)
+        return {f"{prefix}{name}": value for name, value in (out | cmc_metrics(self.cmc)).items()}
 
 
 def evaluate_topk(
