@@ -222,7 +222,7 @@ fit(model, data, solver, AugmentConfig(), ReidLoss(LossConfig()), [NaNGuard()],
 save_checkpoint(work / "checkpoint", model, {"height": H, "width": W})
 model, _ = load_checkpoint(work / "checkpoint")
 
-result = evaluate_splits(model, query, gallery, EvaluateConfig())
+metrics = evaluate_splits(model, query, gallery, EvaluateConfig()).as_metrics()
 q = extract_features(model, query.images)
 g = extract_features(model, gallery.images)
 reranked = re_rank(q, g, k1=4, k2=2)
@@ -238,7 +238,7 @@ print(json.dumps({
     "extras_loaded": sorted(loaded),
     "counts": counts,
     "train_images": len(data.labels),
-    "rank1": float(result.cmc[0]), "mAP": float(result.mAP),
+    "rank1": metrics["rank1"], "mAP": metrics["mAP"],
     "rerank_mAP": float(rr.mAP), "tar_fars": len(tar.tar),
     "onnx_interface": list(onnx_interface(onnx_path)), "onnx_bytes": onnx_path.stat().st_size,
 }))
