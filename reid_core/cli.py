@@ -220,6 +220,23 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_args(rollback)
     rollback.set_defaults(handler=_rollback)
 
+    ui = sub.add_parser(
+        "ui",
+        help="the search page: find a person across a gallery from a photo",
+        description="Serve the search page on ui.host:ui.port (127.0.0.1:8765 by default): "
+        "search the galleries of `ui.galleries` with any registered version, compare the "
+        "versions, browse the evaluation reports. Searches run the model's ONNX file with ONNX "
+        "Runtime here, or through Triton with --triton. Promote and rollback appear only when "
+        "REID_UI_TOKEN is set.",
+    )
+    ui.add_argument("--reports", type=Path, default=Path("reports"))
+    ui.add_argument(
+        "--triton", action="store_true", help="embed through Triton (see --url, --protocol)"
+    )
+    _add_triton_client_args(ui)
+    _add_config_args(ui)
+    ui.set_defaults(handler=_ui)
+
     summary = sub.add_parser("summary", help="print what the last pipeline run produced")
     summary.add_argument("--reports", type=Path, default=Path("reports"))
     _add_config_args(summary)
@@ -405,6 +422,16 @@ def _rollback(args: argparse.Namespace) -> None:
     )
 
 
+def _ui(args: argparse.Namespace) -> None:
+    from reid_core.ui.catalog import TritonTarget
+    from reid_core.ui.server import serve
+
+    config = _config(args)
+    port = config.triton.http_port if args.protocol == "http" else config.triton.grpc_port
+    triton = TritonTarget(args.url or f"127.0.0.1:{port}", args.protocol) if args.triton else None
+    serve(config, args.reports, model_name=args.model, triton=triton)
+
+
 def _summary(args: argparse.Namespace) -> None:
     from reid_core.tracking.summary import pipeline_summary
 
@@ -464,7 +491,7 @@ PIPELINE_PACKAGES = frozenset(
     }
 )
 SERVING_PACKAGES = frozenset({"tritonclient", "onnxruntime", "boto3", "botocore", "faiss"})
-SERVING_COMMANDS = frozenset({"serve", "index", "query"})
+SERVING_COMMANDS = frozenset({"serve", "index", "query", "ui"})
 
 
 def _missing_extra(err: Exception, command: str) -> str | None:

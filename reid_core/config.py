@@ -240,6 +240,52 @@ class IndexConfig(Options):
     top_k: int = Field(10, ge=1)
 
 
+class GalleryConfig(Options):
+    """A dataset the search page can search: its folder and the manifest `reid preprocess`
+    wrote for it (the gallery split is indexed, the query split offered as queries)."""
+
+    dataset: Path
+    manifest: Path
+
+
+def _demo_galleries() -> dict[str, GalleryConfig]:
+    """The pipeline's two datasets, where dvc.yaml puts them."""
+    return {
+        domain: GalleryConfig(
+            dataset=Path(f"data/datasets/{domain}"),
+            manifest=Path(f"work/manifests/{domain}.parquet"),
+        )
+        for domain in ("source", "target")
+    }
+
+
+class UiConfig(Options):
+    """The search page (`reid ui`): where it listens, what it searches, what it accepts.
+
+    Actions that change the registry (promote, rollback) appear only when the operator sets
+    the token in the environment variable REID_UI_TOKEN; it is never read from a file.
+    """
+
+    # loopback unless the operator opens it up (0.0.0.0: every interface)
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    # the page's own files: indexes of each gallery per model version, downloaded models
+    workdir: Path = Path("work/ui")
+    galleries: dict[str, GalleryConfig] = Field(default_factory=_demo_galleries, min_length=1)
+    top_k: int = Field(20, ge=1, le=200)
+    max_upload_mb: float = Field(10.0, gt=0, le=100)
+
+    @field_validator("galleries")
+    @classmethod
+    def _names_fit_urls(cls, galleries: dict[str, GalleryConfig]) -> dict[str, GalleryConfig]:
+        bad = [name for name in galleries if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)]
+        if bad:
+            raise ValueError(
+                f"gallery names may hold letters, digits, '_', '.', '-' only: {', '.join(bad)}"
+            )
+        return galleries
+
+
 class RuntimeConfig(Options):
     """Where computation runs: `auto` takes the GPU when one is present."""
 
@@ -495,6 +541,7 @@ class ReidConfig(Options):
     promote: PromoteConfig = PromoteConfig()
     triton: TritonConfig = TritonConfig()
     index: IndexConfig = IndexConfig()
+    ui: UiConfig = UiConfig()
     tracking: TrackingConfig = TrackingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -20,31 +21,46 @@ smaller; a bigger file is refused from its header, before decoding (a decompress
 
 
 @contextmanager
-def open_image(path: str | Path) -> Iterator[Image.Image]:
-    """The image at `path`, opened lazily (header only), refused with a DatasetError naming the
-    file when it is unreadable or over MAX_IMAGE_PIXELS; decoding errors inside the block are
-    turned into the same error."""
+def open_image(
+    source: str | Path | IO[bytes], formats: Sequence[str] | None = None, name: str = ""
+) -> Iterator[Image.Image]:
+    """The image at `source` (a path or a binary file), opened lazily (header only), refused
+    with a DatasetError naming it (`name`, or the path) when it is unreadable, not one of
+    Pillow's `formats` (None: any), or over MAX_IMAGE_PIXELS; decoding errors inside the block
+    are turned into the same error."""
+    what = name or f"image {source}"
     try:
-        with Image.open(path) as image:
+        with Image.open(source, formats=formats) as image:
             w, h = image.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise DatasetError(
-                    f"image {path} is {w}×{h} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed"
+                    f"{what} is {w}×{h} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed"
                 )
             yield image
+    except DatasetError:
+        raise
     except Image.DecompressionBombError as err:
-        raise DatasetError(f"image {path} refused: {err}") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise DatasetError(f"cannot decode image {path}: {err}") from None
+        raise DatasetError(f"{what} refused: {err}") from None
+    except UnidentifiedImageError as err:
+        if formats:
+            raise DatasetError(f"{what} is not an image of type {', '.join(formats)}") from None
+        raise DatasetError(f"cannot decode {what}: {err}") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DatasetError(f"cannot decode {what}: {err}") from None
+
+
+def resized_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """An opened image as an H×W×3 uint8 RGB array, resized bilinearly to (height, width)."""
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def decode_resized(path: Path, height: int, width: int) -> np.ndarray:
     """One image as an H×W×3 uint8 RGB array, resized bilinearly to (height, width)."""
     with open_image(path) as img:
-        img = img.convert("RGB")
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
+        return resized_rgb(img, height, width)
 
 
 def load_images(

@@ -29,7 +29,7 @@ CORRECT, WRONG, JUNK, QUERY = (40, 170, 60), (210, 40, 40), (150, 150, 150), (40
 MARKDOWN_FILE, HTML_FILE, ROC_FILE = "metrics.md", "report.html", "roc.json"
 KFP_ROC_POINTS = 200  # enough for a smooth curve in the KFP UI, small enough for artifact metadata
 _RANK_COLUMNS = (("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"))
-_CAPTIONS = {
+CAPTIONS = {
     "rank_list.png": "Rank lists: query (blue), then its top matches: same id from another "
     "camera (green), another id (red), same id and camera (grey, junk: ignored by the protocol).",
     "cmc.png": "CMC: share of queries with a correct match within the first k.",
@@ -255,7 +255,7 @@ def _html_page(title: str, note: str, table: list[list[str]], sets: Sequence[Set
         parts.append(f"<h2>{esc(ts.name)}</h2>")
         for image in ts.images:
             data = base64.b64encode(Path(image).read_bytes()).decode("ascii")
-            caption = _CAPTIONS.get(Path(image).name, Path(image).stem)
+            caption = CAPTIONS.get(Path(image).name, Path(image).stem)
             parts.append(
                 f'<figure><img src="data:image/png;base64,{data}" '
                 f'alt="{esc(ts.name)} {esc(Path(image).stem)}">'

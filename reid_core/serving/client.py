@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from reid_core.data.images import decode_resized
 from reid_core.export.onnx import INPUT_NAME, OUTPUT_NAME
+from reid_core.serving.embedders import ImageEmbedder
 
 if TYPE_CHECKING:
     from reid_core.config import TritonConfig
@@ -17,7 +15,7 @@ if TYPE_CHECKING:
 Protocol = Literal["http", "grpc"]
 
 
-class TritonEmbedder:
+class TritonEmbedder(ImageEmbedder):
     """Features of images from a model served by Triton, in chunks of its max batch size.
 
     The model's config tells the input size; callers pass images already resized to it
@@ -67,12 +65,7 @@ class TritonEmbedder:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """N×3×H×W RGB 0–255 (any real dtype) → N×D float32 features."""
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != (3, self.height, self.width):
-            raise ValueError(
-                f"images must be N×3×{self.height}×{self.width} for model {self.model}, "
-                f"got {images.shape}"
-            )
+        images = self._checked(images, self.model)
         parts = []
         for start in range(0, len(images), self.max_batch_size):
             chunk = images[start : start + self.max_batch_size]
@@ -87,16 +80,5 @@ class TritonEmbedder:
             self.served_version = (response or result.get_response())["model_version"]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
-    def embed_files(self, paths: Sequence[str | Path]) -> np.ndarray:
-        """Decode, resize to the model's input size and embed image files."""
-        images = np.stack([decode_resized(Path(p), self.height, self.width) for p in paths])
-        return self.embed(images.transpose(0, 3, 1, 2))
-
     def close(self) -> None:
         self.client.close()
-
-    def __enter__(self) -> TritonEmbedder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -3,7 +3,7 @@ rank the gallery for each image, show the result."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,38 +20,103 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from reid_core.serving.client import TritonEmbedder
+    from reid_core.serving.embedders import ImageEmbedder
     from reid_core.serving.gallery import GalleryIndex
 
 MATCH = (110, 110, 110)  # no ground truth for a new image: one neutral frame colour
 
 
+CORRECT, WRONG, JUNK = "correct", "wrong", "junk"
+
+
 @dataclass(frozen=True)
 class Match:
-    """One ranked gallery item for a query."""
+    """One ranked gallery item for a query; `verdict` is correct, wrong or junk (same identity
+    in the query's own camera, or a junk id) when the query's identity is known, else ''."""
 
     rank: int
     similarity: float
     path: str
     pid: int
     camid: int
+    verdict: str = ""
 
 
 def embed_split(
-    embedder: TritonEmbedder, root: Path, manifest: pd.DataFrame, split: str, chunk: int = 1024
+    embedder: ImageEmbedder,
+    root: Path,
+    manifest: pd.DataFrame,
+    split: str,
+    chunk: int = 1024,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Features of a manifest split through the served model, with its paths/pids/camids.
 
-    Images are decoded `chunk` at a time, so a large gallery never sits in memory decoded.
+    Images are decoded `chunk` at a time, so a large gallery never sits in memory decoded;
+    `progress(done, total)` is called after each chunk.
     """
     paths, pids, camids = split_rows(manifest, split)
     paths = paths.astype(str)
-    features = [
-        embedder.embed(
-            load_images(root, list(paths[i : i + chunk]), embedder.height, embedder.width).numpy()
-        )
-        for i in range(0, len(paths), chunk)
-    ]
+    features = []
+    for i in range(0, len(paths), chunk):
+        images = load_images(root, list(paths[i : i + chunk]), embedder.height, embedder.width)
+        features.append(embedder.embed(images.numpy()))
+        if progress is not None:
+            progress(min(i + chunk, len(paths)), len(paths))
     return np.concatenate(features), {"paths": paths, "pids": pids, "camids": camids}
+
+
+def search_filtered(
+    index: GalleryIndex,
+    feature: np.ndarray,
+    k: int,
+    *,
+    camera: int | None = None,
+    exclude_camera: int | None = None,
+    query_pid: int | None = None,
+    query_camid: int | None = None,
+) -> list[Match]:
+    """The top-k gallery matches of one feature among the items of `camera` (None: all) and
+    not of `exclude_camera`, judged against the query's identity when it is known.
+
+    The index is asked for more items until k pass the filters or it has none left, so the
+    filtered top-k is the index's own ranking, not a truncated one.
+    """
+    cams = index.metadata["camids"]
+    allowed = np.ones(index.count, dtype=bool)
+    if camera is not None:
+        allowed &= cams == camera
+    if exclude_camera is not None:
+        allowed &= cams != exclude_camera
+    wanted = min(k, int(allowed.sum()))
+    asked = k
+    while True:
+        sims, rows = index.search(feature, min(asked, index.count))
+        kept = [(s, r) for s, r in zip(sims[0], rows[0], strict=True) if r >= 0 and allowed[r]]
+        if len(kept) >= wanted or asked >= index.count:
+            break
+        asked *= 4
+    meta = index.metadata
+    return [
+        Match(
+            rank + 1,
+            float(s),
+            str(meta["paths"][r]),
+            int(meta["pids"][r]),
+            int(cams[r]),
+            _verdict(int(meta["pids"][r]), int(cams[r]), query_pid, query_camid),
+        )
+        for rank, (s, r) in enumerate(kept[:k])
+    ]
+
+
+def _verdict(pid: int, camid: int, query_pid: int | None, query_camid: int | None) -> str:
+    """As the Market-1501 protocol counts a gallery item for a query of known identity."""
+    if query_pid is None:
+        return ""
+    if pid < 0 or (pid == query_pid and camid == query_camid):
+        return JUNK
+    return CORRECT if pid == query_pid else WRONG
 
 
 def check_split_images(root: Path, manifest: pd.DataFrame, split: str) -> None:
@@ -76,25 +141,10 @@ def check_query_images(images: Sequence[Path]) -> None:
 
 
 def search_images(
-    embedder: TritonEmbedder, index: GalleryIndex, images: Sequence[Path], k: int
+    embedder: ImageEmbedder, index: GalleryIndex, images: Sequence[Path], k: int
 ) -> list[list[Match]]:
     """The top-k gallery matches of each image, best first."""
-    sims, rows = index.search(embedder.embed_files(images), k)
-    meta = index.metadata
-    return [
-        [
-            Match(
-                rank + 1,
-                float(s),
-                str(meta["paths"][i]),
-                int(meta["pids"][i]),
-                int(meta["camids"][i]),
-            )
-            for rank, (s, i) in enumerate(zip(sims[q], rows[q], strict=True))
-            if i >= 0
-        ]
-        for q in range(len(images))
-    ]
+    return [search_filtered(index, f[None], k) for f in embedder.embed_files(images)]
 
 
 def index_mismatch(index: GalleryIndex, embedder: TritonEmbedder) -> str:

@@ -15,6 +15,7 @@ from reid_core.export.onnx import OnnxFileError, latency_ms, onnx_interface
 from reid_core.serving.repositories import open_repository
 from reid_core.serving.triton import MODEL_FILES, publication
 from reid_core.tracking import registry
+from reid_core.tracking.compare import EVAL_DVC_PREFIX, EVAL_METRIC_TAG, TEST_SET_METRICS
 from reid_core.tracking.promotion import decide
 from reid_core.tracking.runs import PIPELINE_TAG, stage_run
 from reid_core.tracking.trained_by import training_run
@@ -76,8 +77,14 @@ def run(
             **lineage.data_lineage_tags(),
             # the DVC hash of every dataset behind the figures: training data above, test sets
             **{
-                f"reid.eval_dvc_md5.{name}": test_set.dvc_md5
+                f"{EVAL_DVC_PREFIX}{name}": test_set.dvc_md5
                 for name, test_set in evaluation.test_sets.items()
+            },
+            # and each test set's figures
+            **{
+                EVAL_METRIC_TAG.format(test_set=name, metric=metric): test_set.metrics[metric]
+                for name, test_set in evaluation.test_sets.items()
+                for _, metric in TEST_SET_METRICS
             },
         }
         client = mlflow.MlflowClient()

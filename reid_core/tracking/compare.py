@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 
 class UnknownVersionError(LookupError):
@@ -37,12 +39,34 @@ _SHORT = {
     "reid.train_run_id",
     "reid.parent_run_id",
 }
-# one row per test set: reid.eval_dvc_md5.<test set>
+_PERCENT = {"reid.mAP", "reid.rank1", "reid.mINP"}
+# one row per test set: reid.eval_dvc_md5.<test set>, and its figures reid.eval.<set>.<metric>
 EVAL_DVC_PREFIX = "reid.eval_dvc_md5."
+EVAL_METRIC_TAG = "reid.eval.{test_set}.{metric}"
+TEST_SET_METRICS = (("rank-1", "rank1"), ("mAP", "mAP"), ("mINP", "mINP"))
 
 
-def compare_versions(model_name: str, versions: Sequence[int] | None = None) -> str:
-    """A Markdown table, one column per version (newest first; all when `versions` is None)."""
+@dataclass(frozen=True)
+class VersionTable:
+    """Registered versions side by side: one column per version, one row per fact."""
+
+    model_name: str
+    versions: list[int]  # the columns, newest first
+    rows: list[tuple[str, list[str]]]  # (label, one cell per version; "—" where unknown)
+    aliases: dict[int, list[str]]  # version -> its aliases
+    tags: dict[int, dict[str, str]]  # version -> its tags, for whoever shows more
+
+    def markdown(self) -> str:
+        header = ["", *(f"v{v}" for v in self.versions)]
+        lines = [_row(header), _row(["---"] * len(header))]
+        lines.extend(
+            _row([label, *(c.replace("|", "\\|") for c in cells)]) for label, cells in self.rows
+        )
+        return "\n".join(lines)
+
+
+def version_table(model_name: str, versions: Sequence[int] | None = None) -> VersionTable:
+    """The table of `versions` of `model_name` (all, newest first, when None)."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -54,34 +78,53 @@ def compare_versions(model_name: str, versions: Sequence[int] | None = None) -> 
     missing = [v for v in wanted if v not in by_number]
     if missing:
         raise UnknownVersionError(f"{model_name} has no version {', '.join(map(str, missing))}")
-    aliases = client.get_registered_model(model_name).aliases  # alias -> version
-    columns = [by_number[v] for v in wanted]
-    header = ["", *(f"v{v.version}" for v in columns)]
-    lines = [_row(header), _row(["---"] * len(header))]
-    lines.append(
-        _row(
-            [
-                "aliases",
-                *(
-                    ", ".join(sorted(a for a, n in aliases.items() if int(n) == int(v.version)))
-                    or "—"
-                    for v in columns
-                ),
-            ]
-        )
-    )
+    registered = client.get_registered_model(model_name).aliases  # alias -> version
+    aliases = {v: sorted(a for a, n in registered.items() if int(n) == v) for v in wanted}
+    tags = {v: dict(by_number[v].tags) for v in wanted}
     test_sets = sorted(
         {
             t.removeprefix(EVAL_DVC_PREFIX)
-            for v in columns
-            for t in v.tags
+            for v in wanted
+            for t in tags[v]
             if t.startswith(EVAL_DVC_PREFIX)
         }
     )
-    rows = [*ROWS, *((f"test set {s} DVC md5", EVAL_DVC_PREFIX + s) for s in test_sets)]
-    for label, tag in rows:
-        lines.append(_row([label, *(_cell(v.tags.get(tag), tag) for v in columns)]))
-    return "\n".join(lines)
+    labelled = [
+        *ROWS,
+        *(
+            (f"{label} on {s}", EVAL_METRIC_TAG.format(test_set=s, metric=metric))
+            for s in test_sets
+            for label, metric in TEST_SET_METRICS
+        ),
+        *((f"test set {s} DVC md5", EVAL_DVC_PREFIX + s) for s in test_sets),
+    ]
+    rows = [("aliases", [", ".join(aliases[v]) or "—" for v in wanted])]
+    rows += [(label, [_cell(tags[v].get(tag), tag) for v in wanted]) for label, tag in labelled]
+    return VersionTable(model_name, wanted, rows, aliases, tags)
+
+
+def compare_versions(model_name: str, versions: Sequence[int] | None = None) -> str:
+    """A Markdown table, one column per version (newest first; all when `versions` is None)."""
+    return version_table(model_name, versions).markdown()
+
+
+def promotion_report(model_name: str, version: int) -> str | None:
+    """The Markdown report promote wrote when it judged `version` (None when there is none)."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    run_id = client.get_model_version(model_name, str(version)).tags.get("reid.promote_run_id")
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "promotion.md", tmp)
+        except (MlflowException, OSError):
+            return None
+        return Path(path).read_text(encoding="utf-8")
 
 
 def _cell(value: str | None, tag: str) -> str:
@@ -89,7 +132,11 @@ def _cell(value: str | None, tag: str) -> str:
         return "—"
     if tag in _SHORT:
         return value[:12]
-    return value.replace("|", "\\|")
+    if tag in _PERCENT or (tag.startswith("reid.eval.") and not tag.startswith(EVAL_DVC_PREFIX)):
+        return f"{100 * float(value):.1f}%"
+    if tag == "reid.latency_ms":
+        return f"{float(value):.2f}"
+    return value
 
 
 def _row(cells: Sequence[str]) -> str:
