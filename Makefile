@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: demo test lint format clean-demo compile-pipeline triton parity parity-venv image test-containers test-zoo
+.PHONY: browser demo test lint format clean-demo compile-pipeline triton parity parity-venv image test-containers test-zoo
 
 # CPU torch first, pinned (an unpinned torch pulls the CUDA build), then everything under
 # constraints.txt, so installs are quick and the same everywhere. The project with all its
@@ -34,7 +34,20 @@ demo: $(BIN)/.installed
 triton: $(BIN)/.installed
 	$(BIN)/reid serve install
 
-test: $(BIN)/.installed-dev triton
+# A headless browser for the search page's tests (tests/test_ui_browser.py): Debian's
+# Chromium, driven by Playwright (its own browser download needs the internet); REID_CHROMIUM
+# names another Chromium binary.
+CHROMIUM ?= $(or $(REID_CHROMIUM),/usr/bin/chromium)
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (Debian package) for the browser tests"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)); \
+	  else echo "no $(CHROMIUM): install Chromium (apt-get install chromium) or set REID_CHROMIUM" >&2; exit 1; fi; }
+	@test -x $(CHROMIUM)
+
+test: $(BIN)/.installed-dev triton browser
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed-dev

@@ -196,3 +196,18 @@ def mlflow_server(tmp_path, free_port, start_process, venv_env, s3_endpoint, s3_
     url = f"http://127.0.0.1:{free_port}"
     _wait_healthy(url, proc, log)
     return url
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory, tiny_config, venv_env):
+    """A copy of the project after `dvc repro` on the tiny config, as a user has it after
+    `make demo`: datasets, manifests, evaluation reports, a registered champion served from
+    serving/model_repository. For tests that only read it (or add to the registry)."""
+    import yaml
+
+    from tests.support.project import copy_project
+
+    root = tmp_path_factory.mktemp("reproduced")
+    project = copy_project(root, yaml.safe_load(tiny_config.read_text()), venv_env())
+    project.first_repro = project.run("dvc", "repro", run_id="reproduced-project").stdout
+    return project

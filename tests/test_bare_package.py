@@ -44,6 +44,8 @@ EXTRA_DISTRIBUTIONS = {
     "boto3": "boto3",
     "tritonclient": "tritonclient",
     "faiss-cpu": "faiss",
+    "starlette": "starlette",
+    "uvicorn": "uvicorn",
 }
 # Library packages whose every module must import in the bare venv (and reid_core.export.onnx),
 # except the modules listed with the reason they need an extra: none today.

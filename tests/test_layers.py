@@ -18,7 +18,7 @@ LIBRARY = ("modeling", "engine", "evaluation", "data", "distill", "uda", "export
 LIBRARY_MODULES = ("reid_core.options", "reid_core.registry")
 # what the library may not import: the pipeline's layers and tools, and serving
 PIPELINE = ("config", "stages", "artifacts", "tracking", "serving", "sources", "validation",
-            "cli", "cluster", "experiments")  # fmt: skip
+            "cli", "cluster", "experiments", "ui")  # fmt: skip
 TOOLS = ("mlflow", "dvc", "kfp", "great_expectations", "tritonclient", "boto3", "botocore")
 
 
