@@ -9,7 +9,9 @@ a temporary MLflow store exactly as promote registers it; the gallery's features
 synthetic (clustered, the model's dimension), indexed as the page indexes (`index.kind`).
 
 reference: PIL decode and resize, the PyTorch model (eager), a dense similarity to every
-gallery feature with numpy and a full argsort: no server, no index, no HTML.
+gallery feature with numpy and a full argsort: no server, no index, no HTML. The page's index
+is `flat` (exact, the default: memory-bound at 100,000 × D floats a query, as the reference is)
+and `hnsw` (approximate: benchmarks/faiss_gallery.py measures its recall).
 
 Both serve the same requests, interleaved in blocks so machine drift hits both alike: p50, p99
 and mean per request, the p50 ratio (> 1: reidflow is faster), and the peak RSS rise of each
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--galleries", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--kinds", nargs="+", default=["flat", "hnsw"], help="index kinds")
     parser.add_argument("--requests", type=int, default=200, help="per side and gallery")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
@@ -108,79 +110,88 @@ def percentiles(times: list[float]) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+def one_gallery(
+    args, base, catalog, torch_model, uploads: list[bytes], workdir: Path, n: int, kind: str
+):
+    """Both sides' latencies over a gallery of `n` synthetic features in a `kind` index."""
     from starlette.testclient import TestClient
 
     from reid_core.ui.app import create_app
+
+    model = catalog.choose(None)
+    identity = catalog.identity(model)
+    height, width = base.data.height, base.data.width
+    dim = catalog.embedder(model).embed(np.zeros((1, 3, height, width))).shape[1]
+    feats, meta = gallery_features(n, dim)
+    config = base.model_copy(
+        update={
+            "ui": base.ui.model_copy(update={"workdir": workdir / f"ui-{n}-{kind}"}),
+            "index": base.index.model_copy(update={"kind": kind, "device": "cpu"}),
+        }
+    )
+    index = GalleryIndex.build(feats, meta, config.index, model=identity)
+    index.save(config.ui.workdir / "indexes" / "source" / f"{NAME}-v1")
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+
+    def reference(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = resized_rgb(image, height, width)
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
+        with torch.inference_mode():
+            q = torch_model(x).numpy()[0]
+        q /= np.linalg.norm(q)
+        return np.argsort(-(unit @ q))[: args.k]
+
+    app = create_app(config, workdir / "reports", catalog)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+
+        def ours(data: bytes) -> str:
+            answer = client.post(f"/api/search?gallery=source&k={args.k}", content=data)
+            assert answer.status_code == 200, answer.text[:300]
+            return answer.text
+
+        _, _, ours_rss = measure(lambda: [ours(d) for d in uploads[:3]])
+        _, _, ref_rss = measure(lambda: [reference(d) for d in uploads[:3]])
+        times: dict[str, list[float]] = {"ours": [], "reference": []}
+        block = 10
+        for start in range(0, len(uploads), block):
+            sides = [("ours", ours), ("reference", reference)]
+            for side, fn in sides if (start // block) % 2 == 0 else sides[::-1]:
+                for data in uploads[start : start + block]:
+                    began = time.perf_counter()
+                    fn(data)
+                    times[side].append(time.perf_counter() - began)
+    mine, theirs = percentiles(times["ours"]), percentiles(times["reference"])
+    return {
+        "gallery": n,
+        "dim": dim,
+        "index": config.index.kind,
+        "requests": len(uploads),
+        "reidflow": {**mine, "warm_up_peak_rss_rise_mib": round(ours_rss / 2**20, 1)},
+        "reference": {**theirs, "warm_up_peak_rss_rise_mib": round(ref_rss / 2**20, 1)},
+        "p50_speedup": round(theirs["p50_ms"] / mine["p50_ms"], 2),
+        "p99_speedup": round(theirs["p99_ms"] / mine["p99_ms"], 2),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
     from reid_core.ui.catalog import ModelCatalog
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        base = load_config([args.config], [f"ui.workdir={workdir / 'ui'}"])
+        base = load_config([args.config], [])
         _, torch_model = register(workdir, base)
-        height, width = base.data.height, base.data.width
-        uploads = photos(args.requests, height, width)
-        catalog = ModelCatalog(NAME, workdir / "ui" / "models")
-        identity = catalog.identity(catalog.choose(None))
-        dim = catalog.embedder(catalog.choose(None)).embed(np.zeros((1, 3, height, width))).shape[1]
+        uploads = photos(args.requests, base.data.height, base.data.width)
+        catalog = ModelCatalog(NAME, workdir / "models")
         for n in args.galleries:
-            feats, meta = gallery_features(n, dim)
-            config = base.model_copy(
-                update={
-                    "ui": base.ui.model_copy(
-                        update={"workdir": workdir / f"ui-{n}", "galleries": base.ui.galleries}
-                    )
-                }
-            )
-            index = GalleryIndex.build(feats, meta, config.index, model=identity)
-            index.save(workdir / f"ui-{n}" / "indexes" / "source" / f"{NAME}-v1")
-            app = create_app(config, workdir / "reports", catalog)
-            unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-
-            with TestClient(app, base_url="http://127.0.0.1") as client:
-
-                def ours(data: bytes) -> str:
-                    answer = client.post(f"/api/search?gallery=source&k={args.k}", content=data)
-                    assert answer.status_code == 200, answer.text[:300]
-                    return answer.text
-
-                def reference(data: bytes) -> np.ndarray:
-                    with Image.open(io.BytesIO(data)) as image:
-                        pixels = resized_rgb(image, height, width)
-                    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
-                    with torch.inference_mode():
-                        q = torch_model(x).numpy()[0]
-                    q /= np.linalg.norm(q)
-                    return np.argsort(-(unit @ q))[: args.k]
-
-                _, _, ours_rss = measure(lambda: [ours(d) for d in uploads[:3]])
-                _, _, ref_rss = measure(lambda: [reference(d) for d in uploads[:3]])
-                ours_times, ref_times = [], []
-                block = 10
-                for start in range(0, len(uploads), block):
-                    chunk = uploads[start : start + block]
-                    sides = [(ours, ours_times), (reference, ref_times)]
-                    for fn, times in sides if (start // block) % 2 == 0 else sides[::-1]:
-                        for data in chunk:
-                            began = time.perf_counter()
-                            fn(data)
-                            times.append(time.perf_counter() - began)
-            mine, theirs = percentiles(ours_times), percentiles(ref_times)
-            results[str(n)] = {
-                "gallery": n,
-                "dim": dim,
-                "index": config.index.kind,
-                "requests": len(uploads),
-                "reidflow": {**mine, "warm_up_peak_rss_rise_mib": round(ours_rss / 2**20, 1)},
-                "reference": {**theirs, "warm_up_peak_rss_rise_mib": round(ref_rss / 2**20, 1)},
-                "p50_speedup": round(theirs["p50_ms"] / mine["p50_ms"], 2),
-                "p99_speedup": round(theirs["p99_ms"] / mine["p99_ms"], 2),
-            }
-            print(json.dumps(results[str(n)]))
+            for kind in args.kinds:
+                result = one_gallery(args, base, catalog, torch_model, uploads, workdir, n, kind)
+                results[f"{n}-{kind}"] = result
+                print(json.dumps(result))
+        catalog.close()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

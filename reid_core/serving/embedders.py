@@ -60,6 +60,9 @@ class OnnxEmbedder(ImageEmbedder):
         self.max_batch_size = max_batch_size
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's choice (the cores)
+        # no busy-waiting between requests: its threads would take the cores from the search
+        # (faiss's OpenMP threads) that follows each embedding
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.path), options, providers=["CPUExecutionProvider"]
         )

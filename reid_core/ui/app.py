@@ -392,6 +392,8 @@ async def _act(request: Request, action) -> Response:
     except Exception as err:  # noqa: BLE001 - shown on the page; the log has the trace
         log.exception("action failed")
         return await run_in_threadpool(models_page, request, f"failed: {err}", "error", 409)
+    finally:
+        state.catalog.forget()
     message = (
         f"{done.model_name} v{done.restored} is champion"
         + (f" (was v{done.replaced})" if done.replaced else "")

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from reid_core.atomic import atomic_output
 from reid_core.serving.embedders import ImageEmbedder
 from reid_core.tracking.registry import CHAMPION
+
+REFRESH_S = 5.0  # how stale the list of registered versions may be
 
 
 class ModelChoiceError(LookupError):
@@ -44,11 +47,20 @@ class ModelCatalog:
     """Registered versions of one model, their ONNX files (cached under `cache`) and
     embedders (one per version, kept)."""
 
-    def __init__(self, model_name: str, cache: Path, triton: TritonTarget | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        cache: Path,
+        triton: TritonTarget | None = None,
+        refresh_s: float = REFRESH_S,
+    ):
         self.model_name = model_name
         self.cache = Path(cache)
         self.triton = triton
+        self.refresh_s = refresh_s
         self._embedders: dict[int, ImageEmbedder] = {}
+        self._identities: dict[int, dict[str, str]] = {}
+        self._listed: tuple[float, list[ModelVersion]] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -56,7 +68,18 @@ class ModelCatalog:
         return f"Triton at {self.triton.url}" if self.triton else "ONNX Runtime in this process"
 
     def versions(self) -> list[ModelVersion]:
-        """Every registered version, newest first (read from the registry on each call)."""
+        """Every registered version, newest first, as the registry said at most `refresh_s`
+        seconds ago (a search asks for them; the registry is not asked on each one)."""
+        listed = self._listed
+        if listed is None or time.monotonic() - listed[0] > self.refresh_s:
+            listed = self._listed = (time.monotonic(), self._read_versions())
+        return listed[1]
+
+    def forget(self) -> None:
+        """Read the registry again at the next call (after this process changed it)."""
+        self._listed = None
+
+    def _read_versions(self) -> list[ModelVersion]:
         import mlflow
 
         client = mlflow.MlflowClient()
@@ -116,8 +139,14 @@ class ModelCatalog:
     def identity(self, model: ModelVersion) -> dict[str, str]:
         """What an index records of the model that embedded it: name, version and the
         digest of its ONNX file (a registry rebuilt from scratch reuses version numbers)."""
-        digest = hashlib.sha256(self.onnx_file(model).read_bytes()).hexdigest()
-        return {"name": model.name, "version": str(model.version), "sha256": digest}
+        if model.version not in self._identities:
+            digest = hashlib.sha256(self.onnx_file(model).read_bytes()).hexdigest()
+            self._identities[model.version] = {
+                "name": model.name,
+                "version": str(model.version),
+                "sha256": digest,
+            }
+        return self._identities[model.version]
 
     def embedder(self, model: ModelVersion) -> ImageEmbedder:
         """The version's embedder: its ONNX file in ONNX Runtime, or Triton pinned to the
