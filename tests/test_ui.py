@@ -47,11 +47,11 @@ def project(reproduced_project):
             mlflow.set_registry_uri(None)
 
 
-def client_of(project, token: str | None = None, *overrides: str):
+def client_of(project, token: str | None = None, *overrides: str, triton=None):
     from starlette.testclient import TestClient
 
     config = ui_config(project.root, *overrides)
-    catalog = ModelCatalog(config.promote.model_name, config.ui.workdir / "models")
+    catalog = ModelCatalog(config.promote.model_name, config.ui.workdir / "models", triton)
     app = create_app(config, Path("reports"), catalog, token=token)
     return TestClient(app, base_url="http://127.0.0.1")
 
@@ -234,6 +234,31 @@ def test_the_reports_view_lists_every_evaluation_with_its_test_sets_and_figures(
             assert f"/reports/teacher/file/{test_set}/{figure}" in teacher
     only_target = client.get("/reports/teacher?set=target").text
     assert "/file/target/cmc.png" in only_target and "/file/source/cmc.png" not in only_target
+
+
+def test_searching_through_triton_finds_what_onnx_runtime_finds(
+    project, client, triton_installation, tmp_path
+):
+    from reid_core.serving.server import TritonServer, free_ports
+    from reid_core.ui.catalog import TritonTarget
+
+    query = evaluated(project, "query")
+    image = (project.root / "data/datasets/source" / query.paths[0]).read_bytes()
+    local = matches(client.post("/api/search?k=10", content=image).text)
+    http, grpc, metrics = free_ports(3)
+    repository = project.root / "serving/model_repository"
+    server = TritonServer(repository, triton_installation, http, grpc, metrics, 1, tmp_path / "log")
+    with server:
+        server.wait_model_ready("reid-student", 1)
+        target = TritonTarget(f"127.0.0.1:{grpc}", "grpc")
+        with client_of(project, None, "ui.workdir=work/ui-triton", triton=target) as served:
+            assert f"Triton at 127.0.0.1:{grpc}" in served.get("/").text
+            wait_for_index(served, "source", "")
+            remote = matches(served.post("/api/search?k=10", content=image).text)
+    assert [m["path"] for m in remote] == [m["path"] for m in local]
+    np.testing.assert_allclose(
+        [float(m["similarity"]) for m in remote], [float(m["similarity"]) for m in local], atol=1e-5
+    )
 
 
 def test_actions_do_not_exist_without_the_operators_token(client):
