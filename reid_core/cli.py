@@ -490,7 +490,9 @@ PIPELINE_PACKAGES = frozenset(
         "botocore",
     }
 )
-SERVING_PACKAGES = frozenset({"tritonclient", "onnxruntime", "boto3", "botocore", "faiss"})
+SERVING_PACKAGES = frozenset(
+    {"tritonclient", "onnxruntime", "boto3", "botocore", "faiss", "starlette", "uvicorn"}
+)
 SERVING_COMMANDS = frozenset({"serve", "index", "query", "ui"})
 
 

@@ -349,6 +349,8 @@ def test_the_bare_wheel_trains_evaluates_and_exports_without_any_extra(tmp_path)
         (["index", "build", "--features", "f.npz", "--out", "o"], "_index", "faiss", "serving"),
         (["query", "q.jpg", "--index", "i"], "_query", "onnxruntime", "serving"),
         (["query", "q.jpg", "--index", "i"], "_query", "tritonclient.http", "serving"),
+        (["ui"], "_ui", "starlette", "serving"),
+        (["ui"], "_ui", "mlflow", "pipeline"),  # the registry it lists
     ],
 )
 def test_a_command_missing_a_package_of_an_extra_names_the_extra(

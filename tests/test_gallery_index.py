@@ -364,3 +364,44 @@ def test_the_cli_reports_a_bad_features_file_and_writes_nothing(tmp_path, monkey
     )
     assert code == 2 and "index.kind=flat" in capsys.readouterr().err
     assert not (tmp_path / "idx").exists()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_camera_filters_return_the_indexs_own_ranking_of_the_items_they_keep(gallery, kind):
+    """A camera's items are a sixth of the gallery: the search must ask for far more than k."""
+    from reid_core.serving.query import search_filtered
+
+    feats, meta, queries = gallery
+    index = GalleryIndex.build(feats, meta, IndexConfig(**KINDS[kind]))
+    g = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    camera = np.flatnonzero(meta["camids"] == 4)
+    for q in queries[:20]:
+        sims = g @ (q / np.linalg.norm(q))
+        only = search_filtered(index, q[None], 10, camera=4)
+        assert len(only) == 10 and {m.camid for m in only} == {4}
+        exact = camera[np.argsort(-sims[camera])[:10]]
+        if kind == "flat":
+            np.testing.assert_allclose([m.similarity for m in only], sims[exact], atol=1e-5)
+        else:  # approximate: most of the exact filtered top-10
+            assert len({m.path for m in only} & set(meta["paths"][exact])) >= 8
+        others = search_filtered(index, q[None], 10, exclude_camera=4)
+        assert len(others) == 10 and 4 not in {m.camid for m in others}
+        assert [m.rank for m in others] == list(range(1, 11))
+
+
+def test_matches_of_a_known_query_are_judged_as_the_market_protocol_counts_them(gallery):
+    from reid_core.serving.query import search_filtered
+
+    feats, meta, _ = gallery
+    index = GalleryIndex.build(feats, meta, IndexConfig(kind="flat"))
+    row = 7
+    pid, camid = int(meta["pids"][row]), int(meta["camids"][row])
+    found = search_filtered(index, feats[row][None], 50, query_pid=pid, query_camid=camid)
+    for m in found:
+        expected = (
+            "junk" if (m.pid, m.camid) == (pid, camid) else ("correct" if m.pid == pid else "wrong")
+        )
+        assert m.verdict == expected
+    assert found[0].verdict == "junk"  # itself: same id, same camera
+    assert {m.verdict for m in search_filtered(index, feats[row][None], 5)} == {""}
+    assert search_filtered(index, feats[row][None], 5, camera=99) == []

@@ -86,6 +86,7 @@ INVOCATIONS: dict[str, list[str]] = {
                               "{manifest}", "--out", "{out}/index", "--url", "127.0.0.1:9"],
     "models compare": ["models", "compare"],
     "rollback": ["rollback"],
+    "ui": ["ui", "--set", "ui.workdir={out}/ui"],  # a good config serves: only the config column
     "summary": ["summary", "--reports", "{reports}"],
 }  # fmt: skip
 

@@ -270,7 +270,7 @@ async def upload_search(request: Request) -> Response:
     state = _state(request)
     limit = int(state.config.ui.max_upload_mb * 2**20)
     try:
-        search = _Search.read(request)
+        search = await run_in_threadpool(_Search.read, request)  # may ask the registry
         announced = _int(request.headers.get("content-length"))
         if announced is not None:
             check_upload_size(announced, limit)
