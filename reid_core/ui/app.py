@@ -154,6 +154,11 @@ class _Search:
             _int(params.get("query_camera")),
         )
 
+    @property
+    def job_key(self) -> str:
+        """The background job that builds this search's index."""
+        return f"{self.gallery.name}/{self.model.name}-v{self.model.version}"
+
     def form(self) -> dict[str, object]:
         return {
             "gallery": self.gallery.name,
@@ -171,7 +176,6 @@ def _ready_index(state: UiState, search: _Search) -> tuple[object | None, Job | 
     index = state.shelf.find(search.gallery.name, identity)
     if index is not None:
         return index, None
-    key = f"{search.gallery.name}/{search.model.name}-v{search.model.version}"
 
     def build(job: Job) -> None:
         embedder = state.catalog.embedder(search.model)
@@ -180,7 +184,7 @@ def _ready_index(state: UiState, search: _Search) -> tuple[object | None, Job | 
     title = (
         f"indexing gallery {search.gallery.name} with {search.model.name} v{search.model.version}"
     )
-    return None, state.jobs.start(key, title, build)
+    return None, state.jobs.start(search.job_key, title, build)
 
 
 def _matches(state: UiState, search: _Search, index, image, pid=None, camid=None):
@@ -257,12 +261,11 @@ def index_status(request: Request) -> Response:
         search = _Search.read(request)
     except (ModelChoiceError, UnknownImageError) as err:
         return JSONResponse({"state": "failed", "message": str(err)}, 404)
-    key = f"{search.gallery.name}/{search.model.name}-v{search.model.version}"
-    job = state.jobs.get(key)
+    job = state.jobs.get(search.job_key)
     if job is not None:
         return JSONResponse(job.as_json())
     ready = state.shelf.find(search.gallery.name, state.catalog.identity(search.model))
-    return JSONResponse({"key": key, "state": "done" if ready else "absent"})
+    return JSONResponse({"key": search.job_key, "state": "done" if ready else "absent"})
 
 
 async def upload_search(request: Request) -> Response:
@@ -331,11 +334,7 @@ def models_page(request: Request, message: str = "", kind: str = "", status: int
     except UnknownVersionError as err:
         return _render(request, "error.html", {"message": str(err), "title": "Models"}, 404)
     indexes = {
-        gallery: [
-            v
-            for v in table.versions
-            if (state.shelf.folder / gallery / f"{name}-v{v}" / "index.json").is_file()
-        ]
+        gallery: [v for v in table.versions if state.shelf.built(gallery, name, v)]
         for gallery in state.galleries
     }
     context = {

@@ -5,6 +5,7 @@ builds it) and never searches one model's gallery with another's queries."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from reid_core.config import IndexConfig
@@ -27,6 +28,11 @@ class IndexShelf:
     def place(self, gallery: str, identity: dict[str, str]) -> Path:
         return self.folder / gallery / f"{identity['name']}-v{identity['version']}"
 
+    def built(self, gallery: str, name: str, version: int) -> bool:
+        """Whether an index of `gallery` by that version was saved (by this model or not)."""
+        identity = {"name": name, "version": str(version)}
+        return (self.place(gallery, identity) / "index.json").is_file()
+
     def find(self, gallery: str, identity: dict[str, str]) -> GalleryIndex | None:
         """The index of `gallery` embedded by exactly the model `identity` names, or None
         (none built yet, or one built by another model of that name and version)."""
@@ -48,7 +54,7 @@ class IndexShelf:
         gallery: Gallery,
         identity: dict[str, str],
         embedder: ImageEmbedder,
-        progress=None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> GalleryIndex:
         """Embed the gallery split through `embedder`, index it, save it (atomically)."""
         if not len(gallery.split("gallery")):
