@@ -323,3 +323,21 @@ def test_an_index_of_another_model_with_the_same_version_is_rebuilt(project):
         assert "Building the index" in client.get("/").text
         wait_for_index(client, "source", "1")
         assert json.loads(info.read_text())["model"]["sha256"] != "0" * 64
+
+
+def test_a_damaged_report_is_named_on_the_reports_page_and_the_others_still_show(project):
+    import shutil
+
+    reports = project.root / "reports-damaged"
+    shutil.copytree(project.root / "reports", reports)
+    (reports / "eval" / "teacher.json").write_text('{"rank1": "high"}')
+    from starlette.testclient import TestClient
+
+    config = ui_config(project.root)
+    catalog = ModelCatalog(config.promote.model_name, config.ui.workdir / "models")
+    with TestClient(create_app(config, reports, catalog), base_url="http://127.0.0.1") as client:
+        page = client.get("/reports")
+        assert page.status_code == 200
+        assert "teacher.json" in page.text and 'role="alert"' in page.text
+        assert 'href="/reports/student"' in page.text
+        assert client.get("/reports/teacher").status_code == 404

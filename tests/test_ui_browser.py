@@ -7,6 +7,7 @@ Screenshots of every view are written to build/test-artifacts/ui/ (kept after th
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -117,7 +118,7 @@ def test_upload_a_photo_and_the_first_result_is_that_person(page, page_url, repr
     page.goto(page_url)
     # the first visit builds the index, with a progress bar, and the page reloads when done
     page.wait_for_selector("#index-model", timeout=120_000)
-    assert page.text_content("#index-model") == "reid-student v1"
+    assert re.fullmatch(r"reid-student v\d+", page.text_content("#index-model"))
     page.set_input_files("#upload", str(image))
     page.wait_for_selector("#results .match")
     first = page.locator("#results .match").first
@@ -166,16 +167,18 @@ def test_a_bad_upload_shows_a_clear_message_on_the_page(page, page_url, name, co
 
 def test_the_models_view_compares_versions_and_asks_for_the_token(page, page_url):
     page.goto(f"{page_url}/models")
-    header = page.locator("table.versions thead th").all_text_contents()
-    assert header[1] == "v1"
+    header = page.locator("table.versions thead th").all_text_contents()[1:]
+    assert header and all(re.fullmatch(r"v\d+", h) for h in header)
     rows = {
         r.locator("th").text_content(): r.locator("td").all_text_contents()
         for r in page.locator("table.versions tbody tr").all()
     }
-    assert "champion" in rows["aliases"][0]
-    assert rows["rank-1 on source"][0].endswith("%")
-    assert rows["search index built"][0].strip() == "source"
-    assert "**promoted** to champion" in page.text_content("details pre")
+    # other tests may have registered more versions of the shared project: find the champion
+    column = next(i for i, aliases in enumerate(rows["aliases"]) if "champion" in aliases)
+    assert rows["rank-1 on source"][column].endswith("%")
+    assert rows["search index built"][column].strip() == "source"
+    reports = page.locator("details pre").all_text_contents()
+    assert any("**promoted** to champion" in report for report in reports)
     assert page.locator("input[type=password][name=token]").count() >= 1
     page.fill("form[action='/models/rollback'] input[name=token]", "a-wrong-token-for-sure")
     page.click("form[action='/models/rollback'] button")

@@ -406,8 +406,14 @@ async def _act(request: Request, action) -> Response:
 
 def reports_page(request: Request) -> Response:
     state = _state(request)
-    reports = [state.reports.report(m) for m in state.reports.models()]
-    return _render(request, "reports.html", {"title": "Reports", "reports": reports})
+    reports, problems = [], []
+    for model in state.reports.models():
+        try:
+            reports.append(state.reports.report(model))
+        except UnknownReportError as err:  # a damaged file: say so, show the others
+            problems.append(str(err))
+    context = {"title": "Reports", "reports": reports, "problems": problems}
+    return _render(request, "reports.html", context)
 
 
 def report_page(request: Request) -> Response:
