@@ -229,7 +229,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "Runtime here, or through Triton with --triton. Promote and rollback appear only when "
         "REID_UI_TOKEN is set.",
     )
-    ui.add_argument("--reports", type=Path, default=Path("reports"))
+    ui.add_argument(
+        "--reports", type=Path, default=Path("reports"), help="the pipeline's reports folder"
+    )
     ui.add_argument(
         "--triton", action="store_true", help="embed through Triton (see --url, --protocol)"
     )
