@@ -429,8 +429,9 @@ def _ui(args: argparse.Namespace) -> None:
     from reid_core.ui.server import serve
 
     config = _config(args)
-    port = config.triton.http_port if args.protocol == "http" else config.triton.grpc_port
-    triton = TritonTarget(args.url or f"127.0.0.1:{port}", args.protocol) if args.triton else None
+    triton = (
+        TritonTarget.from_config(config.triton, args.url, args.protocol) if args.triton else None
+    )
     serve(config, args.reports, model_name=args.model, triton=triton)
 
 

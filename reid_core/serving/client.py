@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 Protocol = Literal["http", "grpc"]
 
 
+def local_url(triton: TritonConfig, protocol: Protocol = "http") -> str:
+    """host:port of the local server the `triton` section describes, for `protocol`."""
+    port = triton.http_port if protocol == "http" else triton.grpc_port
+    return f"127.0.0.1:{port}"
+
+
 class TritonEmbedder(ImageEmbedder):
     """Features of images from a model served by Triton, in chunks of its max batch size.
 
@@ -33,8 +39,7 @@ class TritonEmbedder(ImageEmbedder):
     ) -> TritonEmbedder:
         """A client of the local server the `triton` section describes (127.0.0.1 on its
         port for `protocol`), or of `url` when given."""
-        port = triton.http_port if protocol == "http" else triton.grpc_port
-        return cls(url or f"127.0.0.1:{port}", model, protocol)
+        return cls(url or local_url(triton, protocol), model, protocol)
 
     def __init__(
         self, url: str, model: str, protocol: Protocol = "http", version: str = ""

@@ -54,7 +54,7 @@ class VersionTable:
     versions: list[int]  # the columns, newest first
     rows: list[tuple[str, list[str]]]  # (label, one cell per version; "—" where unknown)
     aliases: dict[int, list[str]]  # version -> its aliases
-    tags: dict[int, dict[str, str]]  # version -> its tags, for whoever shows more
+    tags: dict[int, dict[str, str]]  # version -> its tags (the promote run's id, ...)
 
     def markdown(self) -> str:
         header = ["", *(f"v{v}" for v in self.versions)]
@@ -108,20 +108,19 @@ def compare_versions(model_name: str, versions: Sequence[int] | None = None) -> 
     return version_table(model_name, versions).markdown()
 
 
-def promotion_report(model_name: str, version: int) -> str | None:
-    """The Markdown report promote wrote when it judged `version` (None when there is none)."""
+def promotion_report(promote_run_id: str) -> str | None:
+    """The Markdown report that the promote run (a version's `reid.promote_run_id` tag) wrote
+    when it judged the version; None when there is none."""
     import tempfile
 
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
-    run_id = client.get_model_version(model_name, str(version)).tags.get("reid.promote_run_id")
-    if not run_id:
+    if not promote_run_id:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, "promotion.md", tmp)
+            path = mlflow.MlflowClient().download_artifacts(promote_run_id, "promotion.md", tmp)
         except (MlflowException, OSError):
             return None
         return Path(path).read_text(encoding="utf-8")

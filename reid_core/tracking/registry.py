@@ -187,6 +187,22 @@ def load_pytorch_model(model_uri: str) -> nn.Module:
         return mlflow.pytorch.load_model(model_uri)
 
 
+@contextmanager
+def registered_onnx(model_name: str, version: int | str) -> Iterator[Path]:
+    """The ONNX file of a registered version (the one its onnx flavour saved, as its MLmodel
+    records it), downloaded into a temporary folder that lasts as long as the block."""
+    import mlflow
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp
+            )
+        )
+        yield folder / Model.load(folder).flavors["onnx"]["data"]
+
+
 def candidate(model_name: str, version: int) -> Candidate:
     """Read back the figures the policy compares, from the version's tags."""
     import mlflow

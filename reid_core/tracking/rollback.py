@@ -10,10 +10,8 @@ walks back two promotions.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from reid_core.config import ReidConfig
 from reid_core.export.onnx import onnx_interface
@@ -26,6 +24,7 @@ from reid_core.tracking.registry import (
     PROMOTION_TAG,
     aliases_restored_on_failure,
     candidate,
+    registered_onnx,
     set_champion,
     set_champion_alias,
 )
@@ -105,7 +104,6 @@ def _serve_as_champion(
     undone with the publish if it fails."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
 
     name = config.promote.model_name
     if config.triton.backend == "tensorrt":
@@ -120,14 +118,7 @@ def _serve_as_champion(
         except MlflowException:
             champion = None
         target = choose(client, name, champion)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{name}/{target}", dst_path=tmp
-                )
-            )
-            # the file MLflow's onnx flavour saved, as its MLmodel records it
-            onnx_path = folder / Model.load(folder).flavors["onnx"]["data"]
+        with registered_onnx(name, target) as onnx_path:
             height, width, dim = onnx_interface(onnx_path)
             # one change: a failure after the publish undoes it and puts the aliases back
             with (

@@ -274,18 +274,25 @@ async def upload_search(request: Request) -> Response:
     limit = int(state.config.ui.max_upload_mb * 2**20)
     try:
         search = await run_in_threadpool(_Search.read, request)  # may ask the registry
-        announced = _int(request.headers.get("content-length"))
-        if announced is not None:
-            check_upload_size(announced, limit)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            check_upload_size(len(body), limit)
+        body = await _capped_body(request, limit)
     except UploadError as err:
         return _fragment(request, str(err), 413)
     except (ModelChoiceError, UnknownImageError) as err:
         return _fragment(request, str(err), 404)
-    return await run_in_threadpool(_search_bytes, request, state, search, bytes(body), limit)
+    return await run_in_threadpool(_search_bytes, request, state, search, body, limit)
+
+
+async def _capped_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, refused (UploadError) as soon as its announced length or what has
+    streamed in so far is over `max_bytes`: an oversize body is never held whole."""
+    announced = _int(request.headers.get("content-length"))
+    if announced is not None:
+        check_upload_size(announced, max_bytes)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        check_upload_size(len(body), max_bytes)
+    return bytes(body)
 
 
 def _search_bytes(request: Request, state: UiState, search: _Search, data: bytes, limit: int):
@@ -340,7 +347,10 @@ def models_page(request: Request, message: str = "", kind: str = "", status: int
     context = {
         "title": "Models",
         "table": table,
-        "reports": {v: promotion_report(name, v) for v in table.versions},
+        "reports": {
+            v: promotion_report(table.tags[v].get("reid.promote_run_id", ""))
+            for v in table.versions
+        },
         "indexes": indexes,
         "message": message,
         "kind": kind,
@@ -353,11 +363,10 @@ async def _authorised(request: Request) -> Response | None:
     state = _state(request)
     if state.token is None:  # not exposed at all
         return Response("Not Found", 404)
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return Response("form too large", 413)
+    try:
+        body = await _capped_body(request, MAX_FORM_BYTES)
+    except UploadError:
+        return Response("form too large", 413)
     form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
     given = request.headers.get("x-reid-token") or (form.get("token") or [""])[0]
     if not hmac.compare_digest(given.encode(), state.token.encode()):
@@ -371,7 +380,7 @@ async def _authorised(request: Request) -> Response | None:
 async def rollback_action(request: Request) -> Response:
     from reid_core.tracking.rollback import rollback
 
-    return await _act(request, lambda config: rollback(config))
+    return await _act(request, rollback)
 
 
 async def champion_action(request: Request) -> Response:

@@ -9,10 +9,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reid_core.atomic import atomic_output
 from reid_core.serving.embedders import ImageEmbedder
-from reid_core.tracking.registry import CHAMPION
+from reid_core.tracking.registry import CHAMPION, registered_onnx
+
+if TYPE_CHECKING:
+    from reid_core.config import TritonConfig
 
 REFRESH_S = 5.0  # how stale the list of registered versions may be
 
@@ -41,6 +45,15 @@ class TritonTarget:
 
     url: str
     protocol: str = "http"
+
+    @classmethod
+    def from_config(
+        cls, triton: TritonConfig, url: str | None = None, protocol: str = "http"
+    ) -> TritonTarget:
+        """`url`, or the local server the `triton` section describes."""
+        from reid_core.serving.client import local_url
+
+        return cls(url or local_url(triton, protocol), protocol)
 
 
 class ModelCatalog:
@@ -120,20 +133,8 @@ class ModelCatalog:
         """The version's ONNX file, fetched from the registry the first time."""
         path = self.cache / model.name / f"v{model.version}" / "model.onnx"
         if not path.is_file():
-            import tempfile
-
-            import mlflow
-            from mlflow.models import Model
-
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=f"models:/{model.name}/{model.version}", dst_path=tmp
-                    )
-                )
-                source = folder / Model.load(folder).flavors["onnx"]["data"]
-                with atomic_output(path) as out:
-                    out.write_bytes(source.read_bytes())
+            with registered_onnx(model.name, model.version) as source, atomic_output(path) as out:
+                out.write_bytes(source.read_bytes())
         return path
 
     def identity(self, model: ModelVersion) -> dict[str, str]:

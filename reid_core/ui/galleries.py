@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from reid_core.data.paths import confined
 
@@ -34,8 +35,15 @@ class Gallery:
     name: str
     root: Path
     manifest: Path
+    _rows: pd.DataFrame | None = field(default=None, repr=False)
     _splits: dict[str, Split] = field(default_factory=dict, repr=False)
     _listed: frozenset[str] = field(default=frozenset(), repr=False)
+
+    def rows(self) -> pd.DataFrame:
+        """The manifest's table (what `reid_core.serving.query.embed_split` reads)."""
+        if self._rows is None:
+            self._read()
+        return self._rows
 
     def split(self, name: str) -> Split:
         if name not in self._splits:
@@ -63,8 +71,8 @@ class Gallery:
                 f"gallery {self.name}: no manifest {self.manifest} (run the pipeline first: "
                 "make demo, or reid preprocess)"
             )
-        rows, _ = read_manifest(self.manifest)
+        self._rows, _ = read_manifest(self.manifest)
         for split in ("query", "gallery"):
-            paths, pids, camids = split_rows(rows, split)
+            paths, pids, camids = split_rows(self._rows, split)
             self._splits[split] = Split(paths.astype(str), pids, camids)
         self._listed = frozenset(p for s in self._splits.values() for p in s.paths.tolist())

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reid_core.config import IndexConfig
-from reid_core.data.manifest import read_manifest
 from reid_core.serving.embedders import ImageEmbedder
 from reid_core.serving.gallery import GalleryIndex, IndexFileError
 from reid_core.serving.query import embed_split
@@ -59,9 +58,8 @@ class IndexShelf:
         """Embed the gallery split through `embedder`, index it, save it (atomically)."""
         if not len(gallery.split("gallery")):
             raise ValueError(f"gallery {gallery.name} has no gallery images")
-        rows, _ = read_manifest(gallery.manifest)
         vectors, metadata = embed_split(
-            embedder, gallery.root, rows, "gallery", chunk=256, progress=progress
+            embedder, gallery.root, gallery.rows(), "gallery", chunk=256, progress=progress
         )
         index = GalleryIndex.build(
             vectors,
