@@ -49,6 +49,17 @@ class SynthConfig(Options):
     style: Literal["day", "dusk"] = "day"
 
 
+class VehicleSynthConfig(Options):
+    """Options of the synthetic vehicle dataset generator (`reid data synth-vehicles`)."""
+
+    layout: Literal["vehicleid", "veriwild"] = "vehicleid"
+    num_ids: int = Field(60, ge=5, le=99_999)
+    num_cams: int = Field(4, ge=2, le=174)
+    images_per_id: int = Field(6, ge=3, le=1000)
+    size: int = Field(128, ge=32, le=1024)
+    seed: int = 0
+
+
 class DatasetsConfig(Options):
     """The pipeline's datasets by reference (`reid_core.sources.references`): `synth:STYLE
     [?seed=N]`, `dvc:REPO?path=PATH[&rev=REV]`, `s3://bucket/prefix` or a local folder.
@@ -84,6 +95,9 @@ class DataConfig(Options):
     """Where a dataset lives, how to read it, and the input size models see."""
 
     format: str = "market1501"  # a name in reid_core.data.readers.READERS
+    # which of the format's test sets (VehicleID 800/1600/2400, VERI-Wild small/medium/large);
+    # empty: the format's default (its first; formats with one test set take none)
+    test_set: str = ""
     domain: str = "source"
     # model input size: bounded so a typo cannot ask for absurd memory
     height: int = Field(128, ge=16, le=1024)
@@ -98,6 +112,13 @@ class DataConfig(Options):
 
         READERS.lookup(value)
         return value
+
+    @model_validator(mode="after")
+    def _known_test_set(self) -> DataConfig:
+        from reid_core.data.readers import resolve_test_set
+
+        resolve_test_set(self.format, self.test_set)
+        return self
 
 
 class TrainConfig(Options):
@@ -531,6 +552,7 @@ class ReidConfig(Options):
     """The whole pipeline's configuration: what params.yaml holds."""
 
     synth: SynthConfig = SynthConfig()
+    synth_vehicles: VehicleSynthConfig = VehicleSynthConfig()
     datasets: DatasetsConfig = DatasetsConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()

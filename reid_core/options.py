@@ -239,6 +239,10 @@ class EvaluateConfig(Options):
     rerank_k2: int = Field(6, ge=1)
     rerank_lambda: float = Field(0.3, ge=0, le=1)
     rerank_knn: Literal["torch", "faiss"] = "torch"  # nearest-neighbour search of re-ranking
+    # test sets without a fixed query/gallery (VehicleID's): redraw the gallery this many times
+    # from this seed, and report each metric's mean and its spread as `<metric>_std`
+    gallery_draws: int = Field(10, ge=1)
+    draw_seed: int = 0
 
 
 def validation_problems(err: ValidationError) -> list[str]:

@@ -115,6 +115,15 @@ def make_veri_like(
     return root
 
 
+def make_vehicles_like(root: str | Path, layout: str) -> Path:
+    """The vehicleid or veriwild layout, small, from reid_core.data.synth_vehicles."""
+    from reid_core.data.synth_vehicles import VehicleSpec, generate_vehicles
+
+    spec = VehicleSpec(layout=layout, num_ids=6, images_per_id=3, num_cams=2, size=32)
+    generate_vehicles(Path(root) / layout, spec)
+    return Path(root) / layout
+
+
 def make_msmt_like(
     root: str | Path, *, n_train: int = 3, n_test: int = 3, cameras: int = 3, v2: bool = False
 ) -> Path:

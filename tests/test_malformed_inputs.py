@@ -72,6 +72,8 @@ INVOCATIONS: dict[str, list[str]] = {
                 "{evaluation}", "--decision", "{out}/d.json", "--markdown", "{out}/d.md",
                 "--set", "triton.repository={out}/repository"],
     "data synth": ["data", "synth", "{out}/ds"],
+    "data synth-vehicles": ["data", "synth-vehicles", "{out}/ds", "--num-ids", "5",
+                            "--images-per-id", "3", "--size", "32"],
     "pipeline compile": ["pipeline", "compile", "--out", "{out}/pipeline.yaml"],
     "pipeline run-local": ["pipeline", "run-local", "--workdir", "{out}/kfp"],
     "pipeline submit": ["pipeline", "submit", "--host", "http://127.0.0.1:9"],

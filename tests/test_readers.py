@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reid_core.data.cameras import NO_CAMERA
 from reid_core.data.errors import DatasetError
 from reid_core.data.readers import READERS, read_dataset
 from tests.fixtures_data import (
@@ -15,6 +16,7 @@ from tests.fixtures_data import (
     make_duke_like,
     make_market_like,
     make_msmt_like,
+    make_vehicles_like,
     make_veri_like,
     write_jpeg,
 )
@@ -26,7 +28,7 @@ def check_table(df, root: Path) -> None:
     assert df["pid"].dtype == np.int64
     assert df["camid"].dtype == np.int64
     assert set(df["split"]) == {"train", "query", "gallery"}
-    assert (df["camid"] >= 0).all()
+    assert (df["camid"] >= NO_CAMERA).all()
     assert list(df.itertuples(index=False)) == list(
         df.sort_values(["split", "path"]).itertuples(index=False)
     )
@@ -39,6 +41,9 @@ GENERATORS = {
     "veri776": make_veri_like,
     "msmt17": make_msmt_like,
     "csv": make_csv_like,
+    # the vehicle layouts come from the project's own generator (tests/test_vehicle_readers.py)
+    "vehicleid": lambda root: make_vehicles_like(root, "vehicleid"),
+    "veriwild": lambda root: make_vehicles_like(root, "veriwild"),
 }
 
 

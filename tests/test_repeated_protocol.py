@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from reid_core.evaluation.repeated import evaluate_gallery_draws, gallery_draws
+from reid_core.data.gallery_draws import gallery_draws
+from reid_core.evaluation.repeated import evaluate_gallery_draws
 
 
 def test_each_draw_has_one_gallery_image_per_identity_and_the_rest_as_queries():

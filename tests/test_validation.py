@@ -101,13 +101,13 @@ def test_column_faults_are_each_reported(dataset):
     df.loc[1, "path"] = df.loc[0, "path"]
     df.loc[2, "width"] = 8
     df.loc[3, "split"] = "val"
-    df.loc[4, "camid"] = -1
+    df.loc[4, "camid"] = -2  # -1 is NO_CAMERA, an unknown camera
     report = validate_manifest(df, root, **LIMITS)
     text = "\n".join(report.failures())
     assert "column 'path' has 2 rows sharing a path with another row" in text
     assert "column 'width' has 1 row with a value outside [16, 4096]: ['8']" in text
     assert "column 'split' has 1 row with a value not in ['train', 'query', 'gallery']" in text
-    assert "column 'camid' has 1 row with a value outside [0, 999]" in text
+    assert "column 'camid' has 1 row with a value outside [-1 (unknown camera), 999]" in text
     failed = {r["check"] for r in report.results if not r["success"]}
     assert {"path.unique", "width.range", "split.allowed", "camid.range"} <= failed
 

@@ -73,6 +73,20 @@ class SplitFeatures:
         """What each row is, by name: paths, pids, camids."""
         return {"paths": self.paths, "pids": self.pids, "camids": self.camids}
 
+    def take(self, rows: np.ndarray) -> SplitFeatures:
+        """These rows, in this order."""
+        return SplitFeatures(self.feats[rows], self.pids[rows], self.camids[rows], self.paths[rows])
+
+    @classmethod
+    def concat(cls, first: SplitFeatures, second: SplitFeatures) -> SplitFeatures:
+        """The rows of `first`, then those of `second`."""
+        columns = zip(
+            (first.feats, first.pids, first.camids, first.paths),
+            (second.feats, second.pids, second.camids, second.paths),
+            strict=True,
+        )
+        return cls(*(np.concatenate(pair) for pair in columns))
+
 
 @dataclass(frozen=True, eq=False)
 class FeatureSet:

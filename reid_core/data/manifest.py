@@ -39,15 +39,21 @@ def _image_size(path: Path, strict: bool) -> tuple[int, int]:
 
 
 def build_manifest(
-    root: str | Path, fmt: str, domain: str = "source", *, strict: bool = True
+    root: str | Path,
+    fmt: str,
+    domain: str = "source",
+    *,
+    strict: bool = True,
+    test_set: str = "",
 ) -> pd.DataFrame:
-    """Read the dataset and add each image's size (from its header) and the `domain` label.
+    """Read the dataset (its `test_set`, if the layout has several) and add each image's size
+    (from its header) and the `domain` label.
 
     An unreadable image raises a DatasetError; with `strict=False` its size is 0×0 instead,
     so a validation that decodes every image can report all of them at once.
     """
     root = Path(root)
-    df = read_dataset(root, fmt)
+    df = read_dataset(root, fmt, test_set)
     with ThreadPoolExecutor(_THREADS) as pool:
         sizes = list(pool.map(lambda p: _image_size(confined(root, p), strict), df["path"]))
     df["domain"] = pd.Series([domain] * len(df), dtype=str)

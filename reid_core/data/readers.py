@@ -1,24 +1,32 @@
 """Dataset readers: turn a dataset folder in one of the supported layouts into a label table.
 
 Every reader returns the same table: `path` (POSIX, relative to the dataset root), `pid`
-(int64), `camid` (int64, 0-based) and `split` ("train" | "query" | "gallery"), sorted by split
-then path. Conventions shared by all layouts:
+(int64), `camid` (int64, 0-based; NO_CAMERA where the layout records no camera) and `split`
+("train" | "query" | "gallery"), sorted by split then path. Conventions shared by all layouts:
 
 - pid -1 marks junk images (Market-1501): they are dropped at load;
 - pid 0 marks distractors: allowed in the gallery only;
 - each of train, query and gallery must hold at least one image, and every path must exist.
+
+A layout with several test sets (VehicleID's test lists, VERI-Wild's sizes) reads one of them,
+named by `test_set`; a layout whose protocol is GALLERY_DRAWS has no fixed query and gallery:
+its reader makes one seeded draw, and evaluation redraws and averages (see
+`reid_core.evaluation.repeated`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from reid_core.data.cameras import NO_CAMERA
 from reid_core.data.errors import DatasetError
 from reid_core.data.paths import confined, path_problem
 from reid_core.registry import Registry
@@ -29,8 +37,36 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 JUNK_PID = -1
 DISTRACTOR_PID = 0
 
-READERS: Registry[Callable[[Path], pd.DataFrame]] = Registry("dataset format")
-"""Dataset layout name -> reader(root) returning the label table."""
+FIXED_SPLITS = "fixed_splits"  # query and gallery as the dataset lists them
+GALLERY_DRAWS = "gallery_draws"  # VehicleID: one image per identity drawn as gallery, repeated
+SplitProtocol = Literal["fixed_splits", "gallery_draws"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to read one dataset layout: `read(root)`, or `read(root, test_set)` when the
+    layout has `test_sets` (the first is the default), and how its query/gallery are made."""
+
+    read: Callable[..., pd.DataFrame]
+    test_sets: tuple[str, ...] = ()
+    protocol: SplitProtocol = FIXED_SPLITS
+
+
+READERS: Registry[Layout] = Registry("dataset format")
+"""Dataset layout name -> its Layout."""
+
+
+def layout(
+    name: str, test_sets: tuple[str, ...] = (), protocol: SplitProtocol = FIXED_SPLITS
+) -> Callable[[Callable[..., pd.DataFrame]], Callable[..., pd.DataFrame]]:
+    """Decorator: register the decorated reader as the layout `name`."""
+
+    def decorate(read: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+        READERS.add(name, Layout(read, test_sets, protocol))
+        return read
+
+    return decorate
+
 
 # `<pid>_c<camera>` followed by a non-digit: Market-1501 (0002_c1s1_000451_03.jpg),
 # DukeMTMC-reID (0001_c2_f0046182.jpg) and VeRi-776 (0001_c001_00016450_0.jpg) all start so.
@@ -94,28 +130,28 @@ def _read_folder_layout(root: Path, fmt: str) -> pd.DataFrame:
             if pid == JUNK_PID:
                 continue
             rows.append((f"{folder}/{name}", pid, camera - 1, split))
-    return _finalize(rows, root, fmt, sources, check_exists=False)
+    return finalize_table(rows, root, fmt, sources, check_exists=False)
 
 
-@READERS.register("market1501")
+@layout("market1501")
 def read_market1501(root: Path) -> pd.DataFrame:
     """Market-1501: bounding_box_train/, query/, bounding_box_test/, 6 cameras."""
     return _read_folder_layout(Path(root), "market1501")
 
 
-@READERS.register("dukemtmc")
+@layout("dukemtmc")
 def read_dukemtmc(root: Path) -> pd.DataFrame:
     """DukeMTMC-reID: the Market-1501 folders, names like 0001_c2_f0046182.jpg, 8 cameras."""
     return _read_folder_layout(Path(root), "dukemtmc")
 
 
-@READERS.register("veri776")
+@layout("veri776")
 def read_veri776(root: Path) -> pd.DataFrame:
     """VeRi-776: image_train/, image_query/, image_test/, names like 0001_c001_00016450_0.jpg."""
     return _read_folder_layout(Path(root), "veri776")
 
 
-@READERS.register("msmt17")
+@layout("msmt17")
 def read_msmt17(root: Path) -> pd.DataFrame:
     """MSMT17 (V1 or V2): list_{train,val,query,gallery}.txt with lines `relative/path.jpg pid`.
 
@@ -145,12 +181,7 @@ def read_msmt17(root: Path) -> pd.DataFrame:
         if not list_path.is_file():
             raise DatasetError(f"msmt17 dataset {root}: missing list file {list_path}")
         image_dir = image_dirs["train" if split == "train" else "test"]
-        text = list_path.read_text(encoding="utf-8")
-        for number, line in enumerate(text.splitlines(), start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{list_path}:{number}"
+        for where, fields in list_lines(list_path, "msmt17"):
             if len(fields) != 2 or not fields[1].isdigit():
                 raise DatasetError(f"msmt17 dataset: {where}: expected `relative/path.jpg pid`")
             relative = fields[0]
@@ -161,14 +192,15 @@ def read_msmt17(root: Path) -> pd.DataFrame:
                     "third field (e.g. 0000_000_01_0303morning_0015_0.jpg)"
                 )
             rows.append((f"{image_dir}/{relative}", int(fields[1]) + 1, int(parts[2]) - 1, split))
-    return _finalize(rows, root, "msmt17", sources, check_exists=True)
+    return finalize_table(rows, root, "msmt17", sources, check_exists=True)
 
 
-@READERS.register("csv")
+@layout("csv")
 def read_csv(root: Path) -> pd.DataFrame:
     """Generic layout: `manifest.csv` at the root with columns path,pid,camid,split.
 
-    camid is 0-based; split is train, query or gallery; paths are relative to the root.
+    camid is 0-based (-1: unknown camera); split is train, query or gallery; paths are relative
+    to the root.
     """
     root = Path(root)
     csv_path = root / CSV_FILE
@@ -209,7 +241,11 @@ def read_csv(root: Path) -> pd.DataFrame:
             "is not an integer",
         )
     bad((ints["pid"] < JUNK_PID).to_numpy(), "pid", "must be >= -1")
-    bad((ints["camid"] < 0).to_numpy(), "camid", "must be >= 0 (camid is 0-based)")
+    bad(
+        (ints["camid"] < NO_CAMERA).to_numpy(),
+        "camid",
+        f"must be >= 0 (camid is 0-based), or {NO_CAMERA} for an unknown camera",
+    )
     splits = table["split"].str.strip()
     bad(~splits.isin(SPLITS).to_numpy(), "split", f"is not one of {', '.join(SPLITS)}")
     keep = (ints["pid"] != JUNK_PID).to_numpy()
@@ -223,10 +259,23 @@ def read_csv(root: Path) -> pd.DataFrame:
         )
     )
     sources = {split: f"{csv_path} (split {split})" for split in SPLITS}
-    return _finalize(rows, root, "csv", sources, check_exists=True)
+    return finalize_table(rows, root, "csv", sources, check_exists=True)
 
 
-def _finalize(
+def list_lines(path: Path, fmt: str, sep: str | None = None) -> Iterator[tuple[str, list[str]]]:
+    """(`file:line`, fields split at `sep`) of each non-blank line of a dataset's list file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{fmt} dataset: missing list file {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{fmt} dataset: cannot read list file {path}: {err}") from err
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield f"{path}:{number}", [f.strip() for f in line.strip().split(sep)]
+
+
+def finalize_table(
     rows: list[tuple[str, int, int, str]],
     root: Path,
     fmt: str,
@@ -234,7 +283,9 @@ def _finalize(
     *,
     check_exists: bool,
 ) -> pd.DataFrame:
-    """Apply the checks shared by every layout and give the table its dtypes and order."""
+    """Apply the checks shared by every layout and give the table its dtypes and order.
+
+    `rows` are (path, pid, camid, split); `sources` names, per split, where its rows came from."""
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df = df.astype({"path": str, "pid": np.int64, "camid": np.int64, "split": str})
     for path, split in zip(df["path"], df["split"], strict=True):
@@ -261,13 +312,39 @@ def _finalize(
     return df.sort_values(["split", "path"], kind="stable").reset_index(drop=True)
 
 
-def read_dataset(root: str | Path, fmt: str) -> pd.DataFrame:
-    """Read the dataset at `root` in layout `fmt` (a key of READERS) into a label table."""
+def resolve_test_set(fmt: str, test_set: str = "") -> str:
+    """The test set that `read_dataset(root, fmt, test_set)` reads: `test_set`, or the
+    layout's default when it is empty ("" for a layout with one test set)."""
     try:
-        reader = READERS.lookup(fmt)
+        found = READERS.lookup(fmt)
     except ValueError as err:
         raise DatasetError(str(err)) from None
+    if not found.test_sets:
+        if test_set:
+            raise DatasetError(
+                f"{fmt} dataset has one test set: data.test_set must be empty, not {test_set!r}"
+            )
+        return ""
+    if not test_set:
+        return found.test_sets[0]
+    if test_set not in found.test_sets:
+        raise DatasetError(
+            f"{fmt} dataset has no test set {test_set!r}; choose one of "
+            + ", ".join(found.test_sets)
+        )
+    return test_set
+
+
+def read_dataset(root: str | Path, fmt: str, test_set: str = "") -> pd.DataFrame:
+    """Read the dataset at `root` in layout `fmt` (a key of READERS) into a label table;
+    `test_set` picks one of the layout's test sets (empty: its default)."""
+    chosen = resolve_test_set(fmt, test_set)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
-    return reader(root)
+    read = READERS[fmt].read
+    return read(root, chosen) if chosen else read(root)
+
+
+# the other layouts register themselves on import (they use the helpers above)
+from reid_core.data import vehicle_readers  # noqa: E402, F401

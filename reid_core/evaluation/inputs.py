@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reid_core.data.cameras import NO_CAMERA, protocol_cameras
+
 
 def check_distances(distmat: np.ndarray) -> np.ndarray:
     """A C-contiguous float32/float64 query × gallery matrix without NaN, or a clear error."""
@@ -25,13 +27,17 @@ def check_distances(distmat: np.ndarray) -> np.ndarray:
 def check_labels(
     side: str, n: int, pids: np.ndarray, camids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    """int64 pids and camids of the `side` ("query" or "gallery") of an n-item axis; unknown
+    cameras come back recoded so that `==` between the two sides means `same_camera`."""
     pids, camids = np.asarray(pids, np.int64), np.asarray(camids, np.int64)
     if pids.shape != (n,) or camids.shape != (n,):
         raise ValueError(
             f"distmat has {n} {side} items but {side} pids/camids have shapes "
             f"{pids.shape}/{camids.shape}"
         )
-    return pids, camids
+    if camids.size and camids.min() < NO_CAMERA:
+        raise ValueError(f"{side} camids must be >= {NO_CAMERA} (unknown), got {camids.min()}")
+    return pids, protocol_cameras(side, camids)
 
 
 @dataclass(frozen=True)

@@ -107,9 +107,11 @@ def evaluate_topk(
 def _positives_per_query(q_pids, q_camids, g_pids, g_camids) -> np.ndarray:
     """How many gallery items share each query's pid but not its camera."""
     index = pid_index(q_pids, g_pids)
-    cams = int(max(q_camids.max(), g_camids.max())) + 1
-    keys, counts = np.unique(index.g_ids * cams + g_camids, return_counts=True)
-    q_keys = index.q_ids * cams + q_camids
+    # camids are >= -2 after check_labels: shift them to 0.. so the keys cannot collide
+    q_cams, g_cams = q_camids + 2, g_camids + 2
+    cams = int(max(q_cams.max(), g_cams.max())) + 1
+    keys, counts = np.unique(index.g_ids * cams + g_cams, return_counts=True)
+    q_keys = index.q_ids * cams + q_cams
     at = np.minimum(np.searchsorted(keys, q_keys), len(keys) - 1)
     same_camera = np.where(keys[at] == q_keys, counts[at], 0)
     return np.diff(index.start)[index.q_ids] - same_camera

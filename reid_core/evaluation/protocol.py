@@ -4,6 +4,7 @@ distances into one result whose `as_metrics` names the metrics for every caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -60,8 +61,19 @@ class EvaluationResult:
         return out
 
 
+class Labelled(Protocol):
+    """Anything with one pid and one camera id per row: a decoded Split, SplitFeatures."""
+
+    pids: np.ndarray
+    camids: np.ndarray
+
+
 def evaluate_distances(
-    dist: np.ndarray, query: Split, gallery: Split, config: EvaluateConfig, verify: bool = False
+    dist: np.ndarray,
+    query: Labelled,
+    gallery: Labelled,
+    config: EvaluateConfig,
+    verify: bool = False,
 ) -> EvaluationResult:
     """Rank metrics (CMC to `config.max_rank`, mAP, mINP) of a query × gallery distance
     matrix and, when `verify`, TAR at `config.fars`."""

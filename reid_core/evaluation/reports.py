@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from reid_core.data.cameras import same_camera
 from reid_core.evaluation.inputs import pid_index
 from reid_core.evaluation.rank import RankResult
 from reid_core.evaluation.verification import VerificationResult, positive_distances
@@ -64,7 +65,7 @@ def rank_list_image(
         tiles: list[Tile] = [(root / q_paths[qi], QUERY, "")]
         for gi in order:
             same = g_pids[gi] == q_pids[qi]
-            colour = (JUNK if g_cams[gi] == q_cams[qi] else CORRECT) if same else WRONG
+            colour = (JUNK if same_camera(q_cams[qi], g_cams[gi]) else CORRECT) if same else WRONG
             tiles.append((root / g_paths[gi], colour, ""))
         rows.append(tiles)
     return tile_rows(dest, rows, thumb)
@@ -195,14 +196,23 @@ def roc_points(
 
 
 def metrics_table(sets: Sequence[SetReport], fars: Sequence[float]) -> list[list[str]]:
-    """Header row plus one row per test set: name, rank-1/5/10, mAP, mINP, TAR@FAR (in %)."""
+    """Header row plus one row per test set: name, rank-1/5/10, mAP, mINP, TAR@FAR (in %);
+    a metric averaged over draws shows its spread too (`mean ± std`)."""
     columns = [*_RANK_COLUMNS, ("mAP", "mAP"), ("mINP", "mINP")]
     columns += [(f"tar_at_far_{far:g}", f"TAR@FAR={far:.0e}") for far in sorted(fars)]
     rows = [["test set", *(f"{label} (%)" for _, label in columns)]]
     for ts in sets:
-        cells = [f"{100 * ts.metrics[key]:.1f}" if key in ts.metrics else "-" for key, _ in columns]
+        cells = [_percent(ts.metrics, key) for key, _ in columns]
         rows.append([ts.name, *cells])
     return rows
+
+
+def _percent(metrics: Mapping[str, float], key: str) -> str:
+    if key not in metrics:
+        return "-"
+    spread = metrics.get(f"{key}_std")
+    cell = f"{100 * metrics[key]:.1f}"
+    return cell if spread is None else f"{cell} ± {100 * spread:.1f}"
 
 
 def markdown_table(sets: Sequence[SetReport], fars: Sequence[float]) -> str:

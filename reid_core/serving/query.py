@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from reid_core.data.cameras import same_camera
 from reid_core.data.errors import DatasetError
 from reid_core.data.images import load_images, open_image
 from reid_core.data.paths import confined
@@ -114,7 +115,7 @@ def _verdict(pid: int, camid: int, query_pid: int | None, query_camid: int | Non
     """As the Market-1501 protocol counts a gallery item for a query of known identity."""
     if query_pid is None:
         return ""
-    if pid < 0 or (pid == query_pid and camid == query_camid):
+    if pid < 0 or (pid == query_pid and same_camera(query_camid, camid)):
         return JUNK
     return CORRECT if pid == query_pid else WRONG
 

@@ -1,13 +1,16 @@
 """Stage: one model on one or more test sets → CMC, mAP, mINP, TAR@FAR (Market-1501 protocol).
 
 Each test set is a dataset folder with its manifest; its name is the manifest's domain (or, if
-that is empty, the dataset folder's name) and must be unique. The first test set is the primary
-one: its metrics are the flat keys of the metrics JSON (`EvaluationRecord`; what promote
-judges) and are logged to MLflow unprefixed; every set's metrics also go in the JSON's
-`test_sets` table and to MLflow as `<set>/<metric>`. The report folder holds the table
-(Markdown, HTML) and each set's PNGs (see `reid_core.evaluation.reports`); features go to
-`<features>/<set>.npz`.
-"""
+that is empty, the dataset folder's name), followed by `-<test set>` for a layout with several
+(VehicleID's `-800`), and must be unique. A set without a fixed query and gallery (VehicleID)
+is scored on `evaluate.gallery_draws` seeded draws: its metrics are the means, with each
+spread as `<metric>_std`.
+
+The first test set is the primary one: its metrics are the flat keys of the metrics JSON
+(`EvaluationRecord`; what promote judges) and are logged to MLflow unprefixed; every set's
+metrics also go in the JSON's `test_sets` table and to MLflow as `<set>/<metric>`. The report
+folder holds the table (Markdown, HTML) and each set's PNGs (see
+`reid_core.evaluation.reports`); features go to `<features>/<set>.npz`."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from reid_core.artifacts import (
@@ -28,12 +32,15 @@ from reid_core.artifacts import (
 )
 from reid_core.atomic import atomic_output, remove_outputs
 from reid_core.config import EvaluateConfig, ReidConfig
+from reid_core.data.gallery_draws import Trial, gallery_draws
 from reid_core.data.manifest import read_manifest
+from reid_core.data.readers import GALLERY_DRAWS
 from reid_core.data.splits import load_split
 from reid_core.engine.checkpoint import META, load_checkpoint
 from reid_core.engine.device import resolve_device
 from reid_core.evaluation import extract_features
 from reid_core.evaluation.protocol import evaluate_distances, evaluation_distances
+from reid_core.evaluation.repeated import RepeatedResult
 from reid_core.evaluation.reports import SetReport, curves, rank_list_image, write_report
 from reid_core.evaluation.verification import VerificationResult
 from reid_core.stages import PortError
@@ -68,6 +75,8 @@ def load_test_sets(datasets: Sequence[Path], manifests: Sequence[Path]) -> list[
     for dataset, manifest in zip(datasets, manifests, strict=True):
         df, meta = read_manifest(manifest)
         name = meta.get("domain") or Path(dataset).resolve().name
+        if meta.get("test_set"):
+            name = f"{name}-{meta['test_set']}"
         if not _NAME.match(name):
             raise PortError(
                 f"evaluate: test set name {name!r} (domain of {manifest}, else the dataset "
@@ -173,14 +182,34 @@ def _evaluate_set(
     features: Path,
     title: str,
 ) -> tuple[dict[str, float], VerificationResult, list[Path]]:
-    """Metrics of one test set; writes its PNGs into `report_dir` and its features file."""
+    """Metrics of one test set; writes its PNGs into `report_dir` and its features file.
+
+    A set whose protocol is GALLERY_DRAWS is scored on `cfg.gallery_draws` draws of its
+    query+gallery images, and its metrics are their means and `<metric>_std`; the figures and
+    the features file show the first draw.
+    """
     h, w = model_meta["height"], model_meta["width"]
-    query = load_split(test_set.dataset, test_set.rows, "query", h, w)
-    gallery = load_split(test_set.dataset, test_set.rows, "gallery", h, w)
-    q_feats = extract_features(model, query.images, cfg.batch_size, cfg.flip)
-    g_feats = extract_features(model, gallery.images, cfg.batch_size, cfg.flip)
-    dist = evaluation_distances(q_feats, g_feats, cfg, device)
-    result = evaluate_distances(dist, query, gallery, cfg, verify=True)
+    sides = []
+    for split in ("query", "gallery"):
+        rows = load_split(test_set.dataset, test_set.rows, split, h, w)
+        feats = extract_features(model, rows.images, cfg.batch_size, cfg.flip)
+        sides.append(SplitFeatures(feats, rows.pids, rows.camids, rows.paths))
+    pool = SplitFeatures.concat(*sides)
+    drawn = test_set.meta.get("protocol") == GALLERY_DRAWS
+    if drawn:
+        trials = gallery_draws(pool.pids, cfg.gallery_draws, cfg.draw_seed)
+    else:
+        num_q = len(sides[0])
+        trials = [Trial(gallery=np.arange(num_q, len(pool)), query=np.arange(num_q))]
+    results, shown = [], None
+    for trial in trials:
+        query, gallery = pool.take(trial.query), pool.take(trial.gallery)
+        dist = evaluation_distances(query.feats, gallery.feats, cfg, device)
+        results.append(evaluate_distances(dist, query, gallery, cfg, verify=True))
+        if shown is None:
+            shown = (query, gallery, dist)
+    query, gallery, dist = shown
+    result = results[0]
     verification = result.verification  # asked for: not None
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
     report_dir.mkdir()
@@ -194,9 +223,6 @@ def _evaluate_set(
         ),
         *curves(report_dir, result.rank, verification, dist, *labels, title),
     ]
-    FeatureSet(
-        query=SplitFeatures(q_feats, query.pids, query.camids, query.paths),
-        gallery=SplitFeatures(g_feats, gallery.pids, gallery.camids, gallery.paths),
-        normalized=False,
-    ).save(features)
-    return result.as_metrics(), verification, images
+    FeatureSet(query=query, gallery=gallery, normalized=False).save(features)
+    metrics = RepeatedResult(results).as_metrics() if drawn else result.as_metrics()
+    return metrics, verification, images

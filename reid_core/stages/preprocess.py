@@ -15,6 +15,7 @@ from reid_core.data.manifest import (
     eval_set_hash,
     write_manifest,
 )
+from reid_core.data.readers import READERS, resolve_test_set
 from reid_core.sources import NO_DATASET, read_record
 from reid_core.tracking.lineage import dvc_hash
 from reid_core.tracking.runs import stage_run
@@ -44,7 +45,9 @@ def run(
     with stage_run("preprocess", config):
         mlflow.set_tag("reid.domain", config.data.domain)
         # unreadable images get size 0×0: validation decodes all and lists every one
-        df = build_manifest(root, config.data.format, domain=config.data.domain, strict=False)
+        data = config.data
+        test_set = resolve_test_set(data.format, data.test_set)
+        df = build_manifest(root, data.format, domain=data.domain, strict=False, test_set=test_set)
         report = validate_manifest(
             df, root, min_side=config.data.min_image_side, max_side=config.data.max_image_side
         )
@@ -70,6 +73,8 @@ def run(
                 "dataset_root": str(root),
                 "format": config.data.format,
                 "domain": config.data.domain,
+                "test_set": test_set,
+                "protocol": READERS[data.format].protocol,
                 "fingerprint": dataset_fingerprint(root, df),
                 "dvc_md5": dvc_hash(root),
                 "eval_set_hash": eval_set_hash(df),

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from reid_core.atomic import atomic_output, write_json
+from reid_core.data.cameras import NO_CAMERA
 from reid_core.data.errors import DatasetError
 from reid_core.data.manifest import MANIFEST_COLUMNS
 from reid_core.data.paths import confined
@@ -138,10 +139,12 @@ def decode_errors(root: Path, paths: list[Any]) -> list[str | None]:
 
 
 def cross_camera_match(df: pd.DataFrame) -> np.ndarray:
-    """Per row: does a gallery row share its pid from a different camera? (vectorised)"""
+    """Per row: does a gallery row share its pid from a different camera? (vectorised)
+
+    An unknown camera (NO_CAMERA) is different from every camera, itself included."""
     gallery = df.loc[df["split"] == "gallery", ["pid", "camid"]].drop_duplicates()
     cameras_per_pid = gallery.groupby("pid").size().rename("n_cameras")
-    same_camera = gallery.assign(same=1)
+    same_camera = gallery[gallery["camid"] != NO_CAMERA].assign(same=1)
     keys = df[["pid", "camid"]].reset_index(drop=True)
     merged = keys.merge(cameras_per_pid, left_on="pid", right_index=True, how="left").merge(
         same_camera, on=["pid", "camid"], how="left"
@@ -358,8 +361,8 @@ def _build_checks(
     values(
         "camid.range",
         "camid",
-        e.ExpectColumnValuesToBeBetween(column="camid", min_value=0, max_value=MAX_CAMID),
-        f"with a value outside [0, {MAX_CAMID}]",
+        e.ExpectColumnValuesToBeBetween(column="camid", min_value=NO_CAMERA, max_value=MAX_CAMID),
+        f"with a value outside [{NO_CAMERA} (unknown camera), {MAX_CAMID}]",
     )
     for side in ("width", "height"):
         values(
