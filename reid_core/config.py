@@ -113,6 +113,12 @@ class DataConfig(Options):
         READERS.lookup(value)
         return value
 
+    @field_validator("test_set", mode="before")
+    @classmethod
+    def _size_as_name(cls, value: object) -> object:
+        # `--set data.test_set=800` arrives as a YAML integer: VehicleID names sets by size
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _known_test_set(self) -> DataConfig:
         from reid_core.data.readers import resolve_test_set

@@ -18,7 +18,20 @@ def test_every_published_recipe_has_a_preset():
     for recipe in ("bagtricks", "agw", "sbs"):
         for backbone in ("R50", "R50-ibn", "R101-ibn", "S50"):
             assert f"{recipe}_{backbone}" in names
-    assert {"veri_sbs_R50-ibn", "veri_bagtricks_R50-ibn"} <= names
+    vehicles = {"veri_sbs_R50-ibn", "veri_bagtricks_R50-ibn"}
+    vehicles |= {"vehicleid_sbs_R50-ibn", "veriwild_sbs_R50-ibn"}
+    assert vehicles <= names
+
+
+@pytest.mark.parametrize(
+    ("preset", "fmt", "test_set"),
+    [("vehicleid_sbs_R50-ibn", "vehicleid", "800"), ("veriwild_sbs_R50-ibn", "veriwild", "small")],
+)
+def test_vehicle_presets_read_their_layout_at_256_square_with_sbs(preset, fmt, test_set):
+    config = load_config([RECIPES / f"{preset}.yaml"])
+    assert (config.data.format, config.data.test_set) == (fmt, test_set)
+    assert (config.data.height, config.data.width) == (256, 256)
+    assert config.train.model.classifier == "circle" and config.train.model.ibn == "a"
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)

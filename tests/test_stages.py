@@ -10,10 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from reid_core.artifacts import EvaluationRecord, ExportRecord, PromotionRecord
+from reid_core.data.gallery_draws import gallery_draws
 from reid_core.engine.checkpoint import weights_digest
+from reid_core.evaluation.repeated import evaluate_gallery_draws
 from reid_core.tracking.trained_by import WEIGHTS_TAG
 
 pytestmark = pytest.mark.integration
@@ -521,6 +524,51 @@ def test_two_test_sets_give_one_table_whose_rows_equal_each_set_alone(workspace)
     # The flat keys are the primary (first) test set's, as promote reads them.
     assert both["rank1"] == both["test_sets"]["source"]["rank1"] and both["domain"] == "source"
     assert both["test_sets"]["target"]["eval_set_hash"] != both["eval_set_hash"]
+
+
+def test_vehicleid_test_sizes_give_one_table_of_means_and_spreads_over_gallery_draws(workspace):
+    ws, env = workspace
+    reid("data", "synth-vehicles", "veh", "--num-ids", "30", "--images-per-id", "4",
+         "--size", "32", cwd=ws, env=env)  # fmt: skip
+    sets = []
+    for size in ("800", "1600", "2400"):
+        reid("preprocess", "--dataset", "veh", "--manifest", f"veh{size}.parquet", "--report",
+             f"veh{size}.json", "--set", "data.format=vehicleid", "--set", f"data.test_set={size}",
+             "--set", "data.domain=vehicleid", cwd=ws, env=env)  # fmt: skip
+        sets += ["--dataset", "veh", "--manifest", f"veh{size}.parquet"]
+    reid("evaluate", *sets, *evaluate_outputs("veh"), "--model", "student", "--set",
+         "evaluate.gallery_draws=6", "--set", "evaluate.draw_seed=3", cwd=ws, env=env)  # fmt: skip
+    record = json.loads((ws / "veh.json").read_text())
+    names = ["vehicleid-800", "vehicleid-1600", "vehicleid-2400"]
+    assert sorted(record["test_sets"]) == sorted(names)
+    table = (ws / "veh_report" / "metrics.md").read_text()
+    for name in names:
+        row = record["test_sets"][name]
+        # a plain reference over the stage's own features: pool the manifest's query and
+        # gallery in the stage's order, redraw with the same seed, average
+        manifest = pd.read_parquet(ws / f"veh{name.split('-')[1]}.parquet")
+        pool = pd.concat([manifest[manifest["split"] == s] for s in ("query", "gallery")])
+        saved = np.load(ws / "veh_features" / f"{name}.npz")
+        feats = {
+            str(path): feat
+            for split in ("query", "gallery")
+            for path, feat in zip(saved[f"{split}_paths"], saved[f"{split}_feats"], strict=True)
+        }
+        pids = pool["pid"].to_numpy()
+        trials = gallery_draws(pids, 6, seed=3)
+        features = np.stack([feats[p] for p in pool["path"]])
+        expected = evaluate_gallery_draws(features, pids, trials).as_metrics()
+        assert {"rank5", "mAP_std", "rank1_std"} <= set(expected)
+        for key in expected:
+            assert row[key] == pytest.approx(expected[key], abs=1e-6), (name, key)
+        # the first draw is what the features file holds
+        assert sorted(saved["gallery_paths"]) == sorted(pool["path"].to_numpy()[trials[0].gallery])
+        line = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert f"{100 * row['mAP']:.1f} ± {100 * row['mAP_std']:.1f}" in line
+    assert (
+        record["test_sets"]["vehicleid-800"]["num_valid_queries"]
+        < record["test_sets"]["vehicleid-2400"]["num_valid_queries"]
+    )
 
 
 def test_report_folder_holds_the_table_the_page_and_each_sets_pictures(workspace):

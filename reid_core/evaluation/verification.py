@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reid_core.data.cameras import same_camera
 from reid_core.evaluation.inputs import PidIndex, check_distances, check_labels, pid_index
 
 ROC_POINTS = 2000
@@ -114,11 +115,11 @@ def _bins(values: np.ndarray, lo: float, scale: float, bins: int) -> np.ndarray:
 def positive_distances(
     dist: np.ndarray, index: PidIndex, q_camids: np.ndarray, g_camids: np.ndarray
 ) -> np.ndarray:
-    """Distances of every same-pid pair from different cameras (few: gathered directly)."""
+    """Distances of every same-pid pair not from one known camera (few: gathered directly)."""
     counts = np.diff(index.start)[index.q_ids]
     rows = np.repeat(np.arange(len(counts)), counts)
     row_start = np.concatenate([[0], counts.cumsum()[:-1]])  # where each query's pairs begin
     shift = np.repeat(index.start[index.q_ids] - row_start, counts)
     cols = index.members[shift + np.arange(counts.sum())]
-    other_camera = q_camids[rows] != g_camids[cols]
+    other_camera = ~same_camera(q_camids[rows], g_camids[cols])
     return dist[rows[other_camera], cols[other_camera]]
