@@ -96,6 +96,11 @@ def _build_parser() -> argparse.ArgumentParser:
     for flag in ("num-ids", "num-cams", "images-per-id", "height", "width", "seed"):
         synth.add_argument(f"--{flag}", type=int)
     synth.add_argument("--style", choices=("day", "dusk"))
+    synth.add_argument(
+        "--partial",
+        choices=("none", "crop", "occlude"),
+        help="make every query partial: a crop of the box, or an occluder over part of it",
+    )
     _add_config_args(synth)
     synth.set_defaults(handler=_synth)
     vehicles = data.add_parser(

@@ -47,6 +47,7 @@ class SynthConfig(Options):
     width: int = Field(64, ge=16, le=1024)
     seed: int = 0
     style: Literal["day", "dusk"] = "day"
+    partial: Literal["none", "crop", "occlude"] = "none"  # partial queries (Partial-REID-like)
 
 
 class VehicleSynthConfig(Options):

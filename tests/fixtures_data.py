@@ -124,6 +124,32 @@ def make_vehicles_like(root: str | Path, layout: str) -> Path:
     return Path(root) / layout
 
 
+PARTIAL_FOLDERS = {
+    "partial_reid": ("partial_body_images", "whole_body_images"),
+    "partial_ilids": ("query", "gallery"),
+    "occluded_reid": ("occluded_body_images", "whole_body_images"),
+}
+
+
+def make_partial_like(root: str | Path, fmt: str, *, n_ids: int = 3, per_id: int = 2) -> Path:
+    """A partial re-id test set: queries and whole-body gallery named <pid>_<nn>, pids from 1
+    (Partial-REID's 001_01.jpg). Occluded-REID's as released: a folder per identity, TIFF."""
+    root = Path(root) / fmt
+    query_dir, gallery_dir = PARTIAL_FOLDERS[fmt]
+    index = 0
+    for pid in range(1, n_ids + 1):
+        for folder in (query_dir, gallery_dir):
+            for n in range(1, per_id + 1):
+                index += 1
+                if fmt == "occluded_reid":
+                    path = root / folder / f"{pid:03d}" / f"{pid:03d}_{n:02d}.tif"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.new("RGB", SIZE, (index * 40 % 256, 90, 30)).save(path, format="TIFF")
+                else:
+                    write_jpeg(root / folder / f"{pid:03d}_{n:02d}.jpg", index)
+    return root
+
+
 def make_msmt_like(
     root: str | Path, *, n_train: int = 3, n_test: int = 3, cameras: int = 3, v2: bool = False
 ) -> Path:

@@ -16,18 +16,19 @@ from tests.fixtures_data import (
     make_duke_like,
     make_market_like,
     make_msmt_like,
+    make_partial_like,
     make_vehicles_like,
     make_veri_like,
     write_jpeg,
 )
 
 
-def check_table(df, root: Path) -> None:
-    """The contract every reader keeps."""
+def check_table(df, root: Path, train: bool = True) -> None:
+    """The contract every reader keeps (test-only layouts have no train split)."""
     assert list(df.columns) == ["path", "pid", "camid", "split"]
     assert df["pid"].dtype == np.int64
     assert df["camid"].dtype == np.int64
-    assert set(df["split"]) == {"train", "query", "gallery"}
+    assert set(df["split"]) == {"train", "query", "gallery"} - (set() if train else {"train"})
     assert (df["camid"] >= NO_CAMERA).all()
     assert list(df.itertuples(index=False)) == list(
         df.sort_values(["split", "path"]).itertuples(index=False)
@@ -44,14 +45,18 @@ GENERATORS = {
     # the vehicle layouts come from the project's own generator (tests/test_vehicle_readers.py)
     "vehicleid": lambda root: make_vehicles_like(root, "vehicleid"),
     "veriwild": lambda root: make_vehicles_like(root, "veriwild"),
+    "partial_reid": lambda root: make_partial_like(root, "partial_reid"),
+    "partial_ilids": lambda root: make_partial_like(root, "partial_ilids"),
+    "occluded_reid": lambda root: make_partial_like(root, "occluded_reid"),
 }
+TEST_ONLY = {"partial_reid", "partial_ilids", "occluded_reid"}
 
 
 @pytest.mark.parametrize("fmt", list(READERS))
 def test_every_registered_format_reads_its_generated_layout(fmt, tmp_path):
     assert fmt in GENERATORS, f"add a generator of the {fmt} layout to tests/fixtures_data.py"
     root = GENERATORS[fmt](tmp_path)
-    check_table(read_dataset(root, fmt), root)
+    check_table(read_dataset(root, fmt), root, fmt not in TEST_ONLY)
 
 
 def test_market_drops_junk_keeps_distractors_in_gallery_and_ignores_other_files(tmp_path):

@@ -6,7 +6,8 @@ Every reader returns the same table: `path` (POSIX, relative to the dataset root
 
 - pid -1 marks junk images (Market-1501): they are dropped at load;
 - pid 0 marks distractors: allowed in the gallery only;
-- each of train, query and gallery must hold at least one image, and every path must exist.
+- each of train, query and gallery must hold at least one image (query and gallery for the
+  test-only partial re-id layouts), and every path must exist.
 
 A layout with several test sets (VehicleID's test lists, VERI-Wild's sizes) reads one of them,
 named by `test_set`; a layout whose protocol is GALLERY_DRAWS has no fixed query and gallery:
@@ -50,6 +51,7 @@ class Layout:
     read: Callable[..., pd.DataFrame]
     test_sets: tuple[str, ...] = ()
     protocol: SplitProtocol = FIXED_SPLITS
+    splits: tuple[str, ...] = SPLITS  # those that must hold images (test-only: no train)
 
 
 READERS: Registry[Layout] = Registry("dataset format")
@@ -57,12 +59,15 @@ READERS: Registry[Layout] = Registry("dataset format")
 
 
 def layout(
-    name: str, test_sets: tuple[str, ...] = (), protocol: SplitProtocol = FIXED_SPLITS
+    name: str,
+    test_sets: tuple[str, ...] = (),
+    protocol: SplitProtocol = FIXED_SPLITS,
+    splits: tuple[str, ...] = SPLITS,
 ) -> Callable[[Callable[..., pd.DataFrame]], Callable[..., pd.DataFrame]]:
     """Decorator: register the decorated reader as the layout `name`."""
 
     def decorate(read: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
-        READERS.add(name, Layout(read, test_sets, protocol))
+        READERS.add(name, Layout(read, test_sets, protocol, splits))
         return read
 
     return decorate
@@ -282,17 +287,19 @@ def finalize_table(
     sources: Mapping[str, str],
     *,
     check_exists: bool,
+    splits: tuple[str, ...] = SPLITS,
 ) -> pd.DataFrame:
     """Apply the checks shared by every layout and give the table its dtypes and order.
 
-    `rows` are (path, pid, camid, split); `sources` names, per split, where its rows came from."""
+    `rows` are (path, pid, camid, split); `sources` names, per split, where its rows came from;
+    each of `splits` must hold an image (test-only layouts have no train split)."""
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df = df.astype({"path": str, "pid": np.int64, "camid": np.int64, "split": str})
     for path, split in zip(df["path"], df["split"], strict=True):
         problem = path_problem(path)
         if problem:
             raise DatasetError(f"{fmt} dataset: {sources[split]}: image path {path!r} {problem}")
-    for split in SPLITS:
+    for split in splits:
         if not (df["split"] == split).any():
             raise DatasetError(f"{fmt} dataset {root}: split '{split}' is empty ({sources[split]})")
     distractors = df[(df["pid"] == DISTRACTOR_PID) & (df["split"] != "gallery")]
@@ -347,4 +354,4 @@ def read_dataset(root: str | Path, fmt: str, test_set: str = "") -> pd.DataFrame
 
 
 # the other layouts register themselves on import (they use the helpers above)
-from reid_core.data import vehicle_readers  # noqa: E402, F401
+from reid_core.data import partial_readers, vehicle_readers  # noqa: E402, F401

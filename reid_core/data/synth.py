@@ -7,6 +7,9 @@ shape); each camera has its own nuisance profile (lighting, colour cast, backgro
 blur, resolution, noise, framing) on top of per-image jitter (pose, viewpoint, flip,
 occlusion). `style="dusk"` renders a different population of people under a shifted domain
 (darker, colour cast, low contrast, noisier), the target domain for unsupervised adaptation.
+`partial="crop"` or `"occlude"` makes every query partial, as in Partial-REID and Occluded-REID:
+a crop of the box (the upper body, or a horizontal band) or a scene object over a third to a
+half of it; the gallery stays whole.
 
 Every image is drawn from its own numpy Generator seeded by (seed, style, pid, image index) and
 saved by Pillow with fixed JPEG settings, so the same spec gives byte-identical files.
@@ -34,6 +37,8 @@ JPEG_QUALITY = 90
 _STYLES = {"day": 0, "dusk": 1}
 # Stream tags keep the random streams of identities, cameras, images and the layout apart.
 _TAG_IDENTITY, _TAG_CAMERA, _TAG_IMAGE, _TAG_LAYOUT, _TAG_DISTRACTOR = 1, 2, 3, 4, 5
+_TAG_PARTIAL = 6
+PARTIAL_MODES = ("none", "crop", "occlude")
 _JUNK_PID, _DISTRACTOR_PID = -1, 0
 _MAX_IMAGES = 150_000  # keeps 6-digit frame numbers and 4-digit pids in range
 
@@ -49,6 +54,7 @@ class SynthSpec:
     width: int = 64
     seed: int = 0
     style: str = "day"  # "day" (source domain) or "dusk" (target domain)
+    partial: str = "none"  # "crop" or "occlude": partial queries (see the module docstring)
 
     def __post_init__(self) -> None:
         for name in ("num_ids", "num_cams", "images_per_id", "height", "width", "seed"):
@@ -90,6 +96,11 @@ class SynthSpec:
                 f"SynthSpec.style must be one of {sorted(_STYLES)}, got {self.style!r}"
             )
 
+        if self.partial not in PARTIAL_MODES:
+            raise ValueError(
+                f"SynthSpec.partial must be one of {PARTIAL_MODES}, got {self.partial!r}"
+            )
+
     @property
     def num_train_ids(self) -> int:
         return max(2, self.num_ids // 2)
@@ -122,6 +133,9 @@ def generate(out: Path, spec: SynthSpec) -> dict[str, int]:
                 ident = None
             rng = _rng(spec, _TAG_IMAGE, rec.pid + 1, rec.index)
             pixels = _render(grid, ident, cams[rec.cam], rng)
+            if spec.partial != "none" and rec.folder == QUERY_DIR:
+                partial_rng = _rng(spec, _TAG_PARTIAL, rec.pid + 1, rec.index)
+                pixels = _partial(pixels, spec.partial, cams[rec.cam], partial_rng)
             dest = tmp / rec.folder / rec.name
             Image.fromarray(pixels, "RGB").save(dest, "JPEG", quality=JPEG_QUALITY)
         counts = _counts(spec, records)
@@ -738,3 +752,22 @@ def _render(g: _Grid, who: _Identity | None, cam: _Camera, rng: np.random.Genera
     sigma = 255 * cam.noise * float(rng.uniform(0.7, 1.3))
     out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(sigma)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _partial(pixels: np.ndarray, mode: str, cam: _Camera, rng: np.random.Generator) -> np.ndarray:
+    """A partial view of a rendered box: a crop that keeps 45–75 % of its height (the upper
+    body, or a band anywhere), or a scene-coloured occluder over the lower part or one side."""
+    h, w, _ = pixels.shape
+    if mode == "crop":
+        keep = max(16, round(h * rng.uniform(0.45, 0.75)))
+        top = 0 if rng.random() < 0.7 else int(rng.integers(0, h - keep + 1))
+        return np.ascontiguousarray(pixels[top : top + keep])
+    out = pixels.copy()
+    colour = np.clip(cam.palette[int(rng.integers(len(cam.palette)))] * 255, 0, 255)
+    if rng.random() < 0.6:
+        out[h - round(h * rng.uniform(0.33, 0.5)) :] = colour.astype(np.uint8)
+    else:
+        span = round(w * rng.uniform(0.33, 0.45))
+        columns = slice(0, span) if rng.random() < 0.5 else slice(w - span, w)
+        out[:, columns] = colour.astype(np.uint8)
+    return out

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,20 +71,43 @@ def dsr_distance(q_maps: MapsLike, g_maps: MapsLike, lam: float = DEFAULT_LAMBDA
     return dist.float().cpu().numpy()
 
 
-def dsr_rerank(
+@dataclass(frozen=True)
+class TopKDsr:
+    """DSR distances of each query's `top` gallery items by global distance, computed once so
+    that fusions at many weights (choosing one on validation data) cost no more DSR."""
+
+    global_dist: np.ndarray  # (num_q, num_g) checked
+    top: np.ndarray  # (num_q, k) gallery indices
+    dsr: np.ndarray  # (num_q, k) DSR distance of each
+
+    def fused(self, weight: float) -> np.ndarray:
+        """The top-k get (1 − weight)·global + weight·DSR; every other item keeps its global
+        order, shifted by a per-query constant so it ranks after all re-scored ones. For
+        ranking (CMC/mAP) only: the shift makes values incomparable across queries. float32."""
+        _check_weight(weight)
+        dist, top = self.global_dist, self.top
+        num_q, num_g = dist.shape
+        rows = np.arange(num_q)[:, None]
+        fused_top = (1.0 - weight) * dist[rows, top] + weight * self.dsr
+        out = dist.astype(np.float64)
+        if top.shape[1] < num_g:
+            rest = np.ones(dist.shape, dtype=bool)
+            rest[rows, top] = False
+            rest_min = np.where(rest, out, np.inf).min(1)
+            shift = np.maximum(fused_top.max(1) - rest_min, 0.0) + 1.0
+            out += shift[:, None]
+        out[rows, top] = fused_top
+        return out.astype(np.float32)
+
+
+def dsr_top_k(
     global_dist: np.ndarray,
     q_maps: MapsLike,
     g_maps: MapsLike,
     top_k: int,
-    weight: float,
     lam: float = DEFAULT_LAMBDA,
-) -> np.ndarray:
-    """Re-score each query's `top_k` gallery items of `global_dist` with DSR (as FastReID does).
-
-    The top-k items get (1 − weight)·global + weight·DSR; every other item keeps its global
-    order, shifted by a per-query constant so it ranks after all re-scored ones. The result
-    is for ranking (CMC/mAP): the shift makes values incomparable across queries. float32.
-    """
+) -> TopKDsr:
+    """DSR distance of each query to its `top_k` nearest gallery items by `global_dist`."""
     dist = check_distances(global_dist)
     q, g, lam = _check_inputs(q_maps, g_maps, lam)
     num_q, num_g = dist.shape
@@ -94,24 +118,44 @@ def dsr_rerank(
         )
     if top_k < 1:
         raise ValueError(f"top_k must be ≥ 1, got {top_k}")
-    _check_weight(weight)
     top_k = min(top_k, num_g)
     if top_k < num_g:
         top = np.argpartition(dist, top_k - 1, axis=1)[:, :top_k]
     else:
-        top = np.broadcast_to(np.arange(num_g), (num_q, num_g))
-    dsr = _paired_dsr(q, g, top, lam)  # (num_q, top_k)
-    rows = np.arange(num_q)[:, None]
-    fused_top = (1.0 - weight) * dist[rows, top] + weight * dsr
-    out = dist.astype(np.float64)
-    if top_k < num_g:
-        rest = np.ones(dist.shape, dtype=bool)
-        rest[rows, top] = False
-        rest_min = np.where(rest, out, np.inf).min(1)
-        shift = np.maximum(fused_top.max(1) - rest_min, 0.0) + 1.0
-        out += shift[:, None]
-    out[rows, top] = fused_top
-    return out.astype(np.float32)
+        top = np.ascontiguousarray(np.broadcast_to(np.arange(num_g), (num_q, num_g)))
+    return TopKDsr(dist, top, _paired_dsr(q, g, top, lam))
+
+
+def dsr_rerank(
+    global_dist: np.ndarray,
+    q_maps: MapsLike,
+    g_maps: MapsLike,
+    top_k: int,
+    weight: float,
+    lam: float = DEFAULT_LAMBDA,
+) -> np.ndarray:
+    """Re-score each query's `top_k` gallery items of `global_dist` with DSR (as FastReID
+    does), fused at `weight`: `dsr_top_k(...).fused(weight)`."""
+    _check_weight(weight)
+    return dsr_top_k(global_dist, q_maps, g_maps, top_k, lam).fused(weight)
+
+
+def choose_rerank_weight(
+    val: TopKDsr,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    weights: Sequence[float] | np.ndarray | None = None,
+) -> tuple[float, dict[float, float]]:
+    """The weight of `val.fused` with the best mAP on a VALIDATION split, and the mAP of each
+    weight tried; as `choose_fusion_weight`, never on the test split."""
+    grid = _weight_grid(weights)
+    scores = {
+        float(w): evaluate_rank(val.fused(float(w)), q_pids, g_pids, q_camids, g_camids).mAP
+        for w in grid
+    }
+    return _best(scores), scores
 
 
 def fuse_distances(global_dist: np.ndarray, dsr_dist: np.ndarray, weight: float) -> np.ndarray:
@@ -140,23 +184,33 @@ def choose_fusion_weight(
     partial re-id evaluator does) reports an optimistic, unreproducible score. `weights`
     defaults to 0, 0.05, …, 1; ties go to the smallest weight.
     """
-    grid = np.linspace(0.0, 1.0, 21) if weights is None else np.asarray(weights, np.float64)
-    if grid.ndim != 1 or len(grid) == 0:
-        raise ValueError(f"weights must be a non-empty 1-D sequence, got shape {grid.shape}")
-    for w in grid:
-        _check_weight(float(w))
-    scores = [
-        evaluate_rank(
+    scores = {
+        float(w): evaluate_rank(
             fuse_distances(global_dist_val, dsr_dist_val, float(w)),
             q_pids,
             g_pids,
             q_camids,
             g_camids,
         ).mAP
-        for w in grid
-    ]
-    best = max(scores)
-    return float(min(w for w, s in zip(grid, scores, strict=True) if s == best))
+        for w in _weight_grid(weights)
+    }
+    return _best(scores)
+
+
+def _weight_grid(weights: Sequence[float] | np.ndarray | None) -> np.ndarray:
+    """0, 0.05, …, 1 by default; every weight checked."""
+    grid = np.linspace(0.0, 1.0, 21) if weights is None else np.asarray(weights, np.float64)
+    if grid.ndim != 1 or len(grid) == 0:
+        raise ValueError(f"weights must be a non-empty 1-D sequence, got shape {grid.shape}")
+    for w in grid:
+        _check_weight(float(w))
+    return grid
+
+
+def _best(scores: dict[float, float]) -> float:
+    """The weight with the best score; ties go to the smallest weight."""
+    best = max(scores.values())
+    return min(w for w, score in scores.items() if score == best)
 
 
 def _check_weight(weight: float) -> None:

@@ -64,9 +64,11 @@ class ReidModel(nn.Module):
         """Replace the classifier by a fresh one of the configured kind (e.g. pseudo labels)."""
         self.head.reset_classifier(num_classes, device=self.pixel_mean.device)
 
+    def _maps(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone((images - self.pixel_mean) / self.pixel_std)
+
     def _pooled(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.pixel_mean) / self.pixel_std
-        return self.pool(self.backbone(x))
+        return self.pool(self._maps(images))
 
     def outputs(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ReidOutput:
         """Every head output, whatever the mode (distillation needs a frozen teacher's logits).
@@ -81,8 +83,17 @@ class ReidModel(nn.Module):
         """Training: `ReidOutput` (margins applied when `labels` are given); eval: embeddings."""
         if self.training:
             return self.outputs(images, labels)
-        features, neck = self.head.embed(self._pooled(images))
+        return self._embed(self._pooled(images))
+
+    def _embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        features, neck = self.head.embed(pooled)
         return neck if self.config.neck_feat == "after" else features
+
+    def embed_with_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eval-mode embeddings N×D, the backbone's spatial feature maps N×C×h×w) from one
+        forward pass: the maps are what the embedding was pooled from (for DSR)."""
+        maps = self._maps(images)
+        return self._embed(self.pool(maps)), maps
 
 
 def create_model(

@@ -49,7 +49,11 @@ def run(
         test_set = resolve_test_set(data.format, data.test_set)
         df = build_manifest(root, data.format, domain=data.domain, strict=False, test_set=test_set)
         report = validate_manifest(
-            df, root, min_side=config.data.min_image_side, max_side=config.data.max_image_side
+            df,
+            root,
+            min_side=data.min_image_side,
+            max_side=data.max_image_side,
+            required_splits=READERS[data.format].splits,
         )
         write_report(report, outputs["report"])
         mlflow.log_artifact(str(outputs["report"]), "validation")

@@ -18,7 +18,7 @@ import html
 import itertools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,9 +182,15 @@ def _exception_message(info: dict[str, Any]) -> str | None:
 
 
 def validate_manifest(
-    df: pd.DataFrame, root: str | Path, *, min_side: int, max_side: int
+    df: pd.DataFrame,
+    root: str | Path,
+    *,
+    min_side: int,
+    max_side: int,
+    required_splits: Sequence[str] = SPLITS,
 ) -> ValidationReport:
-    """Run the manifest suite on `df` (images under `root`) and return the report."""
+    """Run the manifest suite on `df` (images under `root`) and return the report; each of
+    `required_splits` must hold rows (a test-only layout needs no train split)."""
     root = Path(root)
     frame = df.reset_index(drop=True).copy()
     present = [c for c in MANIFEST_COLUMNS if c in frame.columns]
@@ -199,7 +205,7 @@ def validate_manifest(
         frame["decodable"] = [e is None for e in errors]
     if {"pid", "camid", "split"} <= set(frame.columns):
         frame["has_cross_camera_match"] = cross_camera_match(frame)
-    checks = _build_checks(frame, df, present, undecodable, min_side, max_side)
+    checks = _build_checks(frame, df, present, undecodable, min_side, max_side, required_splits)
     results = _run(frame, checks)
     return ValidationReport(
         success=all(r["success"] for r in results),
@@ -256,6 +262,7 @@ def _build_checks(
     undecodable: dict[str, str],
     min_side: int,
     max_side: int,
+    required_splits: Sequence[str],
 ) -> list[_Check]:
     gx, _, _ = _gx()
     from great_expectations.expectations.row_conditions import Column
@@ -347,7 +354,9 @@ def _build_checks(
         checks.append(
             _Check(
                 "split.all_present",
-                e.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(SPLITS)),
+                e.ExpectColumnDistinctValuesToContainSet(
+                    column="split", value_set=list(required_splits)
+                ),
                 "split",
                 lambda r: [f"split '{s}' has no rows" for s in r.get("partial_missing_list", [])],
             )
