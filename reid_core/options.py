@@ -243,6 +243,25 @@ class EvaluateConfig(Options):
     # from this seed, and report each metric's mean and its spread as `<metric>_std`
     gallery_draws: int = Field(10, ge=1)
     draw_seed: int = 0
+    # DSR for partial re-id: re-score each query's top `dsr_top_k` gallery items by global
+    # distance with the spatial-feature reconstruction distance, fused (1 − w)·global + w·DSR.
+    # w is `dsr_weight`, or the best on the set named by `dsr_validation`: an input of the
+    # evaluate stage kept out of the reported test sets (never choose w on a test set)
+    dsr: bool = False
+    dsr_top_k: int = Field(100, ge=1)
+    dsr_lambda: float = Field(1e-3, gt=0)
+    dsr_weight: float | None = Field(None, ge=0, le=1)
+    dsr_validation: str = ""
+
+    @model_validator(mode="after")
+    def _dsr_weight_from_one_place(self) -> EvaluateConfig:
+        if self.dsr and (self.dsr_weight is None) == (not self.dsr_validation):
+            raise ValueError(
+                "evaluate.dsr needs exactly one of evaluate.dsr_weight (a fusion weight in "
+                "[0, 1]) and evaluate.dsr_validation (the name of a validation set, given to "
+                "evaluate as an extra --dataset/--manifest, to choose the weight on)"
+            )
+        return self
 
 
 def validation_problems(err: ValidationError) -> list[str]:

@@ -2,15 +2,21 @@ import numpy as np
 import pytest
 import torch
 
+from reid_core.config import ModelConfig
 from reid_core.evaluation import dsr
 from reid_core.evaluation.distance import compute_distance
 from reid_core.evaluation.dsr import (
     choose_fusion_weight,
+    choose_rerank_weight,
     dsr_distance,
     dsr_rerank,
+    dsr_top_k,
     fuse_distances,
 )
+from reid_core.evaluation.features import extract_features, extract_features_and_maps
 from reid_core.evaluation.rank import evaluate_rank
+from reid_core.modeling import create_model
+from reid_core.modeling.backbones import BACKBONES
 
 
 def reference_dsr(q_maps, g_maps, lam=1e-3):
@@ -129,6 +135,46 @@ def test_rerank_rescores_only_the_global_top_k():
         assert out[i, rest].min() > out[i, top].max()  # the rest ranks after the re-scored
         np.testing.assert_array_equal(np.argsort(out[i, rest]), np.argsort(glob[i, rest]))
     np.testing.assert_allclose(dsr_rerank(glob, q, g, top_k=50, weight=0.7), full, atol=1e-5)
+
+
+def test_the_top_k_is_computed_once_and_fused_at_any_weight_as_rerank_does():
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(5, 8, 3)).astype(np.float32)
+    g = rng.normal(size=(11, 8, 4)).astype(np.float32)
+    glob = compute_distance(q.mean(2), g.mean(2))
+    top = dsr_top_k(glob, q, g, top_k=4)
+    for weight in (0.0, 0.3, 1.0):
+        np.testing.assert_array_equal(top.fused(weight), dsr_rerank(glob, q, g, 4, weight))
+
+
+def test_the_rerank_weight_is_the_best_on_validation_and_every_weight_is_scored():
+    rng = np.random.default_rng(3)
+    pids = np.arange(1, 21)
+    body = rng.normal(size=(20, 16, 8)).astype(np.float32)  # a whole body: 8 positions
+    partial = body[:, :, :3] + 0.05 * rng.normal(size=(20, 16, 3)).astype(np.float32)
+    glob = compute_distance(partial.mean(2), body.mean(2))  # the pooled crop matches badly
+    top = dsr_top_k(glob, partial, body, top_k=10)
+    cams_q, cams_g = np.zeros(20), np.ones(20)
+    weight, scores = choose_rerank_weight(top, pids, pids, cams_q, cams_g, [0.0, 0.5, 1.0])
+    assert list(scores) == [0.0, 0.5, 1.0]
+    assert scores[weight] == max(scores.values()) and scores[weight] > scores[0.0]
+    expected = evaluate_rank(top.fused(weight), pids, pids, cams_q, cams_g).mAP
+    assert scores[weight] == expected
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_every_backbone_gives_the_maps_its_embedding_is_pooled_from_in_one_pass(backbone):
+    narrow = {"base_width": 16} if backbone.startswith("res") else {}  # ResNet family: faster
+    model = create_model(ModelConfig(backbone=backbone, **narrow), 3, pretrained=False)
+    images = (torch.rand(3, 3, 64, 32) * 255).to(torch.uint8)
+    feats, maps = extract_features_and_maps(model, images, batch_size=2)
+    np.testing.assert_allclose(feats, extract_features(model, images, 2), rtol=1e-4, atol=1e-5)
+    assert maps.ndim == 4 and len(maps) == 3 and maps.shape[1] > 1 and maps.shape[2] > 1
+    # the embedding is the pooled maps through the head: no second forward pass differs
+    model.eval()
+    with torch.no_grad():
+        pooled = model._embed(model.pool(torch.as_tensor(maps)))
+    np.testing.assert_allclose(pooled.numpy(), feats, rtol=1e-4, atol=1e-5)
 
 
 def test_blocking_gives_the_same_distances(monkeypatch):

@@ -14,8 +14,15 @@ import pandas as pd
 import pytest
 
 from reid_core.artifacts import EvaluationRecord, ExportRecord, PromotionRecord
+from reid_core.config import ReidConfig
 from reid_core.data.gallery_draws import gallery_draws
-from reid_core.engine.checkpoint import weights_digest
+from reid_core.data.manifest import read_manifest
+from reid_core.data.splits import load_split
+from reid_core.engine.checkpoint import load_checkpoint, weights_digest
+from reid_core.evaluation.distance import compute_distance
+from reid_core.evaluation.dsr import choose_rerank_weight, dsr_top_k
+from reid_core.evaluation.features import extract_features_and_maps
+from reid_core.evaluation.rank import evaluate_rank
 from reid_core.evaluation.repeated import evaluate_gallery_draws
 from reid_core.tracking.trained_by import WEIGHTS_TAG
 
@@ -569,6 +576,71 @@ def test_vehicleid_test_sizes_give_one_table_of_means_and_spreads_over_gallery_d
         record["test_sets"]["vehicleid-800"]["num_valid_queries"]
         < record["test_sets"]["vehicleid-2400"]["num_valid_queries"]
     )
+
+
+def _partial_sets(ws, env) -> tuple[str, ...]:
+    """Synthetic partial test and validation sets (other people), preprocessed once."""
+    if not (ws / "pv.parquet").exists():
+        for name, seed, domain in (("pt", "5", "partial"), ("pv", "6", "partial_val")):
+            reid("data", "synth", name, "--partial", "crop", "--seed", seed, cwd=ws, env=env)
+            reid("preprocess", "--dataset", name, "--manifest", f"{name}.parquet", "--report",
+                 f"{name}.json", "--set", f"data.domain={domain}", cwd=ws, env=env)  # fmt: skip
+    return ("--dataset", "pt", "--manifest", "pt.parquet", "--dataset", "pv", "--manifest",
+            "pv.parquet")  # fmt: skip
+
+
+def test_dsr_reranks_the_test_set_at_the_weight_best_on_the_validation_set(workspace):
+    ws, env = workspace
+    sets = _partial_sets(ws, env)
+    reid("evaluate", *sets, *evaluate_outputs("dsr"), "--model", "student", "--set",
+         "evaluate.dsr=true", "--set", "evaluate.dsr_validation=partial_val", "--set",
+         "evaluate.dsr_top_k=12", cwd=ws, env=env)  # fmt: skip
+    reid("evaluate", *sets[:4], *evaluate_outputs("global"), "--model", "student", cwd=ws,
+         env=env)  # fmt: skip
+    record = json.loads((ws / "dsr.json").read_text())
+    plain = json.loads((ws / "global.json").read_text())
+    assert set(record["test_sets"]) == {"partial"}  # the validation set is not reported
+    assert record["dsr_validation"] == "partial_val" and plain["dsr_weight"] is None
+    assert record["global_mAP"] == pytest.approx(plain["mAP"], abs=1e-9)
+    assert record["global_rank1"] == pytest.approx(plain["rank1"], abs=1e-9)
+    assert record["tar_at_far_0.01"] == pytest.approx(plain["tar_at_far_0.01"], abs=1e-9)
+
+    # a plain recomputation from the library's parts: the weight is the validation set's best
+    model, meta = load_checkpoint(ws / "student")
+    cfg = ReidConfig().evaluate
+
+    def top_k(dataset):
+        manifest, _ = read_manifest(ws / f"{dataset}.parquet")
+        q, g = (load_split(ws / dataset, manifest, s, meta["height"], meta["width"])
+                for s in ("query", "gallery"))  # fmt: skip
+        (qf, qm), (gf, gm) = (extract_features_and_maps(model, x.images) for x in (q, g))
+        labels = (q.pids, g.pids, q.camids, g.camids)
+        return dsr_top_k(compute_distance(qf, gf), qm, gm, 12, cfg.dsr_lambda), labels
+
+    val, val_labels = top_k("pv")
+    weight, _ = choose_rerank_weight(val, *val_labels)
+    assert record["dsr_weight"] == weight
+    test, test_labels = top_k("pt")
+    fused = evaluate_rank(test.fused(weight), *test_labels)
+    assert record["mAP"] == pytest.approx(fused.mAP, abs=1e-6)
+    assert record["rank1"] == pytest.approx(float(fused.cmc[0]), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (("evaluate.dsr=true",), "evaluate.dsr needs exactly one of evaluate.dsr_weight"),
+        (("evaluate.dsr=true", "evaluate.dsr_validation=nowhere"), "no input set is named so"),
+    ],
+    ids=["no-weight", "unknown-validation-set"],
+)
+def test_dsr_without_a_weight_to_use_fails_clearly_without_output(workspace, settings, message):
+    ws, env = workspace
+    options = [arg for setting in settings for arg in ("--set", setting)]
+    proc = reid("evaluate", *_partial_sets(ws, env), *evaluate_outputs("bad"), "--model",
+                "student", *options, cwd=ws, env=env, check=False)  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not [p.name for p in ws.iterdir() if p.name.startswith(("bad", ".bad"))]
 
 
 def test_report_folder_holds_the_table_the_page_and_each_sets_pictures(workspace):

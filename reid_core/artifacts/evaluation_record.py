@@ -45,6 +45,10 @@ class EvaluationRecord(JsonArtifact):
     query_expansion: str
     rerank: bool
     test_sets: dict[str, EvaluatedSet]  # every set (the primary one too) by name
+    # DSR re-ranking: its fusion weight (None: off) and the validation set that chose it
+    # ("": given as evaluate.dsr_weight)
+    dsr_weight: float | None = None
+    dsr_validation: str = ""
 
     def __post_init__(self) -> None:
         if self.test_set not in self.test_sets:

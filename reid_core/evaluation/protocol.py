@@ -68,6 +68,31 @@ class Labelled(Protocol):
     camids: np.ndarray
 
 
+@dataclass(frozen=True)
+class DsrResult:
+    """An evaluation re-ranked by DSR: rank metrics of the fused ranking, verification of the
+    global distance (fused values only rank), and the global ranking's rank-1 and mAP as
+    `global_rank1`, `global_mAP` beside them."""
+
+    fused: RankResult
+    plain: EvaluationResult  # with the global distance alone
+
+    @property
+    def rank(self) -> RankResult:
+        return self.fused
+
+    @property
+    def verification(self) -> VerificationResult | None:
+        return self.plain.verification
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        """`EvaluationResult.as_metrics` of the fused ranking, plus `global_rank1` and
+        `global_mAP`, each after `prefix`."""
+        out = EvaluationResult(self.fused, self.plain.verification).as_metrics(prefix)
+        plain = self.plain.rank.as_metrics()
+        return out | {f"{prefix}global_{name}": plain[name] for name in ("rank1", "mAP")}
+
+
 def evaluate_distances(
     dist: np.ndarray,
     query: Labelled,
