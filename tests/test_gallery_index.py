@@ -405,3 +405,19 @@ def test_matches_of_a_known_query_are_judged_as_the_market_protocol_counts_them(
     assert found[0].verdict == "junk"  # itself: same id, same camera
     assert {m.verdict for m in search_filtered(index, feats[row][None], 5)} == {""}
     assert search_filtered(index, feats[row][None], 5, camera=99) == []
+
+
+def test_a_query_of_unknown_camera_excludes_nothing_and_keeps_its_matches(gallery):
+    from reid_core.data.cameras import NO_CAMERA
+    from reid_core.serving.query import search_filtered
+
+    feats, meta, _ = gallery
+    meta = {**meta, "camids": np.full(len(feats), NO_CAMERA)}  # a VehicleID-like gallery
+    index = GalleryIndex.build(feats, meta, IndexConfig(kind="flat"))
+    row = 7
+    pid = int(meta["pids"][row])
+    found = search_filtered(
+        index, feats[row][None], 20, exclude_camera=NO_CAMERA, query_pid=pid, query_camid=NO_CAMERA
+    )
+    assert len(found) == 20 and found[0].verdict == "correct"  # itself: no camera to remove
+    assert {m.verdict for m in found if m.pid == pid} == {"correct"}

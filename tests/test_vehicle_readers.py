@@ -157,16 +157,6 @@ VEHICLEID_BREAKAGES = {
 }
 
 
-@pytest.mark.parametrize("breakage", list(VEHICLEID_BREAKAGES))
-def test_a_malformed_vehicleid_dataset_is_named(breakage, tmp_path):
-    root = vehicles(tmp_path / "ds", "vehicleid")
-    damage, message = VEHICLEID_BREAKAGES[breakage]
-    damage(root)
-    with pytest.raises(DatasetError, match="vehicleid dataset") as err:
-        read_dataset(root, "vehicleid", "800")
-    assert message in str(err.value)
-
-
 VERIWILD_BREAKAGES = {
     "missing-query-list": (
         lambda root: (root / SPLITS / "test_3000_query.txt").unlink(),
@@ -215,13 +205,21 @@ VERIWILD_BREAKAGES = {
 }
 
 
-@pytest.mark.parametrize("breakage", list(VERIWILD_BREAKAGES))
-def test_a_malformed_veriwild_dataset_is_named(breakage, tmp_path):
-    root = vehicles(tmp_path / "ds", "veriwild")
-    damage, message = VERIWILD_BREAKAGES[breakage]
+BREAKAGES = {
+    **{("vehicleid", name): damage for name, damage in VEHICLEID_BREAKAGES.items()},
+    **{("veriwild", name): damage for name, damage in VERIWILD_BREAKAGES.items()},
+}
+SMALLEST = {"vehicleid": "800", "veriwild": "small"}
+
+
+@pytest.mark.parametrize("fmt_breakage", list(BREAKAGES), ids="-".join)
+def test_a_malformed_vehicle_dataset_is_named(fmt_breakage, tmp_path):
+    fmt, _ = fmt_breakage
+    root = vehicles(tmp_path / "ds", fmt)
+    damage, message = BREAKAGES[fmt_breakage]
     damage(root)
-    with pytest.raises(DatasetError, match="veriwild dataset") as err:
-        read_dataset(root, "veriwild", "small")
+    with pytest.raises(DatasetError, match=f"{fmt} dataset") as err:
+        read_dataset(root, fmt, SMALLEST[fmt])
     assert message in str(err.value)
 
 

@@ -23,7 +23,9 @@ rounding in ‖x‖² − 2wᵀs + wᵀGw; typically far less). Query × gallery
 `BLOCK_ELEMENTS` numbers per intermediate; tensors stay on the device they came on (CUDA too).
 
 Fusion follows FastReID's evaluator: (1 − w)·global + w·DSR. FastReID picks w by sweeping it
-on the test set itself; here `choose_fusion_weight` picks it on a validation split.
+on the test set itself; here `choose_fusion_weight` (full matrices) and `choose_rerank_weight`
+(a `TopKDsr`: the top-k re-scored once, fused at every weight tried) pick it on a validation
+split.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reid_core.data.cameras import same_camera
+from reid_core.data.cameras import NO_CAMERA, same_camera
 from reid_core.data.errors import DatasetError
 from reid_core.data.images import load_images, open_image
 from reid_core.data.paths import confined
@@ -78,7 +78,8 @@ def search_filtered(
     query_camid: int | None = None,
 ) -> list[Match]:
     """The top-k gallery matches of one feature among the items of `camera` (None: all) and
-    not of `exclude_camera`, judged against the query's identity when it is known.
+    not of `exclude_camera` (an unknown camera excludes nothing), judged against the query's
+    identity when it is known.
 
     The index is asked for more items until k pass the filters or it has none left, so the
     filtered top-k is the index's own ranking, not a truncated one.
@@ -87,8 +88,8 @@ def search_filtered(
     allowed = np.ones(index.count, dtype=bool)
     if camera is not None:
         allowed &= cams == camera
-    if exclude_camera is not None:
-        allowed &= cams != exclude_camera
+    if exclude_camera is not None and exclude_camera != NO_CAMERA:
+        allowed &= ~same_camera(exclude_camera, cams)
     wanted = min(k, int(allowed.sum()))
     asked = k
     while True:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reid_core.data.cameras import NO_CAMERA
 from reid_core.data.paths import confined
 
 
@@ -51,7 +52,9 @@ class Gallery:
         return self._splits[name]
 
     def cameras(self) -> list[int]:
-        return sorted(int(c) for c in np.unique(self.split("gallery").camids))
+        """The gallery's known cameras (a dataset without cameras has none to filter by)."""
+        camids = np.unique(self.split("gallery").camids)
+        return sorted(int(c) for c in camids if c != NO_CAMERA)
 
     def image(self, relative: str) -> Path:
         """The file of an image the manifest lists (query or gallery), inside the dataset
