@@ -255,6 +255,11 @@ class EvaluateConfig(Options):
 
     @model_validator(mode="after")
     def _dsr_weight_from_one_place(self) -> EvaluateConfig:
+        if not self.dsr and (self.dsr_weight is not None or self.dsr_validation):
+            raise ValueError(
+                "evaluate.dsr_weight and evaluate.dsr_validation apply to DSR re-ranking: set "
+                "evaluate.dsr: true as well"
+            )
         if self.dsr and (self.dsr_weight is None) == (not self.dsr_validation):
             raise ValueError(
                 "evaluate.dsr needs exactly one of evaluate.dsr_weight (a fusion weight in "

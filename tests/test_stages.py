@@ -631,8 +631,9 @@ def test_dsr_reranks_the_test_set_at_the_weight_best_on_the_validation_set(works
     [
         (("evaluate.dsr=true",), "evaluate.dsr needs exactly one of evaluate.dsr_weight"),
         (("evaluate.dsr=true", "evaluate.dsr_validation=nowhere"), "no input set is named so"),
+        (("evaluate.dsr_weight=0.3",), "set evaluate.dsr: true as well"),
     ],
-    ids=["no-weight", "unknown-validation-set"],
+    ids=["no-weight", "unknown-validation-set", "weight-without-dsr"],
 )
 def test_dsr_without_a_weight_to_use_fails_clearly_without_output(workspace, settings, message):
     ws, env = workspace

@@ -162,9 +162,9 @@ def run(
             rows: dict[str, dict[str, float]] = {}
             reports: list[SetReport] = []
             primary_roc: VerificationResult | None = None
-            dsr_weight = cfg.dsr_weight
+            dsr_weight = cfg.dsr_weight  # None unless cfg.dsr (the config refuses it alone)
             if validation is not None:
-                dsr_weight, tried = choose_dsr_weight(
+                dsr_weight, tried = _choose_dsr_weight(
                     model, model_meta, validation, cfg, str(device)
                 )
                 shown = ", ".join(f"{w:.2f}: {m:.4f}" for w, m in tried.items())
@@ -205,7 +205,7 @@ def run(
                 flip=cfg.flip,
                 query_expansion=cfg.query_expansion,
                 rerank=cfg.rerank,
-                dsr_weight=dsr_weight if cfg.dsr else None,
+                dsr_weight=dsr_weight,
                 dsr_validation=validation.name if validation else "",
                 test_sets={
                     s.name: EvaluatedSet(
@@ -263,7 +263,7 @@ def _dsr_top_k(embedded: _Embedded, trial: Trial, dist: np.ndarray, cfg: Evaluat
     return dsr_top_k(dist, q_maps, g_maps, cfg.dsr_top_k, cfg.dsr_lambda)
 
 
-def choose_dsr_weight(
+def _choose_dsr_weight(
     model: ReidModel,
     model_meta: Mapping[str, Any],
     validation: EvaluationSet,
