@@ -73,3 +73,19 @@ def test_map_keys_with_dots_in_a_config_file_stay_whole(tmp_path):
         "pool.example/tier": "gpu",
     }
     assert config.kubeflow.accelerator.count == 2
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "message"),
+    [
+        ({"dsr": True}, "evaluate.dsr needs exactly one of evaluate.dsr_weight"),
+        ({"dsr": True, "dsr_weight": 0.3, "dsr_validation": "val"}, "needs exactly one of"),
+        ({"dsr_weight": 0.3}, "set evaluate.dsr: true as well"),
+        ({"dsr_validation": "val"}, "set evaluate.dsr: true as well"),
+    ],
+    ids=["no-weight", "both", "weight-without-dsr", "validation-without-dsr"],
+)
+def test_dsr_takes_its_weight_from_exactly_one_place(evaluate, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"evaluate": evaluate})
+    assert config_from_dict({"evaluate": {"dsr": True, "dsr_weight": 0.3}}).evaluate.dsr
