@@ -201,7 +201,9 @@ def choose_fusion_weight(
 
 def _weight_grid(weights: Sequence[float] | np.ndarray | None) -> np.ndarray:
     """0, 0.05, …, 1 by default; every weight checked."""
-    grid = np.linspace(0.0, 1.0, 21) if weights is None else np.asarray(weights, np.float64)
+    # rounded: 0.35, not linspace's 0.35000000000000003, in records and logs
+    grid = np.round(np.linspace(0.0, 1.0, 21), 6) if weights is None else np.asarray(weights)
+    grid = grid.astype(np.float64)
     if grid.ndim != 1 or len(grid) == 0:
         raise ValueError(f"weights must be a non-empty 1-D sequence, got shape {grid.shape}")
     for w in grid:
