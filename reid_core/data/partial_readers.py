@@ -17,7 +17,7 @@ import pandas as pd
 
 from reid_core.data.cameras import NO_CAMERA
 from reid_core.data.errors import DatasetError
-from reid_core.data.readers import IMAGE_EXTENSIONS, finalize_table, layout
+from reid_core.data.readers import IMAGE_EXTENSIONS, finalize_table, is_image, layout
 
 TEST_SPLITS = ("query", "gallery")
 
@@ -31,9 +31,7 @@ def _images(directory: Path, recursive: bool, extensions: frozenset[str]) -> lis
         subfolders.sort()
         if not recursive:
             subfolders.clear()
-        for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
-                found.append(Path(folder) / name)
+        found += [Path(folder) / name for name in sorted(files) if is_image(name, extensions)]
     return found
 
 

@@ -100,8 +100,9 @@ _MSMT_DIRS = {"train": ("train", "mask_train_v2"), "test": ("test", "mask_test_v
 CSV_FILE = "manifest.csv"
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+def is_image(name: str, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
+    """Whether a file name is a visible image of one of `extensions` (lower case, with dot)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
 
 
 def _read_folder_layout(root: Path, fmt: str) -> pd.DataFrame:
@@ -117,7 +118,7 @@ def _read_folder_layout(root: Path, fmt: str) -> pd.DataFrame:
                 f"{fmt} dataset {root}: missing folder {folder}/ (this layout needs {expected})"
             )
         with os.scandir(directory) as entries:
-            names = sorted(e.name for e in entries if e.is_file() and _is_image(e.name))
+            names = sorted(e.name for e in entries if e.is_file() and is_image(e.name))
         for name in names:
             match = _NAME_RE.match(name)
             if match is None:

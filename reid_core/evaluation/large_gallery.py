@@ -107,8 +107,9 @@ def evaluate_topk(
 def _positives_per_query(q_pids, q_camids, g_pids, g_camids) -> np.ndarray:
     """How many gallery items share each query's pid but not its camera."""
     index = pid_index(q_pids, g_pids)
-    # camids are >= -2 after check_labels: shift them to 0.. so the keys cannot collide
-    q_cams, g_cams = q_camids + 2, g_camids + 2
+    # shift the camids to 0.. (check_labels recodes unknown ones below 0): no key collides
+    low = min(q_camids.min(), g_camids.min())
+    q_cams, g_cams = q_camids - low, g_camids - low
     cams = int(max(q_cams.max(), g_cams.max())) + 1
     keys, counts = np.unique(index.g_ids * cams + g_cams, return_counts=True)
     q_keys = index.q_ids * cams + q_cams

@@ -46,6 +46,7 @@ def run(
         mlflow.set_tag("reid.domain", config.data.domain)
         # unreadable images get size 0×0: validation decodes all and lists every one
         data = config.data
+        layout = READERS[data.format]
         test_set = resolve_test_set(data.format, data.test_set)
         df = build_manifest(root, data.format, domain=data.domain, strict=False, test_set=test_set)
         report = validate_manifest(
@@ -53,7 +54,7 @@ def run(
             root,
             min_side=data.min_image_side,
             max_side=data.max_image_side,
-            required_splits=READERS[data.format].splits,
+            required_splits=layout.splits,
         )
         write_report(report, outputs["report"])
         mlflow.log_artifact(str(outputs["report"]), "validation")
@@ -78,7 +79,7 @@ def run(
                 "format": config.data.format,
                 "domain": config.data.domain,
                 "test_set": test_set,
-                "protocol": READERS[data.format].protocol,
+                "protocol": layout.protocol,
                 "fingerprint": dataset_fingerprint(root, df),
                 "dvc_md5": dvc_hash(root),
                 "eval_set_hash": eval_set_hash(df),
