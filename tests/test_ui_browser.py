@@ -194,5 +194,7 @@ def test_the_reports_view_shows_each_models_metrics_and_figures(page, page_url):
     assert page.locator(".figures img").count() == 8  # 4 figures × source and target
     wait_for_images(page, ".figures img")
     page.click("nav.sets a:text('target')")
+    # the click navigates: wait for the filtered page, not the one it leaves
+    page.wait_for_selector("nav.sets a[aria-current=page]:text('target')")
     assert page.locator(".figures img").count() == 4
     page.screenshot(path=ARTIFACTS / "report-teacher.png", full_page=True)
